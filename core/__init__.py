@@ -1,0 +1,1 @@
+"""Explainability engine for brain-MRI classifiers (no Streamlit in here)."""

@@ -1,0 +1,5 @@
+"""Command line: python -m core {explain,train,evaluate} ..."""
+
+from core.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,178 @@
+"""Checkpoints on disk: model.safetensors + config.json (+ README.md model card).
+
+Loading never unpickles: weights come from safetensors, settings from JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from core.preprocess import Preprocessing
+
+SCHEMA_VERSION = 1
+CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, damaged or incompatible; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The parts of config.json the engine needs; the rest is kept in `extra`."""
+
+    architecture: str
+    label_names: tuple[str, ...]
+    preprocessing: Preprocessing
+    default_target_layer: str
+    temperature: float = 1.0
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict:
+        size = self.preprocessing.input_size
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "architecture": self.architecture,
+            "num_classes": len(self.label_names),
+            "label_names": list(self.label_names),
+            "input_size": [3, size, size],
+            "mean": [self.preprocessing.mean] * 3,
+            "std": [self.preprocessing.std] * 3,
+            "preprocessing": self.preprocessing.to_dict(),
+            "default_target_layer": self.default_target_layer,
+            "temperature": self.temperature,
+            **self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelConfig:
+        known = {
+            "schema_version", "architecture", "num_classes", "label_names", "input_size",
+            "mean", "std", "preprocessing", "default_target_layer", "temperature",
+        }
+        return cls(
+            architecture=values["architecture"],
+            label_names=tuple(values["label_names"]),
+            preprocessing=Preprocessing.from_dict(values["preprocessing"]),
+            default_target_layer=values["default_target_layer"],
+            temperature=float(values.get("temperature", 1.0)),
+            extra={k: v for k, v in values.items() if k not in known},
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model ready for inference, its config, and the lock that guards its hooks."""
+
+    name: str
+    model: torch.nn.Module
+    config: ModelConfig
+    weights_sha256: str
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+def create_model(architecture: str, num_classes: int) -> torch.nn.Module:
+    if architecture not in timm.list_models():
+        raise CheckpointError(f"Architecture '{architecture}' is not known to timm {timm.__version__}.")
+    return timm.create_model(architecture, pretrained=False, num_classes=num_classes)
+
+
+def save_checkpoint(model: torch.nn.Module, config: ModelConfig, directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+    (directory / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def list_checkpoints(root: Path = CHECKPOINT_ROOT) -> list[str]:
+    """Names of the installed checkpoints (folders holding both files), sorted."""
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if (p / WEIGHTS_FILE).is_file() and (p / CONFIG_FILE).is_file()
+    )
+
+
+def resolve_checkpoint(name_or_dir: str | Path, root: Path = CHECKPOINT_ROOT) -> Path:
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return path
+    by_name = root / str(name_or_dir)
+    if by_name.is_dir():
+        return by_name
+    installed = ", ".join(list_checkpoints(root)) or "none installed"
+    raise CheckpointError(f"No checkpoint '{name_or_dir}'. Installed: {installed}.")
+
+
+def read_config(directory: Path) -> ModelConfig:
+    try:
+        values = json.loads((directory / CONFIG_FILE).read_text())
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{directory} has no {CONFIG_FILE}; it is not a checkpoint.") from error
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{directory / CONFIG_FILE} is not valid JSON: {error}.") from error
+    if values.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{directory / CONFIG_FILE} has schema_version {values.get('schema_version')!r}; "
+            f"this app reads version {SCHEMA_VERSION}."
+        )
+    try:
+        return ModelConfig.from_dict(values)
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{directory / CONFIG_FILE} is missing or has a bad field: {error}.") from error
+
+
+def load_checkpoint(name_or_dir: str | Path, root: Path = CHECKPOINT_ROOT) -> LoadedModel:
+    """Load a checkpoint for inference (eval mode, CPU).
+
+    Args:
+        name_or_dir: a folder name under checkpoints/ or a path to a checkpoint folder.
+        root: where names are looked up.
+
+    Returns:
+        LoadedModel with its own lock.
+
+    Raises:
+        CheckpointError: missing, truncated, tampered or incompatible checkpoint.
+    """
+    directory = resolve_checkpoint(name_or_dir, root)
+    config = read_config(directory)
+    weights_path = directory / WEIGHTS_FILE
+    try:
+        raw = weights_path.read_bytes()
+        state = load_file(str(weights_path))
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}.") from error
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{weights_path} is truncated or damaged ({error}); copy the checkpoint again."
+        ) from error
+    model = create_model(config.architecture, len(config.label_names))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"The weights in {weights_path} do not fit '{config.architecture}' with "
+            f"{len(config.label_names)} classes: {str(error)[:300]}"
+        ) from error
+    _check_layer(model, config.default_target_layer)
+    model.eval()
+    return LoadedModel(directory.name, model, config, hashlib.sha256(raw).hexdigest())
+
+
+def _check_layer(model: torch.nn.Module, layer: str) -> None:
+    try:
+        model.get_submodule(layer)
+    except AttributeError as error:
+        raise CheckpointError(f"The default target layer '{layer}' is not in the model.") from error

@@ -1,0 +1,101 @@
+"""Folders laid out as ROOT/SPLIT/<class>/<image>, decoded and preprocessed once into memory."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from core.brain_mask import detect_brain_mask
+from core.image_input import SUPPORTED_SUFFIXES, load_image
+from core.preprocess import Preprocessing, prepare_slice
+
+
+class DatasetError(ValueError):
+    """A dataset folder cannot be used; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Record:
+    image: str  # path relative to ROOT, with forward slashes
+    label: str
+    group: str
+
+
+def list_split(root: Path, split: str, label_names: list[str] | None = None) -> list[Record]:
+    """Every image under ROOT/SPLIT/<class>/, with its group from metadata.csv when present.
+
+    Raises:
+        DatasetError: the split folder is missing, or holds a class the model does not know.
+    """
+    split_dir = Path(root) / split
+    if not split_dir.is_dir():
+        raise DatasetError(f"No folder {split_dir}; expected ROOT/{split}/<class>/<image>.")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    if not classes:
+        raise DatasetError(f"{split_dir} holds no class folders.")
+    if label_names is not None:
+        unknown = [c for c in classes if c not in label_names]
+        if unknown:
+            raise DatasetError(
+                f"Class folder(s) {unknown} in {split_dir} are unknown to the model, "
+                f"which knows {list(label_names)}."
+            )
+    groups = _read_groups(Path(root))
+    records = []
+    for label in classes:
+        for path in sorted((split_dir / label).iterdir()):
+            if path.is_file() and path.name.lower().endswith(SUPPORTED_SUFFIXES):
+                relative = path.relative_to(root).as_posix()
+                records.append(Record(relative, label, groups.get(relative, relative)))
+    return records
+
+
+def _read_groups(root: Path) -> dict[str, str]:
+    metadata = root / "metadata.csv"
+    if not metadata.is_file():
+        return {}
+    with metadata.open(newline="") as handle:
+        return {row["image"]: row.get("group") or row["image"] for row in csv.DictReader(handle)}
+
+
+def decode_records(
+    root: Path, records: list[Record], settings: Preprocessing, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode each image once: (plain, brain-masked) uint8 arrays of shape (N, S, S)."""
+    size = settings.input_size
+    plain = np.zeros((len(records), size, size), dtype=np.uint8)
+    masked = np.zeros_like(plain)
+    for i, record in enumerate(tqdm(records, desc="decode", disable=not progress, leave=False)):
+        path = Path(root) / record.image
+        image = load_image(path.read_bytes(), path.name).pixels
+        head = detect_brain_mask(image).mask
+        square, _ = prepare_slice(image, settings, head)
+        plain[i] = np.round(square * 255)
+        if head is not None:
+            square, _ = prepare_slice(image * head, settings, head)
+        masked[i] = np.round(square * 255)
+    return plain, masked
+
+
+def grouped_holdout(records: list[Record], fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of held-out records: whole groups, about `fraction` of each class."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(len(records), dtype=bool)
+    labels = sorted({r.label for r in records})
+    for label in labels:
+        groups = sorted({r.group for r in records if r.label == label})
+        rng.shuffle(groups)
+        target = fraction * sum(r.label == label for r in records)
+        chosen: set[str] = set()
+        count = 0
+        for group in groups:
+            if count >= target:
+                break
+            chosen.add(group)
+            count += sum(r.group == group and r.label == label for r in records)
+        held |= np.array([r.label == label and r.group in chosen for r in records])
+    return held

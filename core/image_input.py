@@ -1,0 +1,302 @@
+"""Decode an uploaded scan (bytes + file name) into one 2-D float32 slice in [0, 1].
+
+Nothing is written to disk: every decoder reads from memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+MIN_SIDE = 32
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SUPPORTED_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
+
+# Stop Pillow from silently decoding decompression bombs; we raise our own message.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class ImageInputError(ValueError):
+    """An uploaded file cannot be used; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """One slice ready for the model, plus what the viewer needs to know about it."""
+
+    pixels: np.ndarray  # 2-D float32 in [0, 1]
+    file_format: str  # "PNG", "JPEG", "DICOM", "NIfTI", ...
+    num_slices: int = 1  # frames (DICOM) or slices along the chosen axis (NIfTI)
+    slice_index: int = 0
+    pixel_spacing_mm: tuple[float, float] | None = None  # (row, column)
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def load_image(
+    data: bytes,
+    filename: str,
+    *,
+    slice_index: int | None = None,
+    axis: int = 2,
+) -> LoadedImage:
+    """Decode bytes into a 2-D float32 image in [0, 1].
+
+    Args:
+        data: the file's bytes.
+        filename: used for its suffix only (never opened).
+        slice_index: frame of a multi-frame DICOM or slice of a NIfTI volume;
+            default the middle one.
+        axis: NIfTI axis to slice along (0 sagittal, 1 coronal, 2 axial).
+
+    Returns:
+        A LoadedImage.
+
+    Raises:
+        ImageInputError: with a message a clinician can act on.
+    """
+    if not data:
+        raise ImageInputError("The file is empty (0 bytes). Please upload the scan again.")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageInputError(
+            f"The file is {len(data) / 1e6:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB. "
+            "Export a single slice, or a smaller series, and try again."
+        )
+    name = filename.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        loaded = _load_nifti(data, slice_index, axis)
+    elif name.endswith(DICOM_SUFFIXES) or _looks_like_dicom(data):
+        loaded = _load_dicom(data, slice_index)
+    elif name.endswith(RASTER_SUFFIXES) or "." not in name:
+        loaded = _load_raster(data)
+    else:
+        raise ImageInputError(
+            f"'{filename}' is not a supported format. Upload PNG, JPEG, BMP, TIFF, "
+            "DICOM (.dcm) or NIfTI (.nii, .nii.gz)."
+        )
+    _check_size(loaded.pixels.shape)
+    return loaded
+
+
+def _looks_like_dicom(data: bytes) -> bool:
+    return len(data) > 132 and data[128:132] == b"DICM"
+
+
+def _check_size(shape: tuple[int, ...]) -> None:
+    height, width = shape[:2]
+    if height * width > MAX_PIXELS:
+        raise ImageInputError(
+            f"The image is {width}x{height} pixels, over the {MAX_PIXELS // 1_000_000} megapixel "
+            "limit. Downsample it or export one slice."
+        )
+    if min(height, width) < MIN_SIDE:
+        raise ImageInputError(
+            f"The image is only {width}x{height} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed. "
+            "Upload the full-resolution slice, not a thumbnail."
+        )
+
+
+def to_unit_range(values: np.ndarray) -> np.ndarray:
+    """Scale finite values to [0, 1]; NaN/Inf become 0. Raises for a constant image."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise ImageInputError("The image holds no valid pixel values (all NaN or infinite).")
+    low, high = values[finite].min(), values[finite].max()
+    if high - low <= 0:
+        raise ImageInputError(
+            "Every pixel has the same value, so there is nothing to explain. "
+            "Check that the right series or slice was exported."
+        )
+    scaled = np.where(finite, (values - low) / (high - low), 0.0)
+    return scaled.astype(np.float32)
+
+
+# --- PNG, JPEG, BMP, TIFF -------------------------------------------------
+
+
+def _load_raster(data: bytes) -> LoadedImage:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            _check_size((image.height, image.width))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except ImageInputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageInputError(
+            f"The image declares more than {MAX_PIXELS // 1_000_000} megapixels. "
+            "Downsample it or export one slice."
+        ) from error
+    except UnidentifiedImageError as error:
+        raise ImageInputError(
+            "This file is not an image we can read. Upload PNG, JPEG, BMP, TIFF, DICOM or NIfTI."
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageInputError(
+            "The image file is truncated or corrupt. Export it again and re-upload."
+        ) from error
+    return LoadedImage(pixels=_raster_to_grey(image), file_format=image.format or "image")
+
+
+def _raster_to_grey(image: Image.Image) -> np.ndarray:
+    if image.mode in ("P", "PA", "CMYK", "RGBA", "LA", "YCbCr", "HSV", "LAB", "1"):
+        image = image.convert("RGBA" if "A" in image.mode or image.mode == "P" else "RGB")
+    pixels = np.asarray(image)
+    if pixels.ndim == 3:
+        if pixels.shape[2] == 4:  # composite transparency onto black, the MRI background
+            alpha = pixels[..., 3:4].astype(np.float64) / 255.0
+            pixels = pixels[..., :3] * alpha
+        pixels = pixels[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    return to_unit_range(pixels)
+
+
+# --- DICOM ---------------------------------------------------------------
+
+
+def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as error:
+        raise ImageInputError(
+            "The DICOM file is truncated or corrupt. Export it again from the PACS."
+        ) from error
+    if "PixelData" not in dataset and "FloatPixelData" not in dataset:
+        raise ImageInputError(
+            "This DICOM file holds no image (no pixel data): it may be a report or "
+            "structured document. Export the image series instead."
+        )
+    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    _check_size((rows, columns))
+    try:
+        pixels = dataset.pixel_array
+    except (NotImplementedError, RuntimeError) as error:
+        syntax = getattr(dataset.file_meta, "TransferSyntaxUID", None)
+        raise ImageInputError(
+            f"This DICOM is compressed ({getattr(syntax, 'name', syntax)}) and no decoder for it "
+            "is installed. Export it uncompressed (explicit VR little endian) and re-upload."
+        ) from error
+    except (ValueError, AttributeError, TypeError, KeyError, EOFError) as error:
+        raise ImageInputError(
+            "The DICOM pixel data is truncated or corrupt. Export it again from the PACS."
+        ) from error
+
+    num_frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    is_colour = int(dataset.get("SamplesPerPixel", 1) or 1) > 1
+    if num_frames > 1:
+        frame = _choose_index(frame, num_frames, "frame")
+        pixels = pixels[frame]
+    else:
+        frame = 0
+    pixels = np.asarray(pixels, dtype=np.float64)
+    if is_colour:
+        pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114])
+
+    from pydicom.pixels import apply_rescale
+
+    pixels = apply_rescale(pixels, dataset)
+    notes = []
+    window = _dicom_window(dataset)
+    if window is not None:
+        centre, width = window
+        pixels = np.clip(pixels, centre - width / 2, centre + width / 2)
+        notes.append(f"Window centre {centre:g}, width {width:g} from the file.")
+    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        pixels = pixels.max() - pixels  # MONOCHROME1 shows low values as white
+        notes.append("MONOCHROME1: intensities inverted for display.")
+    spacing = dataset.get("PixelSpacing")
+    spacing_mm = (float(spacing[0]), float(spacing[1])) if spacing and len(spacing) == 2 else None
+    return LoadedImage(
+        pixels=to_unit_range(pixels),
+        file_format="DICOM",
+        num_slices=num_frames,
+        slice_index=frame,
+        pixel_spacing_mm=spacing_mm,
+        notes=tuple(notes),
+    )
+
+
+def _dicom_window(dataset) -> tuple[float, float] | None:
+    centre, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+    if centre is None or width is None:
+        return None
+    try:  # multi-valued windows: the first is the default view
+        centre = float(centre[0] if hasattr(centre, "__len__") else centre)
+        width = float(width[0] if hasattr(width, "__len__") else width)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (centre, width) if width > 0 else None
+
+
+def _choose_index(index: int | None, count: int, what: str) -> int:
+    if index is None:
+        return count // 2
+    if not 0 <= index < count:
+        raise ImageInputError(f"The {what} number {index} does not exist; choose 0 to {count - 1}.")
+    return index
+
+
+# --- NIfTI ----------------------------------------------------------------
+
+
+def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
+    import nibabel as nib
+
+    try:
+        raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+        image = nib.Nifti1Image.from_bytes(raw)
+        header = image.header
+        shape = tuple(int(s) for s in header.get_data_shape())
+    except (gzip.BadGzipFile, EOFError, OSError, ValueError, nib.filebasedimages.ImageFileError) as error:
+        raise ImageInputError(
+            "The NIfTI file is truncated or corrupt. Export it again and re-upload."
+        ) from error
+    spatial = [s for s in shape[:3]]
+    if len(shape) < 2 or len(shape) > 4 or (len(shape) == 4 and shape[3] != 1):
+        raise ImageInputError(
+            f"The NIfTI volume has shape {shape}; one 2-D or 3-D volume is expected "
+            "(for a 4-D series, export a single volume)."
+        )
+    if int(np.prod(spatial)) > 8 * MAX_PIXELS:
+        raise ImageInputError("The NIfTI volume is too large; export a cropped or single volume.")
+    try:
+        volume = np.asarray(image.dataobj, dtype=np.float64).reshape(shape[:3] if len(shape) > 2 else shape)
+    except (EOFError, OSError, ValueError) as error:
+        raise ImageInputError(
+            "The NIfTI image data is truncated or corrupt. Export it again and re-upload."
+        ) from error
+    zooms = header.get_zooms()
+    if volume.ndim == 2:
+        return LoadedImage(
+            pixels=to_unit_range(np.rot90(volume)),
+            file_format="NIfTI",
+            pixel_spacing_mm=(float(zooms[0]), float(zooms[1])),
+        )
+    if axis not in (0, 1, 2):
+        raise ImageInputError("The slicing axis must be 0 (sagittal), 1 (coronal) or 2 (axial).")
+    count = volume.shape[axis]
+    index = _choose_index(slice_index, count, "slice")
+    plane = np.take(volume, index, axis=axis)
+    in_plane = [float(z) for i, z in enumerate(zooms[:3]) if i != axis]
+    # Radiological display: rotate so anterior is up, as viewers show it.
+    return LoadedImage(
+        pixels=to_unit_range(np.rot90(plane)),
+        file_format="NIfTI",
+        num_slices=count,
+        slice_index=index,
+        pixel_spacing_mm=(in_plane[1], in_plane[0]),
+    )

@@ -1,0 +1,122 @@
+"""Turn a 2-D slice into the model's input, and map a heatmap back onto the slice.
+
+The same code runs at training and inference; its settings live in config.json.
+Grey conversion happens at decoding (core.image_input). Here: crop to the head (so the
+field of view and image size carry less of the source bias), pad to a square, resize,
+and stretch intensities between robust percentiles inside the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a slice becomes a tensor; stored in config.json under "preprocessing"."""
+
+    input_size: int = 192
+    mean: float = 0.5
+    std: float = 0.5
+    crop_to_head: bool = True
+    crop_margin: float = 0.04  # fraction of the image side added around the head box
+    intensity_percentiles: tuple[float, float] = (1.0, 99.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Preprocessing:
+        values = dict(values)
+        values["intensity_percentiles"] = tuple(values.get("intensity_percentiles", (1.0, 99.0)))
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Where the model's square input came from in the original slice."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+    side: int  # the padded square's side, in original pixels
+    pad_top: int
+    pad_left: int
+
+
+def head_box(image: np.ndarray, mask: np.ndarray | None, margin: float) -> tuple[int, int, int, int]:
+    """Bounding box (top, bottom, left, right) of the head, or of the whole image."""
+    region = mask if mask is not None else image > 0.05 * float(image.max())
+    rows, cols = np.nonzero(region)
+    height, width = image.shape
+    if rows.size == 0:
+        return 0, height, 0, width
+    pad = int(round(margin * max(height, width)))
+    return (
+        max(0, rows.min() - pad),
+        min(height, rows.max() + 1 + pad),
+        max(0, cols.min() - pad),
+        min(width, cols.max() + 1 + pad),
+    )
+
+
+def prepare_slice(
+    image: np.ndarray, settings: Preprocessing, head_mask: np.ndarray | None = None
+) -> tuple[np.ndarray, CropBox]:
+    """Crop, pad and resize a slice to the model's square input, intensities in [0, 1].
+
+    Args:
+        image: 2-D float32 slice in [0, 1] (background already zeroed if masking).
+        settings: the checkpoint's preprocessing.
+        head_mask: the detected head, used for the crop and the intensity percentiles.
+
+    Returns:
+        (square float32 array of side settings.input_size, the CropBox to map back)
+    """
+    height, width = image.shape
+    if settings.crop_to_head:
+        top, bottom, left, right = head_box(image, head_mask, settings.crop_margin)
+    else:
+        top, bottom, left, right = 0, height, 0, width
+    crop = image[top:bottom, left:right]
+    side = max(crop.shape)
+    pad_top, pad_left = (side - crop.shape[0]) // 2, (side - crop.shape[1]) // 2
+    square = np.zeros((side, side), dtype=np.float32)
+    square[pad_top : pad_top + crop.shape[0], pad_left : pad_left + crop.shape[1]] = crop
+
+    inside = crop[head_mask[top:bottom, left:right]] if head_mask is not None else crop[crop > 0]
+    if inside.size < 16:
+        inside = crop.ravel()
+    low, high = np.percentile(inside, settings.intensity_percentiles)
+    if high > low:
+        square = np.clip((square - low) / (high - low), 0.0, 1.0)
+    interpolation = cv2.INTER_AREA if side > settings.input_size else cv2.INTER_LINEAR
+    resized = cv2.resize(square, (settings.input_size, settings.input_size), interpolation=interpolation)
+    box = CropBox(top, bottom, left, right, side, pad_top, pad_left)
+    return resized.astype(np.float32), box
+
+
+def to_tensor(prepared: np.ndarray | torch.Tensor, settings: Preprocessing) -> torch.Tensor:
+    """(N?, S, S) in [0, 1] -> normalised (N, 3, S, S): grey repeated on three channels."""
+    tensor = torch.as_tensor(prepared, dtype=torch.float32)
+    if tensor.ndim == 2:
+        tensor = tensor[None]
+    tensor = (tensor - settings.mean) / settings.std
+    return tensor[:, None].expand(-1, 3, -1, -1).contiguous()
+
+
+def heatmap_to_slice(heatmap: np.ndarray, box: CropBox, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a model-input-sized heatmap back to the crop and place it in the full slice."""
+    square = cv2.resize(heatmap.astype(np.float32), (box.side, box.side), interpolation=cv2.INTER_LINEAR)
+    crop = square[
+        box.pad_top : box.pad_top + box.bottom - box.top,
+        box.pad_left : box.pad_left + box.right - box.left,
+    ]
+    full = np.zeros(shape, dtype=np.float32)
+    full[box.top : box.bottom, box.left : box.right] = crop
+    return np.clip(full, 0.0, 1.0)

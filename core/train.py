@@ -1,0 +1,235 @@
+"""Train a timm classifier on a ROOT/SPLIT/<class>/<image> dataset, from memory.
+
+Images are decoded and preprocessed once (core.dataset), then augmented per sample.
+A grouped hold-out drawn from the training splits picks nothing on `test`: it gives the
+per-epoch log and the data the temperature is fitted on.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from core.checkpoint import ModelConfig, create_model, save_checkpoint
+from core.dataset import decode_records, grouped_holdout, list_split
+from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
+from core.preprocess import Preprocessing, to_tensor
+
+DEFAULT_LAYERS = {"tf_efficientnet_lite0": "conv_head", "convnext": "stages.3"}
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    arch: str
+    data: Path
+    out: Path
+    splits: tuple[str, ...] = ("train", "val")
+    epochs: int = 12
+    image_size: int = 192
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    seed: int = 0
+    init: str = "scratch"  # "scratch" or "imagenet-lite0"
+    teacher: Path | None = None
+    distill_weight: float = 0.5
+    holdout_fraction: float = 0.15
+    limit: int | None = None  # images per class, for smoke runs
+    max_steps: int | None = None
+    threads: int = 2
+    progress: bool = True
+
+
+def default_target_layer(arch: str) -> str:
+    return DEFAULT_LAYERS.get(arch) or DEFAULT_LAYERS["convnext" if arch.startswith("convnext") else arch]
+
+
+class Augment:
+    """MRI-friendly augmentation: small affine, flips, gamma/contrast/brightness."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+        self.affine = v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1))
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        rand = lambda: float(torch.rand(1, generator=self.generator))  # noqa: E731
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
+        image = self.affine(image[None])[0]
+        if rand() < 0.5:
+            image = image.flip(-1)
+        image = image.clamp(0, 1) ** (0.75 + 0.6 * rand())
+        image = image * (0.85 + 0.3 * rand()) + (rand() - 0.5) * 0.1
+        return image.clamp(0, 1)
+
+
+def train(options: TrainOptions) -> dict:
+    """Train, fit the temperature on the hold-out, write the checkpoint. Returns its config."""
+    torch.manual_seed(options.seed)
+    np.random.seed(options.seed)
+    torch.set_num_threads(options.threads)
+    started = time.time()
+    settings = Preprocessing(input_size=options.image_size)
+
+    records = [r for split in options.splits for r in list_split(options.data, split)]
+    label_names = sorted({r.label for r in records})
+    if options.limit:
+        records = [r for name in label_names for r in [x for x in records if x.label == name][: options.limit]]
+    labels = np.array([label_names.index(r.label) for r in records])
+    held = grouped_holdout(records, options.holdout_fraction, options.seed)
+    plain, masked = decode_records(options.data, records, settings, options.progress)
+    print(f"decoded {len(records)} images ({held.sum()} held out by group) in {time.time() - started:.0f}s", flush=True)
+
+    model = _initial_model(options, len(label_names))
+    teacher_probs = _teacher_probabilities(options, masked, label_names) if options.teacher else None
+
+    train_idx = np.flatnonzero(~held)
+    counts = np.bincount(labels[train_idx], minlength=len(label_names)).astype(np.float64)
+    class_weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+    steps_per_epoch = int(np.ceil(len(train_idx) / options.batch_size))
+    total_steps = options.max_steps or options.epochs * steps_per_epoch
+    optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimiser, max_lr=options.lr, total_steps=total_steps, pct_start=0.1
+    )
+    augment = Augment(options.seed)
+    rng = np.random.default_rng(options.seed)
+    history, step = [], 0
+    for epoch in range(options.epochs):
+        model.train()
+        order = rng.permutation(train_idx)
+        losses = []
+        batches = range(0, len(order), options.batch_size)
+        for start in tqdm(batches, desc=f"epoch {epoch + 1}", disable=not options.progress, leave=False):
+            if step >= total_steps:
+                break
+            batch = order[start : start + options.batch_size]
+            # Half the images are brain-masked, so the model sees both views the app offers.
+            use_mask = rng.random(len(batch)) < 0.5
+            images = np.where(use_mask[:, None, None], masked[batch], plain[batch])
+            x = torch.stack([augment(torch.from_numpy(im).float()[None] / 255)[0] for im in images])
+            logits = model(to_tensor(x, settings))
+            target = torch.from_numpy(labels[batch])
+            loss = F.cross_entropy(logits, target, weight=class_weights, label_smoothing=0.1)
+            if teacher_probs is not None:
+                # Hinton et al. 2015: match the teacher's softened distribution (T = 2).
+                soft = torch.from_numpy(teacher_probs[batch]).float()
+                kd = F.kl_div(F.log_softmax(logits / 2, 1), soft, reduction="batchmean") * 4
+                loss = (1 - options.distill_weight) * loss + options.distill_weight * kd
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            losses.append(loss.item())
+            step += 1
+        entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None}
+        if held.any():
+            held_logits = predict_logits(model, plain[held], settings)
+            summary = classification_summary(labels[held], softmax(held_logits), label_names)
+            entry.update(holdout_accuracy=summary["accuracy"], holdout_macro_f1=summary["macro_f1"])
+        history.append(entry)
+        print(json.dumps(entry), flush=True)
+        if step >= total_steps:
+            break
+
+    holdout = {}
+    temperature = 1.0
+    if held.any():
+        held_logits = predict_logits(model, plain[held], settings)
+        temperature = fit_temperature(held_logits, labels[held])
+        summary = classification_summary(labels[held], softmax(held_logits, temperature), label_names)
+        holdout = {
+            "num_images": int(held.sum()),
+            "accuracy": summary["accuracy"],
+            "macro_f1": summary["macro_f1"],
+            "ece_before_temperature": expected_calibration_error(softmax(held_logits), labels[held]),
+            "ece_after_temperature": expected_calibration_error(softmax(held_logits, temperature), labels[held]),
+        }
+    config = ModelConfig(
+        architecture=options.arch,
+        label_names=tuple(label_names),
+        preprocessing=settings,
+        default_target_layer=default_target_layer(options.arch),
+        temperature=temperature,
+        extra={"training": _training_record(options, started, history, holdout, len(records))},
+    )
+    model.eval()
+    save_checkpoint(model, config, options.out)
+    print(f"saved {options.out} (temperature {temperature:.3f}) in {time.time() - started:.0f}s", flush=True)
+    return config.to_dict()
+
+
+def _initial_model(options: TrainOptions, num_classes: int) -> torch.nn.Module:
+    if options.init == "imagenet-lite0":
+        from core.pretrained import LITE0_ARCHITECTURE, lite0_backbone_for
+
+        if options.arch != LITE0_ARCHITECTURE:
+            raise ValueError(f"--init imagenet-lite0 needs --arch {LITE0_ARCHITECTURE}.")
+        return lite0_backbone_for(num_classes)
+    return create_model(options.arch, num_classes)
+
+
+def _teacher_probabilities(options: TrainOptions, images: np.ndarray, label_names: list[str]) -> np.ndarray:
+    from core.checkpoint import load_checkpoint
+
+    teacher = load_checkpoint(options.teacher)
+    if list(teacher.config.label_names) != label_names:
+        raise ValueError(f"Teacher classes {teacher.config.label_names} differ from {label_names}.")
+    logits = predict_logits(teacher.model, images, teacher.config.preprocessing)
+    return softmax(logits, 2.0).astype(np.float32)
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images: np.ndarray, settings: Preprocessing, batch: int = 64) -> np.ndarray:
+    """Logits for uint8 (N, S, S) prepared images, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = [
+        model(to_tensor(torch.from_numpy(images[i : i + batch]).float() / 255, settings)).numpy()
+        for i in range(0, len(images), batch)
+    ]
+    model.train(was_training)
+    return np.concatenate(out)
+
+
+def _training_record(options: TrainOptions, started: float, history: list, holdout: dict, n: int) -> dict:
+    return {
+        "data": str(options.data),
+        "splits": list(options.splits),
+        "num_images": n,
+        "holdout": f"{options.holdout_fraction:.0%} of the groups of each class (metadata.csv 'group'), seed {options.seed}",
+        "holdout_metrics": holdout,
+        "init": options.init,
+        "teacher": str(options.teacher) if options.teacher else None,
+        "epochs": options.epochs,
+        "image_size": options.image_size,
+        "batch_size": options.batch_size,
+        "optimiser": f"AdamW lr {options.lr} wd {options.weight_decay}, one-cycle",
+        "loss": "class-weighted cross-entropy, label smoothing 0.1"
+        + (f", distillation weight {options.distill_weight} at T=2" if options.teacher else ""),
+        "augmentation": "affine (+-10 deg, 6 % shift, 0.9-1.1 scale), h-flip, gamma 0.75-1.35, "
+        "contrast 0.85-1.15, brightness +-0.05, brain mask on half the images",
+        "seed": options.seed,
+        "history": history,
+        "seconds": round(time.time() - started),
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
