@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from core.preprocess import Preprocessing
 
 SCHEMA_VERSION = 1
-CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
+DEFAULT_CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
+ROOT_VARIABLE = "BRAIN_XAI_CHECKPOINTS"  # overrides where checkpoint names are looked up
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -58,8 +60,16 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
         known = {
-            "schema_version", "architecture", "num_classes", "label_names", "input_size",
-            "mean", "std", "preprocessing", "default_target_layer", "temperature",
+            "schema_version",
+            "architecture",
+            "num_classes",
+            "label_names",
+            "input_size",
+            "mean",
+            "std",
+            "preprocessing",
+            "default_target_layer",
+            "temperature",
         }
         return cls(
             architecture=values["architecture"],
@@ -95,22 +105,26 @@ def save_checkpoint(model: torch.nn.Module, config: ModelConfig, directory: Path
     (directory / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
 
-def list_checkpoints(root: Path = CHECKPOINT_ROOT) -> list[str]:
+def checkpoint_root() -> Path:
+    return Path(os.environ.get(ROOT_VARIABLE, DEFAULT_CHECKPOINT_ROOT))
+
+
+def list_checkpoints(root: Path | None = None) -> list[str]:
     """Names of the installed checkpoints (folders holding both files), sorted."""
+    root = root or checkpoint_root()
     if not root.is_dir():
         return []
-    return sorted(
-        p.name for p in root.iterdir() if (p / WEIGHTS_FILE).is_file() and (p / CONFIG_FILE).is_file()
-    )
+    return sorted(p.name for p in root.iterdir() if (p / WEIGHTS_FILE).is_file() and (p / CONFIG_FILE).is_file())
 
 
-def resolve_checkpoint(name_or_dir: str | Path, root: Path = CHECKPOINT_ROOT) -> Path:
-    path = Path(name_or_dir)
-    if path.is_dir():
-        return path
+def resolve_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> Path:
+    root = root or checkpoint_root()
     by_name = root / str(name_or_dir)
     if by_name.is_dir():
         return by_name
+    path = Path(name_or_dir)
+    if path.is_dir():
+        return path
     installed = ", ".join(list_checkpoints(root)) or "none installed"
     raise CheckpointError(f"No checkpoint '{name_or_dir}'. Installed: {installed}.")
 
@@ -133,7 +147,7 @@ def read_config(directory: Path) -> ModelConfig:
         raise CheckpointError(f"{directory / CONFIG_FILE} is missing or has a bad field: {error}.") from error
 
 
-def load_checkpoint(name_or_dir: str | Path, root: Path = CHECKPOINT_ROOT) -> LoadedModel:
+def load_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> LoadedModel:
     """Load a checkpoint for inference (eval mode, CPU).
 
     Args:

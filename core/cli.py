@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -26,16 +27,90 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     train.add_argument("--no-progress", action="store_true")
 
+    explain = commands.add_parser("explain", help="heatmaps and overlays for image files")
+    explain.add_argument("images", nargs="+", type=Path)
+    explain.add_argument("--checkpoint", required=True, help="name under checkpoints/ or a folder")
+    explain.add_argument("--method", default="Grad-CAM")
+    explain.add_argument("--target", help="class name to explain (default: predicted)")
+    explain.add_argument("--no-brain-mask", action="store_true")
+    explain.add_argument("--out", type=Path, required=True)
+
+    evaluate = commands.add_parser("evaluate", help="accuracy, F1, AUC and calibration on a split")
+    evaluate.add_argument("--checkpoint", required=True, help="name under checkpoints/ or a folder")
+    evaluate.add_argument("--data", type=Path, required=True, help="dataset ROOT with SPLIT/<class>/<image>")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--out", type=Path, required=True)
+    evaluate.add_argument("--no-brain-mask", action="store_true")
+
     args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        return _evaluate(args)
+    if args.command == "explain":
+        return _explain(args)
     if args.command == "train":
-        from core.train import TrainOptions, train as run_training
+        from core.train import TrainOptions
+        from core.train import train as run_training
 
         run_training(
             TrainOptions(
-                arch=args.arch, data=args.data, out=args.out, splits=tuple(args.splits),
-                epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
-                lr=args.lr, seed=args.seed, init=args.init, teacher=args.teacher,
-                limit=args.limit, max_steps=args.max_steps, progress=not args.no_progress,
+                arch=args.arch,
+                data=args.data,
+                out=args.out,
+                splits=tuple(args.splits),
+                epochs=args.epochs,
+                image_size=args.image_size,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                seed=args.seed,
+                init=args.init,
+                teacher=args.teacher,
+                limit=args.limit,
+                max_steps=args.max_steps,
+                progress=not args.no_progress,
             )
         )
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from core.batch import explain_files
+    from core.checkpoint import CheckpointError
+    from core.explain import CAM_METHODS
+
+    if args.method not in CAM_METHODS:
+        print(f"Unknown method '{args.method}'. Choose one of: {', '.join(CAM_METHODS)}.", file=sys.stderr)
+        return 2
+    try:
+        results = explain_files(
+            args.images,
+            args.checkpoint,
+            args.out,
+            method=args.method,
+            target=args.target,
+            brain_mask=not args.no_brain_mask,
+        )
+    except CheckpointError as error:
+        print(error, file=sys.stderr)
+        return 2
+    failed = sum("error" in r for r in results)
+    print(f"{len(results) - failed} of {len(results)} images explained; results in {args.out / 'results.json'}")
+    return 1 if failed else 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from core.checkpoint import CheckpointError
+    from core.dataset import DatasetError
+    from core.evaluate import evaluate
+
+    try:
+        summary = evaluate(args.checkpoint, args.data, args.split, args.out, mask_input=not args.no_brain_mask)
+    except (CheckpointError, DatasetError) as error:
+        print(error, file=sys.stderr)
+        return 2
+    ece = summary["ece_15_bins"]
+    print(
+        f"{summary['num_images']} images: accuracy {summary['accuracy']:.3f}, macro-F1 {summary['macro_f1']:.3f}, "
+        f"ECE {ece['before_temperature']:.3f} -> {ece['after_temperature']:.3f} after temperature; "
+        f"written to {args.out}"
+    )
     return 0

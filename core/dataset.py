@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from core.brain_mask import detect_brain_mask
 from core.image_input import SUPPORTED_SUFFIXES, load_image
-from core.preprocess import Preprocessing, prepare_slice
+from core.preprocess import Preprocessing, prepare_for_model
 
 
 class DatasetError(ValueError):
@@ -41,8 +40,7 @@ def list_split(root: Path, split: str, label_names: list[str] | None = None) -> 
         unknown = [c for c in classes if c not in label_names]
         if unknown:
             raise DatasetError(
-                f"Class folder(s) {unknown} in {split_dir} are unknown to the model, "
-                f"which knows {list(label_names)}."
+                f"Class folder(s) {unknown} in {split_dir} are unknown to the model, which knows {list(label_names)}."
             )
     groups = _read_groups(Path(root))
     records = []
@@ -72,12 +70,8 @@ def decode_records(
     for i, record in enumerate(tqdm(records, desc="decode", disable=not progress, leave=False)):
         path = Path(root) / record.image
         image = load_image(path.read_bytes(), path.name).pixels
-        head = detect_brain_mask(image).mask
-        square, _ = prepare_slice(image, settings, head)
-        plain[i] = np.round(square * 255)
-        if head is not None:
-            square, _ = prepare_slice(image * head, settings, head)
-        masked[i] = np.round(square * 255)
+        plain[i] = np.round(prepare_for_model(image, settings, mask_input=False).square * 255)
+        masked[i] = np.round(prepare_for_model(image, settings, mask_input=True).square * 255)
     return plain, masked
 
 

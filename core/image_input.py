@@ -131,23 +131,21 @@ def _load_raster(data: bytes) -> LoadedImage:
             image = Image.open(io.BytesIO(data))
             _check_size((image.height, image.width))
             image.load()
+            file_format = image.format or "image"
             image = ImageOps.exif_transpose(image)
     except ImageInputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageInputError(
-            f"The image declares more than {MAX_PIXELS // 1_000_000} megapixels. "
-            "Downsample it or export one slice."
+            f"The image declares more than {MAX_PIXELS // 1_000_000} megapixels. Downsample it or export one slice."
         ) from error
     except UnidentifiedImageError as error:
         raise ImageInputError(
             "This file is not an image we can read. Upload PNG, JPEG, BMP, TIFF, DICOM or NIfTI."
         ) from error
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageInputError(
-            "The image file is truncated or corrupt. Export it again and re-upload."
-        ) from error
-    return LoadedImage(pixels=_raster_to_grey(image), file_format=image.format or "image")
+        raise ImageInputError("The image file is truncated or corrupt. Export it again and re-upload.") from error
+    return LoadedImage(pixels=_raster_to_grey(image), file_format=file_format)
 
 
 def _raster_to_grey(image: Image.Image) -> np.ndarray:
@@ -172,9 +170,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as error:
-        raise ImageInputError(
-            "The DICOM file is truncated or corrupt. Export it again from the PACS."
-        ) from error
+        raise ImageInputError("The DICOM file is truncated or corrupt. Export it again from the PACS.") from error
     if "PixelData" not in dataset and "FloatPixelData" not in dataset:
         raise ImageInputError(
             "This DICOM file holds no image (no pixel data): it may be a report or "
@@ -191,9 +187,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
             "is installed. Export it uncompressed (explicit VR little endian) and re-upload."
         ) from error
     except (ValueError, AttributeError, TypeError, KeyError, EOFError) as error:
-        raise ImageInputError(
-            "The DICOM pixel data is truncated or corrupt. Export it again from the PACS."
-        ) from error
+        raise ImageInputError("The DICOM pixel data is truncated or corrupt. Export it again from the PACS.") from error
 
     num_frames = int(dataset.get("NumberOfFrames", 1) or 1)
     is_colour = int(dataset.get("SamplesPerPixel", 1) or 1) > 1
@@ -262,9 +256,7 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
         header = image.header
         shape = tuple(int(s) for s in header.get_data_shape())
     except (gzip.BadGzipFile, EOFError, OSError, ValueError, nib.filebasedimages.ImageFileError) as error:
-        raise ImageInputError(
-            "The NIfTI file is truncated or corrupt. Export it again and re-upload."
-        ) from error
+        raise ImageInputError("The NIfTI file is truncated or corrupt. Export it again and re-upload.") from error
     spatial = [s for s in shape[:3]]
     if len(shape) < 2 or len(shape) > 4 or (len(shape) == 4 and shape[3] != 1):
         raise ImageInputError(
@@ -276,9 +268,7 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
     try:
         volume = np.asarray(image.dataobj, dtype=np.float64).reshape(shape[:3] if len(shape) > 2 else shape)
     except (EOFError, OSError, ValueError) as error:
-        raise ImageInputError(
-            "The NIfTI image data is truncated or corrupt. Export it again and re-upload."
-        ) from error
+        raise ImageInputError("The NIfTI image data is truncated or corrupt. Export it again and re-upload.") from error
     zooms = header.get_zooms()
     if volume.ndim == 2:
         return LoadedImage(

@@ -41,19 +41,15 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         return loss
 
     optimiser.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
-def classification_summary(
-    labels: np.ndarray, probabilities: np.ndarray, label_names: list[str]
-) -> dict:
+def classification_summary(labels: np.ndarray, probabilities: np.ndarray, label_names: list[str]) -> dict:
     """Accuracy, macro-F1, per-class P/R/F1, confusion matrix and one-vs-rest ROC AUC."""
     labels = np.asarray(labels)
     predicted = probabilities.argmax(axis=1)
     indices = list(range(len(label_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=indices, zero_division=0
-    )
+    precision, recall, f1, support = precision_recall_fscore_support(labels, predicted, labels=indices, zero_division=0)
     per_class = {
         name: {
             "precision": float(precision[i]),

@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import torch
 
+from core.brain_mask import BrainMask, detect_brain_mask
+
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -120,3 +122,21 @@ def heatmap_to_slice(heatmap: np.ndarray, box: CropBox, shape: tuple[int, int]) 
     full = np.zeros(shape, dtype=np.float32)
     full[box.top : box.bottom, box.left : box.right] = crop
     return np.clip(full, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class PreparedSlice:
+    """A slice as the model sees it, with the head mask and the box to map back."""
+
+    square: np.ndarray
+    box: CropBox
+    brain: BrainMask
+    masked: bool  # background zeroed before the model
+
+
+def prepare_for_model(image: np.ndarray, settings: Preprocessing, mask_input: bool = True) -> PreparedSlice:
+    """Detect the head, optionally zero the background, then prepare_slice()."""
+    brain = detect_brain_mask(image)
+    masked = brain.found and mask_input
+    square, box = prepare_slice(image * brain.mask if masked else image, settings, brain.mask)
+    return PreparedSlice(square, box, brain, masked)

@@ -206,7 +206,7 @@ def _training_record(options: TrainOptions, started: float, history: list, holdo
         "data": str(options.data),
         "splits": list(options.splits),
         "num_images": n,
-        "holdout": f"{options.holdout_fraction:.0%} of the groups of each class (metadata.csv 'group'), seed {options.seed}",
+        "holdout": f"{options.holdout_fraction:.0%} of each class's groups (metadata.csv 'group'), seed {options.seed}",
         "holdout_metrics": holdout,
         "init": options.init,
         "teacher": str(options.teacher) if options.teacher else None,

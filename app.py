@@ -1,0 +1,25 @@
+"""Brain-MRI explainability dashboard. Run: streamlit run app.py"""
+
+import streamlit as st
+
+import cached
+
+st.set_page_config(page_title="Brain-MRI explainability", page_icon=":brain:", layout="wide")
+st.title("Brain-MRI classifier explainability")
+st.markdown(
+    """
+See where a brain-MRI classifier looks when it predicts **glioma, meningioma, pituitary
+tumour or no tumour**, using Grad-CAM and related methods.
+
+- **Explain**: upload a scan (PNG, JPEG, BMP, TIFF, DICOM, NIfTI) or pick a sample, and see
+  the original, the heatmap and the overlay with the model's prediction.
+
+Models are trained on a public dataset with known biases (see each model card). This is a
+research tool, **not a medical device**: never use it for diagnosis.
+"""
+)
+models = cached.installed_models()
+if models:
+    st.success(f"Installed models: {', '.join(models)}. Open a page in the sidebar.")
+else:
+    st.warning("No trained model is installed yet; see the README to train one.")

@@ -1,0 +1,232 @@
+"""One call, one result: explain(model, slice) -> Explanation.
+
+CAMs come from pytorch-grad-cam. Hooks are created per call inside `with`, under the
+model's lock, so concurrent sessions sharing one cached model never mix their hooks.
+Brain masking follows shared/seeds/000: the input's background is zeroed before the CAM,
+and the CAM is zeroed outside the head after it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pytorch_grad_cam import (
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+from core.brain_mask import BrainMask
+from core.checkpoint import LoadedModel
+from core.metrics import softmax
+from core.preprocess import heatmap_to_slice, prepare_for_model, to_tensor
+
+CAM_METHODS = {
+    "Grad-CAM": GradCAM,
+    "Grad-CAM++": GradCAMPlusPlus,
+    "HiResCAM": HiResCAM,
+    "XGrad-CAM": XGradCAM,
+    "LayerCAM": LayerCAM,
+    "Eigen-CAM": EigenCAM,
+    "Score-CAM": ScoreCAM,
+}
+SLOW_METHODS = {"Score-CAM"}  # one forward pass per activation channel
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What the model predicted for one slice, and where its evidence lies."""
+
+    probabilities: np.ndarray  # temperature-scaled, one per class
+    predicted_index: int
+    target_index: int
+    label_names: tuple[str, ...]
+    heatmap: np.ndarray  # float32 in [0, 1], same shape as the input slice
+    brain_mask: np.ndarray | None
+    brain_mask_note: str
+    masked_input: bool
+    masked_heatmap: bool
+    method: str
+    target_layer: str
+    timings_ms: dict
+    warning: str | None = None
+
+    @property
+    def predicted_label(self) -> str:
+        return self.label_names[self.predicted_index]
+
+    @property
+    def target_label(self) -> str:
+        return self.label_names[self.target_index]
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probabilities[self.predicted_index])
+
+    def summary(self) -> dict:
+        """JSON-ready: prediction, probabilities, settings and timings (no arrays)."""
+        return {
+            "prediction": self.predicted_label,
+            "confidence": round(self.confidence, 6),
+            "probabilities": {n: round(float(p), 6) for n, p in zip(self.label_names, self.probabilities)},
+            "target_class": self.target_label,
+            "method": self.method,
+            "target_layer": self.target_layer,
+            "brain_masked": self.brain_mask is not None and (self.masked_input or self.masked_heatmap),
+            "brain_mask_note": self.brain_mask_note,
+            "timings_ms": dict(self.timings_ms),
+            "warning": self.warning,
+        }
+
+
+class ExplainError(ValueError):
+    """Bad settings for explain(): unknown method, class or layer."""
+
+
+def explain(
+    loaded: LoadedModel,
+    image: np.ndarray,
+    *,
+    method: str = "Grad-CAM",
+    target: int | str | None = None,
+    target_layer: str | None = None,
+    mask_input: bool = True,
+    mask_heatmap: bool = True,
+) -> Explanation:
+    """Predict a slice's class and compute a class activation map for it.
+
+    Args:
+        loaded: a LoadedModel from core.checkpoint.load_checkpoint.
+        image: 2-D float32 slice in [0, 1] (core.image_input.load_image(...).pixels).
+        method: a key of CAM_METHODS.
+        target: class index or name to explain; default the predicted class.
+        target_layer: dotted module name; default the checkpoint's.
+        mask_input: zero the background before the CAM.
+        mask_heatmap: zero the heatmap outside the head after the CAM.
+
+    Returns:
+        Explanation with the heatmap at the slice's resolution.
+
+    Raises:
+        ExplainError: unknown method, class or layer.
+    """
+    timings = {}
+    started = time.perf_counter()
+    config = loaded.config
+    cam_class = _cam_class(method)
+    layer_name = target_layer or config.default_target_layer
+    layer = _resolve_layer(loaded.model, layer_name)
+    target_index = None if target is None else _class_index(target, config.label_names)
+
+    prepared = prepare_for_model(image, config.preprocessing, mask_input)
+    brain = prepared.brain
+    tensor = to_tensor(prepared.square, config.preprocessing)
+    timings["preprocess"] = _ms_since(started)
+
+    step = time.perf_counter()
+    with loaded.lock:
+        targets = None if target_index is None else [ClassifierOutputTarget(target_index)]
+        with cam_class(model=loaded.model, target_layers=[layer]) as cam:
+            if method in SLOW_METHODS:
+                cam.batch_size = 32
+            cam_square = cam(input_tensor=tensor, targets=targets)[0]
+            logits = cam.outputs.detach().numpy()
+    timings["model_and_cam"] = _ms_since(step)
+
+    step = time.perf_counter()
+    probabilities = softmax(logits, config.temperature)[0].astype(np.float32)
+    predicted = int(np.argmax(probabilities))
+    cam_square, warning = _clean_cam(
+        cam_square, config.label_names[target_index if target_index is not None else predicted]
+    )
+    heatmap = heatmap_to_slice(cam_square, prepared.box, image.shape)
+    if brain.found and mask_heatmap:
+        heatmap = _rescale_to_unit_max(heatmap * brain.mask)
+    timings["postprocess"] = _ms_since(step)
+    timings["total"] = _ms_since(started)
+    return Explanation(
+        probabilities=probabilities,
+        predicted_index=predicted,
+        target_index=predicted if target_index is None else target_index,
+        label_names=tuple(config.label_names),
+        heatmap=heatmap.astype(np.float32),
+        brain_mask=brain.mask,
+        brain_mask_note=_mask_note(brain, mask_input, mask_heatmap),
+        masked_input=prepared.masked,
+        masked_heatmap=brain.found and mask_heatmap,
+        method=method,
+        target_layer=layer_name,
+        timings_ms={k: round(v, 1) for k, v in timings.items()},
+        warning=warning,
+    )
+
+
+def layer_names(model: torch.nn.Module) -> list[str]:
+    """Dotted names of the modules a CAM can hook (convolutional feature maps)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if name and (isinstance(module, torch.nn.Conv2d) or name.count(".") <= 1)
+    ]
+
+
+def _cam_class(method: str):
+    try:
+        return CAM_METHODS[method]
+    except KeyError:
+        raise ExplainError(f"Unknown method '{method}'. Choose one of: {', '.join(CAM_METHODS)}.") from None
+
+
+def _resolve_layer(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ExplainError(f"The model has no layer '{name}'.") from None
+
+
+def _class_index(target: int | str, label_names: tuple[str, ...]) -> int:
+    if isinstance(target, str):
+        if target in label_names:
+            return label_names.index(target)
+        raise ExplainError(f"Unknown class '{target}'. Classes: {', '.join(label_names)}.")
+    if not 0 <= int(target) < len(label_names):
+        raise ExplainError(f"Class index {target} is out of range 0-{len(label_names) - 1}.")
+    return int(target)
+
+
+def _clean_cam(cam: np.ndarray, label: str) -> tuple[np.ndarray, str | None]:
+    if not np.isfinite(cam).all():
+        return np.zeros_like(cam, dtype=np.float32), (
+            "The heatmap could not be computed (numerical overflow). Try another method or layer."
+        )
+    if float(cam.max()) <= 0.0:
+        return cam.astype(np.float32), (
+            f"The heatmap is empty: with this method and layer no region raises the score "
+            f"for '{label}'. Try another method or layer."
+        )
+    return cam.astype(np.float32), None
+
+
+def _rescale_to_unit_max(heatmap: np.ndarray) -> np.ndarray:
+    peak = float(heatmap.max())
+    return heatmap / peak if peak > 0 else heatmap
+
+
+def _mask_note(brain: BrainMask, mask_input: bool, mask_heatmap: bool) -> str:
+    if not (mask_input or mask_heatmap):
+        return "Brain masking is off."
+    if not brain.found:
+        return f"Brain masking fell back to the full image: {brain.reason}"
+    return brain.reason
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0

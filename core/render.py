@@ -1,0 +1,120 @@
+"""Pictures from an explanation: overlays, thresholded regions, plotly heatmaps, PNG bytes.
+
+Everything here is cheap and model-free, so moving a slider only re-renders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import plotly.graph_objects as go
+
+COLORMAPS = {
+    "Jet": cv2.COLORMAP_JET,
+    "Inferno": cv2.COLORMAP_INFERNO,
+    "Viridis": cv2.COLORMAP_VIRIDIS,
+    "Turbo": cv2.COLORMAP_TURBO,
+}
+PLOTLY_SCALES = {"Jet": "Jet", "Inferno": "Inferno", "Viridis": "Viridis", "Turbo": "Turbo"}
+OUTLINE_RGB = (0, 255, 0)
+MASK_RGB = (0, 200, 255)
+
+
+@dataclass(frozen=True)
+class Region:
+    """Pixels at or above a threshold of the heatmap, with their outline."""
+
+    mask: np.ndarray
+    contours: tuple[np.ndarray, ...]
+    area_fraction: float
+
+
+def grey_to_rgb(image: np.ndarray) -> np.ndarray:
+    return np.repeat(np.clip(image, 0, 1)[..., None], 3, axis=2).astype(np.float32)
+
+
+def heatmap_rgb(heatmap: np.ndarray, colormap: str = "Jet") -> np.ndarray:
+    """The heatmap alone, colour-mapped, as uint8 RGB."""
+    coloured = cv2.applyColorMap(np.uint8(255 * np.clip(heatmap, 0, 1)), COLORMAPS[colormap])
+    return cv2.cvtColor(coloured, cv2.COLOR_BGR2RGB)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4, colormap: str = "Jet") -> np.ndarray:
+    """Heatmap blended over the grey slice, uint8 RGB; opacity is the heatmap's weight.
+
+    pytorch-grad-cam's show_cam_on_image divides the blend by its maximum, which brightens
+    dark slices as opacity falls; cv2.addWeighted keeps the slice's own grey levels.
+    """
+    grey = np.uint8(np.round(np.clip(image, 0, 1) * 255))
+    return cv2.addWeighted(
+        heatmap_rgb(heatmap, colormap), opacity, cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), 1.0 - opacity, 0
+    )
+
+
+def threshold_region(heatmap: np.ndarray, threshold: float) -> Region:
+    """Pixels with heatmap >= threshold (relative to this heatmap's own maximum of 1)."""
+    mask = heatmap >= threshold if heatmap.max() > 0 else np.zeros(heatmap.shape, dtype=bool)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return Region(mask, tuple(contours), float(mask.mean()))
+
+
+def draw_contours(rgb: np.ndarray, contours, colour=OUTLINE_RGB, thickness: int | None = None) -> np.ndarray:
+    """A copy of `rgb` with the contours drawn; line width scales with the image."""
+    canvas = np.ascontiguousarray(rgb.copy())
+    width = thickness or max(2, min(rgb.shape[:2]) // 200)
+    cv2.drawContours(canvas, list(contours), -1, colour, width)
+    return canvas
+
+
+def heatmap_figure(heatmap: np.ndarray, colormap: str = "Jet", max_side: int = 256) -> go.Figure:
+    """Interactive heatmap (hover shows the value) with a colour bar; downsampled for speed."""
+    step = max(1, int(np.ceil(max(heatmap.shape) / max_side)))
+    values = heatmap[::step, ::step]
+    figure = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=np.arange(values.shape[1]) * step,
+            y=np.arange(values.shape[0]) * step,
+            colorscale=PLOTLY_SCALES[colormap],
+            zmin=0,
+            zmax=1,
+            colorbar={"title": {"text": "relative<br>importance"}},
+            hovertemplate="x %{x}, y %{y}<br>importance %{z:.2f}<extra></extra>",
+        )
+    )
+    figure.update_yaxes(autorange="reversed", scaleanchor="x", visible=False)
+    figure.update_xaxes(visible=False)
+    figure.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, height=320)
+    return figure
+
+
+def probability_figure(label_names, probabilities, highlight: int) -> go.Figure:
+    colours = ["#d62728" if i == highlight else "#7f7f7f" for i in range(len(label_names))]
+    figure = go.Figure(
+        go.Bar(
+            x=[float(p) for p in probabilities],
+            y=list(label_names),
+            orientation="h",
+            marker_color=colours,
+            text=[f"{p:.1%}" for p in probabilities],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.1%}<extra></extra>",
+        )
+    )
+    figure.update_xaxes(range=[0, 1], tickformat=".0%")
+    figure.update_layout(margin={"l": 0, "r": 0, "t": 10, "b": 0}, height=180)
+    return figure
+
+
+def png_bytes(picture: np.ndarray) -> bytes:
+    """Encode a uint8 RGB (or grey) array as PNG bytes in memory."""
+    if picture.dtype != np.uint8:
+        picture = np.uint8(np.clip(picture, 0, 1) * 255)
+    if picture.ndim == 3:
+        picture = cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)
+    ok, encoded = cv2.imencode(".png", picture)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return encoded.tobytes()

@@ -1,0 +1,94 @@
+"""Explain one scan: original | heatmap | overlay, with the prediction and its controls."""
+
+import json
+
+import streamlit as st
+
+import cached
+import ui
+from core import render
+from core.brain_mask import mask_outline
+from core.explain import CAM_METHODS, SLOW_METHODS, layer_names
+
+st.set_page_config(page_title="Explain", layout="wide")
+st.title("Explain a scan")
+
+names = ui.require_models()
+with st.sidebar:
+    checkpoint = st.selectbox("Model", names)
+    loaded = cached.model(checkpoint)
+    labels = list(loaded.config.label_names)
+    method = st.selectbox("Method", list(CAM_METHODS), help="Score-CAM is slow (many forward passes).")
+    target = st.selectbox("Explain class", ["predicted class", *labels])
+    layers = layer_names(loaded.model)
+    layer = st.selectbox("Layer", layers, index=layers.index(loaded.config.default_target_layer))
+    mask_input = st.toggle("Mask background before the CAM", value=True)
+    mask_heatmap = st.toggle("Mask heatmap outside the head", value=True)
+    st.divider()
+    threshold = st.slider("Threshold (relative to this heatmap's maximum)", 0.0, 1.0, 0.5, 0.05)
+    opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05)
+    colormap = st.selectbox("Colour map", list(render.COLORMAPS))
+    show_outline = st.toggle("Draw the detected head outline", value=True)
+
+scan = ui.pick_scan("explain")
+if scan is None:
+    st.stop()
+if method in SLOW_METHODS:
+    st.caption(f"{method} runs one forward pass per feature map: expect several seconds.")
+try:
+    result = cached.explanation(
+        checkpoint,
+        scan.data,
+        scan.filename,
+        scan.slice_index,
+        scan.axis,
+        method,
+        None if target == "predicted class" else target,
+        layer,
+        mask_input,
+        mask_heatmap,
+    )
+except ui.USER_ERRORS as error:
+    st.error(str(error))
+    st.stop()
+
+pixels = scan.image.pixels
+region = render.threshold_region(result.heatmap, threshold)
+original = render.grey_to_rgb(pixels)
+if show_outline and result.brain_mask is not None:
+    original = render.draw_contours(original, mask_outline(result.brain_mask), render.MASK_RGB)
+overlay = render.draw_contours(render.overlay(pixels, result.heatmap, opacity, colormap), region.contours)
+
+left, middle, right = st.columns(3)
+left.image(original, caption=f"Original ({scan.image.file_format}, {pixels.shape[1]}x{pixels.shape[0]})", clamp=True)
+middle.image(render.heatmap_rgb(result.heatmap, colormap), caption=f"{result.method} for '{result.target_label}'")
+right.image(
+    overlay, caption=f"Overlay; green outline: heatmap >= {threshold:.2f} ({region.area_fraction:.1%} of the image)"
+)
+st.caption(ui.DISCLAIMER)
+
+if result.warning:
+    st.warning(result.warning)
+(st.info if result.brain_mask is not None else st.warning)(result.brain_mask_note)
+for note in scan.image.notes:
+    st.caption(note)
+
+prediction, chart = st.columns([1, 2])
+prediction.metric("Prediction", result.predicted_label, f"{result.confidence:.1%} confidence", delta_color="off")
+prediction.caption(f"{result.timings_ms['total']:.0f} ms; probabilities are temperature-calibrated.")
+chart.plotly_chart(render.probability_figure(labels, result.probabilities, result.predicted_index), width="stretch")
+
+with st.expander("Inspect heatmap values (hover)"):
+    st.plotly_chart(render.heatmap_figure(result.heatmap, colormap), width="stretch")
+
+summary = {
+    "file": scan.filename,
+    "slice": scan.slice_index,
+    "model": checkpoint,
+    **result.summary(),
+    "threshold": threshold,
+    "region_area_fraction": region.area_fraction,
+}
+down_png, down_json = st.columns(2)
+down_png.download_button("Download overlay (PNG)", render.png_bytes(overlay), "overlay.png", "image/png")
+down_json.download_button("Download result (JSON)", json.dumps(summary, indent=2), "result.json", "application/json")

@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny seeded models (no downloads) and a synthetic head phantom."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.checkpoint import ModelConfig, create_model, load_checkpoint, save_checkpoint
+from core.preprocess import Preprocessing
+
+LABELS = ("glioma", "meningioma", "notumor", "pituitary")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
+TINY_MODELS = {"tiny_convnext": ("convnext_atto", "stages.3"), "tiny_effnet": ("tf_efficientnet_lite0", "conv_head")}
+
+
+def make_tiny_checkpoint(directory: Path, architecture: str, layer: str, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = create_model(architecture, len(LABELS))
+    config = ModelConfig(architecture, LABELS, Preprocessing(input_size=64), layer, temperature=1.5)
+    save_checkpoint(model, config, directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def checkpoint_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("checkpoints")
+    for name, (architecture, layer) in TINY_MODELS.items():
+        make_tiny_checkpoint(root / name, architecture, layer)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(checkpoint_root):
+    return load_checkpoint(checkpoint_root / "tiny_convnext")
+
+
+@pytest.fixture
+def use_tiny_checkpoints(checkpoint_root, monkeypatch):
+    monkeypatch.setenv("BRAIN_XAI_CHECKPOINTS", str(checkpoint_root))
+    return checkpoint_root
+
+
+def head_phantom(size: int = 128, seed: int = 0) -> np.ndarray:
+    """An ellipse 'head' with a bright skull rim, darker brain and a bright 'lesion'."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((size, size), dtype=np.float32)
+    centre = (size // 2, size // 2)
+    cv2.ellipse(image, centre, (int(size * 0.38), int(size * 0.45)), 0, 0, 360, 0.9, -1)
+    cv2.ellipse(image, centre, (int(size * 0.34), int(size * 0.41)), 0, 0, 360, 0.45, -1)
+    cv2.circle(image, (int(size * 0.6), int(size * 0.4)), max(2, size // 12), 1.0, -1)
+    image += rng.normal(0, 0.02, image.shape).astype(np.float32)
+    return np.clip(image, 0, 1)
+
+
+@pytest.fixture
+def phantom() -> np.ndarray:
+    return head_phantom()
+
+
+def encode(image: np.ndarray | Image.Image, fmt: str, **options) -> bytes:
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(np.uint8(np.clip(image, 0, 1) * 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from core.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+
+
+def test_round_trip_keeps_weights_and_config(checkpoint_root, tiny_model):
+    again = load_checkpoint("tiny_convnext", root=checkpoint_root)
+    for (name, a), (_, b) in zip(tiny_model.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert again.config == tiny_model.config
+    assert again.config.temperature == 1.5
+    assert not again.model.training
+
+
+def test_list_checkpoints(checkpoint_root):
+    assert list_checkpoints(checkpoint_root) == ["tiny_convnext", "tiny_effnet"]
+
+
+def test_missing_name_lists_installed(checkpoint_root):
+    with pytest.raises(CheckpointError, match="Installed: tiny_convnext, tiny_effnet"):
+        load_checkpoint("nope", root=checkpoint_root)
+
+
+@pytest.fixture
+def copy(checkpoint_root, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(checkpoint_root / "tiny_convnext", target)
+    return target
+
+
+def test_truncated_weights(copy):
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="truncated or damaged"):
+        load_checkpoint(copy)
+
+
+def test_tampered_header(copy):
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:20] = b"garbage!!!!!"
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="truncated or damaged"):
+        load_checkpoint(copy)
+
+
+def test_pickle_file_is_never_loaded(copy):
+    # A pickle in place of safetensors must be refused, not executed.
+    torch.save({"x": torch.zeros(1)}, copy / "model.safetensors")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(copy)
+
+
+def test_weights_that_do_not_fit_the_architecture(copy):
+    config = json.loads((copy / "config.json").read_text())
+    config["label_names"] = ["a", "b"]
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(copy)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"schema_version": 99}, "schema_version"),
+        ({"default_target_layer": "no.such.layer"}, "not in the model"),
+        ({"architecture": "not_a_model"}, "not known to timm"),
+    ],
+)
+def test_bad_config(copy, change, message):
+    config = json.loads((copy / "config.json").read_text())
+    config.update(change)
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(copy)
+
+
+def test_invalid_json(copy):
+    (copy / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(copy)

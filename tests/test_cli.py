@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.cli import main
+from tests.conftest import encode, head_phantom
+
+
+def test_explain_writes_pngs_and_results(use_tiny_checkpoints, tmp_path, capsys):
+    good = tmp_path / "scan.png"
+    good.write_bytes(encode(head_phantom(128), "PNG"))
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not really a jpeg")
+    second = tmp_path / "again.png"
+    second.write_bytes(encode(head_phantom(96, seed=2), "PNG"))
+    out = tmp_path / "out"
+
+    code = main(["explain", str(good), str(bad), str(second), "--checkpoint", "tiny_convnext",
+                 "--method", "HiResCAM", "--out", str(out)])  # fmt: skip
+
+    assert code == 1  # one file failed
+    assert "broken.jpg" in capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert results["checkpoint"] == "tiny_convnext" and results["method"] == "HiResCAM"
+    first, failed, third = results["images"]
+    assert "error" in failed and "not an image" in failed["error"]
+    for entry in (first, third):
+        assert entry["prediction"] in entry["probabilities"]
+        assert entry["brain_masked"] is True and entry["timings_ms"]["total"] > 0
+        assert (out / entry["overlay"]).stat().st_size > 0 and (out / entry["heatmap"]).stat().st_size > 0
+
+
+def test_explain_without_brain_mask_and_with_target(use_tiny_checkpoints, tmp_path):
+    image = tmp_path / "scan.png"
+    image.write_bytes(encode(head_phantom(128), "PNG"))
+    code = main(["explain", str(image), "--checkpoint", "tiny_effnet", "--target", "notumor",
+                 "--no-brain-mask", "--out", str(tmp_path / "o")])  # fmt: skip
+    assert code == 0
+    entry = json.loads((tmp_path / "o" / "results.json").read_text())["images"][0]
+    assert entry["brain_masked"] is False and entry["target_class"] == "notumor"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--checkpoint", "missing"], "No checkpoint 'missing'"),
+        (["--checkpoint", "tiny_convnext", "--method", "Nope"], "Unknown method"),
+    ],
+)
+def test_explain_bad_options(use_tiny_checkpoints, tmp_path, capsys, args, message):
+    image = tmp_path / "scan.png"
+    image.write_bytes(encode(head_phantom(64), "PNG"))
+    assert main(["explain", str(image), *args, "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.explain import CAM_METHODS, ExplainError, explain, layer_names
+from tests.conftest import LABELS, head_phantom
+
+FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def hook_count(model) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(m._backward_pre_hooks)
+        for m in model.modules()
+    )
+
+
+@pytest.mark.parametrize("method", list(CAM_METHODS))
+def test_every_method_gives_a_heatmap_at_input_resolution(tiny_model, method):
+    image = head_phantom(100)
+    result = explain(tiny_model, image, method=method)
+    assert result.heatmap.shape == (100, 100) and result.heatmap.dtype == np.float32
+    assert 0.0 <= result.heatmap.min() and result.heatmap.max() <= 1.0
+    assert result.method == method and result.target_layer == "stages.3"
+    assert np.isclose(result.probabilities.sum(), 1.0, atol=1e-5)
+
+
+@FAST
+@given(height=st.integers(32, 300), width=st.integers(32, 300), seed=st.integers(0, 10))
+def test_heatmap_shape_and_range_for_any_size(tiny_model, height, width, seed):
+    image = np.random.default_rng(seed).random((height, width)).astype(np.float32)
+    result = explain(tiny_model, image)
+    assert result.heatmap.shape == (height, width)
+    assert np.isfinite(result.heatmap).all()
+    assert 0.0 <= result.heatmap.min() and result.heatmap.max() <= 1.0
+
+
+@FAST
+@given(size=st.integers(64, 256), seed=st.integers(0, 50))
+def test_masked_heatmap_is_zero_outside_the_head(tiny_model, size, seed):
+    result = explain(tiny_model, head_phantom(size, seed))
+    assert result.brain_mask is not None and result.masked_heatmap
+    assert result.heatmap[~result.brain_mask].max() == 0.0
+    assert result.summary()["brain_masked"] is True
+
+
+@FAST
+@given(target=st.integers(0, len(LABELS) - 1))
+def test_any_class_can_be_explained(tiny_model, target):
+    image = head_phantom(96)
+    by_index = explain(tiny_model, image, target=target, method="HiResCAM")
+    by_name = explain(tiny_model, image, target=LABELS[target], method="HiResCAM")
+    default = explain(tiny_model, image, method="HiResCAM")
+    assert by_index.target_index == target and by_index.target_label == LABELS[target]
+    np.testing.assert_array_equal(by_index.heatmap, by_name.heatmap)
+    # The prediction does not depend on which class is explained.
+    np.testing.assert_allclose(by_index.probabilities, default.probabilities, atol=1e-6)
+    assert default.target_index == default.predicted_index
+
+
+def test_masking_switches(tiny_model):
+    image = head_phantom(128)
+    off = explain(tiny_model, image, mask_input=False, mask_heatmap=False)
+    assert not off.masked_input and not off.masked_heatmap and off.summary()["brain_masked"] is False
+    assert "off" in off.brain_mask_note
+    input_only = explain(tiny_model, image, mask_heatmap=False)
+    assert input_only.masked_input and not input_only.masked_heatmap
+
+
+def test_fallback_to_full_image_is_reported(tiny_model):
+    image = np.random.default_rng(0).uniform(0.4, 1.0, (128, 128)).astype(np.float32)
+    result = explain(tiny_model, image)
+    assert result.brain_mask is None and not result.masked_heatmap
+    assert "fell back to the full image" in result.brain_mask_note
+
+
+def test_other_layers_by_dotted_name(tiny_model):
+    names = layer_names(tiny_model.model)
+    assert "stages.2" in names and "stages.3" in names
+    result = explain(tiny_model, head_phantom(96), target_layer="stages.2")
+    assert result.target_layer == "stages.2"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "Magic-CAM"}, "Unknown method"),
+        ({"target": "astrocytoma"}, "Unknown class"),
+        ({"target": 7}, "out of range"),
+        ({"target_layer": "__class__"}, "no layer"),
+        ({"target_layer": "stages.9"}, "no layer"),
+    ],
+)
+def test_bad_settings(tiny_model, kwargs, message):
+    with pytest.raises(ExplainError, match=message):
+        explain(tiny_model, head_phantom(64), **kwargs)
+
+
+def test_empty_cam_gives_a_warning_not_garbage(tiny_model, monkeypatch):
+    import core.explain as engine
+
+    class ZeroCAM(engine.GradCAM):
+        def get_cam_weights(self, *args, **kwargs):
+            return np.zeros(super().get_cam_weights(*args, **kwargs).shape, dtype=np.float32)
+
+    monkeypatch.setitem(engine.CAM_METHODS, "Zero", ZeroCAM)
+    result = explain(tiny_model, head_phantom(64), method="Zero")
+    assert result.warning and "empty" in result.warning
+    assert result.heatmap.max() == 0.0
+
+
+def test_no_hooks_left_after_100_calls(tiny_model):
+    image = head_phantom(64)
+    before = hook_count(tiny_model.model)
+    for i in range(100):
+        explain(tiny_model, image, method=["Grad-CAM", "HiResCAM", "Eigen-CAM", "LayerCAM"][i % 4])
+    assert hook_count(tiny_model.model) == before == 0
+
+
+def test_threads_give_the_same_heatmaps_as_serial_calls(tiny_model):
+    images = [head_phantom(96, seed) for seed in range(8)]
+    serial = [explain(tiny_model, image).heatmap for image in images]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(lambda image: explain(tiny_model, image).heatmap, images * 2))
+    for i, heatmap in enumerate(parallel):
+        np.testing.assert_allclose(heatmap, serial[i % 8], atol=1e-5)
+    assert hook_count(tiny_model.model) == 0

@@ -1,0 +1,243 @@
+"""Every supported format decodes to a 2-D float32 slice in [0, 1]; every bad input gets a clear error."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import struct
+import zlib
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from core.image_input import MAX_FILE_BYTES, ImageInputError, load_image
+from tests.conftest import encode, head_phantom
+
+
+def assert_valid(loaded, shape=None):
+    assert loaded.pixels.dtype == np.float32 and loaded.pixels.ndim == 2
+    assert 0.0 <= loaded.pixels.min() and loaded.pixels.max() <= 1.0
+    assert loaded.pixels.max() > loaded.pixels.min()
+    if shape is not None:
+        assert loaded.pixels.shape == shape
+
+
+# --- raster formats --------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt, name", [("PNG", "a.png"), ("JPEG", "a.jpg"), ("BMP", "a.bmp"), ("TIFF", "a.tif")])
+def test_8_bit_grey_formats(fmt, name):
+    phantom = head_phantom(96)
+    loaded = load_image(encode(phantom, fmt), name)
+    assert_valid(loaded, (96, 96))
+    assert loaded.file_format == fmt
+    assert np.corrcoef(loaded.pixels.ravel(), phantom.ravel())[0, 1] > 0.95
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "CMYK", "LA"])
+def test_colour_modes_become_grey(mode):
+    grey = Image.fromarray(np.uint8(head_phantom(64) * 255))
+    image = grey.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    assert_valid(load_image(encode(image, fmt), "scan." + fmt.lower()), (64, 64))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_keeps_full_range(fmt):
+    values = (head_phantom(64) * 60000).astype(np.uint16)
+    loaded = load_image(encode(Image.fromarray(values), fmt), "scan." + fmt.lower())
+    assert_valid(loaded, (64, 64))
+    expected = (values - values.min()) / (values.max() - values.min())
+    assert np.abs(loaded.pixels - expected).max() < 1e-4
+
+
+def test_float_tiff_with_nan_and_inf():
+    values = head_phantom(64).astype(np.float32) * 1000
+    values[0, 0], values[0, 1] = np.nan, np.inf
+    loaded = load_image(encode(Image.fromarray(values, mode="F"), "TIFF"), "scan.tiff")
+    assert_valid(loaded, (64, 64))
+    assert loaded.pixels[0, 0] == 0 and loaded.pixels[0, 1] == 0
+
+
+def test_exif_orientation_is_applied():
+    image = Image.fromarray(np.uint8(np.tile(np.linspace(0, 255, 80), (40, 1))))  # 80 wide, 40 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
+    data = encode(image, "JPEG", exif=exif.tobytes())
+    assert load_image(data, "photo.jpg").pixels.shape == (80, 40)
+
+
+def test_content_wins_over_a_wrong_extension():
+    assert_valid(load_image(encode(head_phantom(64), "PNG"), "scan.jpg"))
+
+
+# --- DICOM -----------------------------------------------------------------
+
+
+def make_dicom(pixels: np.ndarray, **fields) -> bytes:
+    frames = pixels.shape[0] if pixels.ndim == 3 else 1
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = pydicom.Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "MR"
+    dataset.PatientName = "Secret^Patient"
+    dataset.Rows, dataset.Columns = pixels.shape[-2:]
+    dataset.SamplesPerPixel = 1
+    dataset.PhotometricInterpretation = "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 16, 15
+    dataset.PixelRepresentation = 0
+    if frames > 1:
+        dataset.NumberOfFrames = frames
+    for key, value in fields.items():
+        setattr(dataset, key, value)
+    dataset.PixelData = pixels.astype(np.uint16).tobytes()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_dicom_test_file_decodes_with_spacing():
+    data = open(get_testdata_file("MR_small.dcm"), "rb").read()
+    loaded = load_image(data, "MR_small.dcm")
+    assert_valid(loaded, (64, 64))
+    assert loaded.file_format == "DICOM" and loaded.pixel_spacing_mm == (0.3125, 0.3125)
+
+
+def test_dicom_rescale_and_window_are_applied():
+    pixels = np.tile(np.arange(0, 1000, 10, dtype=np.uint16), (100, 1))  # 0..990 across columns
+    data = make_dicom(pixels, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=500, WindowWidth=400)
+    loaded = load_image(data, "x.dcm")
+    # rescaled = 2 * raw - 100; the window keeps 300..700, i.e. raw 200..400
+    row = loaded.pixels[0]
+    assert row[:20].max() == 0.0 and row[41:].min() == 1.0
+    assert 0.4 < row[30] < 0.6
+
+
+def test_monochrome1_is_inverted():
+    pixels = np.tile(np.arange(100, dtype=np.uint16), (64, 1))
+    plain = load_image(make_dicom(pixels), "a.dcm").pixels
+    inverted = load_image(make_dicom(pixels, PhotometricInterpretation="MONOCHROME1"), "a.dcm").pixels
+    np.testing.assert_allclose(plain, 1 - inverted, atol=1e-6)
+
+
+def test_multi_frame_dicom_chooses_a_frame():
+    frames = np.stack([np.full((40, 40), i * 10, dtype=np.uint16) for i in range(5)])
+    frames[:, :20] = 0  # each frame has contrast
+    data = make_dicom(frames)
+    middle = load_image(data, "series.dcm")
+    assert middle.num_slices == 5 and middle.slice_index == 2
+    assert load_image(data, "series.dcm", slice_index=4).slice_index == 4
+    with pytest.raises(ImageInputError, match="frame number 9"):
+        load_image(data, "series.dcm", slice_index=9)
+
+
+def test_dicom_without_pixel_data():
+    data = make_dicom(np.ones((40, 40)))
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    del dataset.PixelData
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    with pytest.raises(ImageInputError, match="no pixel data"):
+        load_image(buffer.getvalue(), "report.dcm")
+
+
+def test_compressed_dicom_without_decoder():
+    data = open(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"), "rb").read()
+    with pytest.raises(ImageInputError, match="compressed"):
+        load_image(data, "jls.dcm")
+
+
+def test_truncated_dicom():
+    data = make_dicom((head_phantom(64) * 1000).astype(np.uint16))
+    with pytest.raises(ImageInputError, match="truncated or corrupt"):
+        load_image(data[: len(data) - 3000], "cut.dcm")
+
+
+# --- NIfTI -----------------------------------------------------------------
+
+
+def nifti_bytes(volume: np.ndarray, gz: bool = False) -> bytes:
+    data = nib.Nifti1Image(volume, np.diag([1.0, 1.5, 2.0, 1.0])).to_bytes()
+    return gzip.compress(data) if gz else data
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_nifti_defaults_to_middle_axial_slice(gz):
+    volume = np.zeros((40, 50, 9), dtype=np.float32)
+    for k in range(9):
+        volume[5:35, 5:45, k] = k + 1
+    volume[10:20, 10:20, :] = 50
+    loaded = load_image(nifti_bytes(volume, gz), "brain.nii.gz" if gz else "brain.nii")
+    assert loaded.num_slices == 9 and loaded.slice_index == 4
+    assert loaded.pixels.shape == (50, 40)  # rotated for display
+    assert loaded.pixel_spacing_mm == (1.5, 1.0)
+
+
+def test_nifti_axis_and_slice_are_selectable():
+    volume = np.random.default_rng(0).random((40, 50, 60)).astype(np.float32)
+    loaded = load_image(nifti_bytes(volume), "v.nii", axis=0, slice_index=3)
+    assert loaded.num_slices == 40 and loaded.slice_index == 3 and loaded.pixels.shape == (60, 50)
+
+
+def test_nifti_with_nans_decodes():
+    volume = np.random.default_rng(0).random((40, 40, 5)).astype(np.float32)
+    volume[0, :, :] = np.nan
+    assert_valid(load_image(nifti_bytes(volume), "nan.nii"))
+
+
+def test_4d_nifti_is_refused():
+    with pytest.raises(ImageInputError, match="4-D"):
+        load_image(nifti_bytes(np.ones((40, 40, 5, 3), dtype=np.float32)), "fmri.nii")
+
+
+def test_truncated_nifti():
+    data = nifti_bytes(np.random.default_rng(0).random((64, 64, 20)).astype(np.float32), gz=True)
+    with pytest.raises(ImageInputError, match="truncated or corrupt"):
+        load_image(data[: len(data) // 2], "cut.nii.gz")
+
+
+# --- bad input -------------------------------------------------------------
+
+
+def png_with_declared_size(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    "data, name, message",
+    [
+        (b"", "empty.png", "empty"),
+        (b"\x00" * (MAX_FILE_BYTES + 1), "big.png", "limit is 50 MB"),
+        (np.random.default_rng(1).bytes(5000), "noise.png", "not an image"),
+        (b"hello, this is a text file", "notes.txt", "not a supported format"),
+        (png_with_declared_size(100_000, 100_000), "bomb.png", "megapixel"),
+        (encode(head_phantom(64)[:20, :20], "PNG"), "tiny.png", "at least 32x32"),
+        (encode(np.full((64, 64), 0.5), "PNG"), "flat.png", "same value"),
+    ],
+)
+def test_bad_input_gets_a_clear_message(data, name, message):
+    with pytest.raises(ImageInputError, match=message):
+        load_image(data, name)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_raster(fmt):
+    data = encode(head_phantom(256, seed=3), fmt)
+    with pytest.raises(ImageInputError, match="truncated or corrupt"):
+        load_image(data[: len(data) // 2], "cut." + fmt.lower())

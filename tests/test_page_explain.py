@@ -1,0 +1,67 @@
+"""AppTest of pages/1_Explain.py against tiny seeded checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import encode, head_phantom
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "1_Explain.py")
+
+
+def run_page(**session) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    for key, value in session.items():
+        at.session_state[key] = value
+    return at.run()
+
+
+def upload(at: AppTest, name: str, data: bytes, mime: str = "image/png") -> AppTest:
+    at.file_uploader(key="explain_upload").set_value((name, data, mime))
+    return at.run()
+
+
+def test_no_checkpoint_says_so_plainly(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRAIN_XAI_CHECKPOINTS", str(tmp_path))
+    at = run_page()
+    assert not at.exception
+    assert "No trained model is installed" in at.warning[0].value
+    assert not at.image
+
+
+def test_upload_toggle_mask_move_threshold(use_tiny_checkpoints):
+    at = run_page()
+    assert not at.exception
+    at = upload(at, "scan.png", encode(head_phantom(160), "PNG"))
+    assert not at.exception
+    assert len(at.image) == 3
+    assert at.metric[0].value in ("glioma", "meningioma", "notumor", "pituitary")
+    assert any("Head region found" in info.value for info in at.info)
+
+    at.toggle[0].set_value(False).run()
+    at.toggle[1].set_value(False).run()
+    assert not at.exception and len(at.image) == 3
+    assert any("Brain masking is off" in note.value for note in at.info)
+
+    at.slider[0].set_value(0.8).run()
+    assert not at.exception and len(at.image) == 3
+    assert "0.80" in at.image[2].captions[0]
+
+
+def test_bad_upload_shows_a_clear_error(use_tiny_checkpoints):
+    at = upload(run_page(), "broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    assert not at.exception
+    assert "not an image" in at.error[0].value or "truncated" in at.error[0].value
+    assert not at.image
+
+
+@pytest.mark.parametrize("sample", ["mni152_t1_2mm.nii.gz", "pydicom_mr_small.dcm", "mni152_axial.png"])
+def test_samples_render(use_tiny_checkpoints, sample):
+    at = run_page(explain_source="Use a sample", explain_sample=sample)
+    assert not at.exception
+    assert len(at.image) == 3
+    if sample.endswith(".nii.gz"):
+        assert at.slider(key="explain_slice").value == 47  # middle axial slice of 95

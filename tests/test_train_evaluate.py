@@ -1,0 +1,86 @@
+"""Smoke training on a handful of shared images, then evaluation on a small slice."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from core.checkpoint import load_checkpoint
+from core.cli import main
+from core.dataset import grouped_holdout, list_split
+from tests.conftest import SHARED_DATA
+
+needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"dataset not found at {SHARED_DATA}")
+CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory) -> Path:
+    """A few images per class per split, copied from the shared dataset (never committed)."""
+    root = tmp_path_factory.mktemp("data")
+    for split, count in (("train", 6), ("test", 3)):
+        for label in CLASSES:
+            (root / split / label).mkdir(parents=True)
+            for path in sorted((SHARED_DATA / split / label).iterdir())[:count]:
+                shutil.copy(path, root / split / label / path.name)
+    return root
+
+
+@needs_data
+def test_smoke_training_writes_a_loadable_checkpoint(small_dataset, tmp_path):
+    out = tmp_path / "ckpt"
+    code = main(["train", "--arch", "convnext_atto", "--data", str(small_dataset), "--out", str(out),
+                 "--splits", "train", "--epochs", "1", "--image-size", "64", "--batch-size", "8",
+                 "--no-progress"])  # fmt: skip
+    assert code == 0
+    loaded = load_checkpoint(out)
+    assert loaded.config.label_names == CLASSES
+    assert loaded.config.preprocessing.input_size == 64
+    training = json.loads((out / "config.json").read_text())["training"]
+    assert training["epochs"] == 1 and len(training["history"]) == 1 and training["seed"] == 0
+
+    summary_dir = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(small_dataset), "--split", "test",
+                 "--out", str(summary_dir)]) == 0  # fmt: skip
+    summary = json.loads((summary_dir / "summary.json").read_text())
+    assert summary["num_images"] == 12
+    assert set(summary["per_class"]) == set(CLASSES)
+    assert 0 <= summary["ece_15_bins"]["after_temperature"] <= 1
+    rows = list(csv.DictReader((summary_dir / "predictions.csv").open()))
+    assert len(rows) == 12 and rows[0]["image"].startswith("test/")
+    assert {"image", "label", "predicted", "confidence", "p_glioma"} <= set(rows[0])
+
+
+@needs_data
+def test_training_is_reproducible(small_dataset, tmp_path):
+    args = ["train", "--arch", "convnext_atto", "--data", str(small_dataset), "--splits", "train",
+            "--epochs", "1", "--image-size", "48", "--batch-size", "8", "--max-steps", "2", "--no-progress"]  # fmt: skip
+    main([*args, "--out", str(tmp_path / "a")])
+    main([*args, "--out", str(tmp_path / "b")])
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_evaluate_errors_are_clear(use_tiny_checkpoints, tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", "tiny_convnext", "--data", str(tmp_path), "--split", "test",
+                 "--out", str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "No folder" in capsys.readouterr().err
+    (tmp_path / "test" / "astrocytoma").mkdir(parents=True)
+    assert main(["evaluate", "--checkpoint", "tiny_convnext", "--data", str(tmp_path), "--split", "test",
+                 "--out", str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "unknown to the model" in capsys.readouterr().err
+
+
+@needs_data
+def test_grouped_holdout_keeps_groups_whole():
+    records = list_split(SHARED_DATA, "train") + list_split(SHARED_DATA, "val")
+    held = grouped_holdout(records, 0.15, seed=0)
+    held_groups = {r.group for r, h in zip(records, held) if h}
+    kept_groups = {r.group for r, h in zip(records, held) if not h}
+    assert not held_groups & kept_groups
+    for label in CLASSES:
+        in_class = [h for r, h in zip(records, held) if r.label == label]
+        assert 0.1 < sum(in_class) / len(in_class) < 0.3

@@ -1,0 +1,85 @@
+"""Widgets shared by the pages: model guard, scan picker, slice slider, error display."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+import cached
+from core.checkpoint import CheckpointError
+from core.explain import ExplainError
+from core.image_input import MAX_FILE_BYTES, ImageInputError, LoadedImage
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample_images"
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom", "nii", "gz"]
+USER_ERRORS = (ImageInputError, ExplainError, CheckpointError)
+DISCLAIMER = (
+    "Warm colours (red, yellow) mark the regions that most raised the model's score for the "
+    "chosen class; blue marks little influence. The scale is relative to this image's own "
+    "maximum, so a red spot does not mean high certainty. A heatmap is a research aid for "
+    "understanding the model, not a diagnosis: the model is not a medical device."
+)
+
+
+@dataclass(frozen=True)
+class Scan:
+    data: bytes
+    filename: str
+    slice_index: int | None
+    axis: int
+    image: LoadedImage
+
+
+def require_models() -> list[str]:
+    """Installed checkpoint names; stops the page with a plain message when none is."""
+    names = cached.installed_models()
+    if not names:
+        st.warning(
+            "No trained model is installed, so nothing can be explained. Train one with "
+            "`python -m core train ...` (see the README) or copy a checkpoint folder "
+            "(model.safetensors + config.json) into `checkpoints/`."
+        )
+        st.stop()
+    return names
+
+
+def pick_scan(key: str) -> Scan | None:
+    """Upload or sample picker plus, for volumes, a slice/frame slider."""
+    source = st.radio("Image", ["Upload a scan", "Use a sample"], horizontal=True, key=f"{key}_source")
+    if source == "Upload a scan":
+        upload = st.file_uploader(
+            f"PNG, JPEG, BMP, TIFF, DICOM or NIfTI (up to {MAX_FILE_BYTES // 2**20} MB)",
+            type=UPLOAD_TYPES,
+            key=f"{key}_upload",
+        )
+        if upload is None:
+            st.info("Upload a brain MRI slice, or choose a sample.")
+            return None
+        data, filename = upload.getvalue(), upload.name
+    else:
+        samples = sorted(p.name for p in SAMPLE_DIR.iterdir() if not p.name.startswith("."))
+        filename = st.selectbox("Sample", samples, key=f"{key}_sample")
+        data = (SAMPLE_DIR / filename).read_bytes()
+
+    axis = 2
+    if filename.lower().endswith((".nii", ".nii.gz")):
+        axis = st.radio(
+            "Slice orientation",
+            [2, 1, 0],
+            horizontal=True,
+            key=f"{key}_axis",
+            format_func={2: "axial", 1: "coronal", 0: "sagittal"}.get,
+        )
+    try:
+        first = cached.image(data, filename, None, axis)
+        slice_index = None
+        if first.num_slices > 1:
+            label = "Frame" if first.file_format == "DICOM" else "Slice"
+            slice_index = st.slider(label, 0, first.num_slices - 1, first.slice_index, key=f"{key}_slice")
+        image = cached.image(data, filename, slice_index, axis)
+    except ImageInputError as error:
+        st.error(str(error))
+        return None
+    return Scan(data, filename, slice_index, axis, image)
