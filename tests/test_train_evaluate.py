@@ -57,8 +57,8 @@ def test_smoke_training_writes_a_loadable_checkpoint(small_dataset, tmp_path):
 
 @needs_data
 def test_training_is_reproducible(small_dataset, tmp_path):
-    args = ["train", "--arch", "convnext_atto", "--data", str(small_dataset), "--splits", "train",
-            "--epochs", "1", "--image-size", "48", "--batch-size", "8", "--max-steps", "2", "--no-progress"]  # fmt: skip
+    args = ["train", "--arch", "convnext_atto", "--data", str(small_dataset), "--splits", "train", "--epochs", "1",
+            "--image-size", "48", "--batch-size", "8", "--max-steps", "2", "--no-progress"]  # fmt: skip
     main([*args, "--out", str(tmp_path / "a")])
     main([*args, "--out", str(tmp_path / "b")])
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
