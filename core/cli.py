@@ -42,7 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--out", type=Path, required=True)
     evaluate.add_argument("--no-brain-mask", action="store_true")
 
+    compare = commands.add_parser("compare", help="two models on one image: figure and agreement JSON")
+    compare.add_argument("image", type=Path)
+    compare.add_argument("--checkpoints", nargs=2, required=True, metavar=("A", "B"))
+    compare.add_argument("--method", default="Grad-CAM")
+    compare.add_argument("--threshold", type=float, default=0.5)
+    compare.add_argument("--no-brain-mask", action="store_true")
+    compare.add_argument("--out", type=Path, required=True)
+
     args = parser.parse_args(argv)
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "evaluate":
         return _evaluate(args)
     if args.command == "explain":
@@ -113,4 +123,39 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"ECE {ece['before_temperature']:.3f} -> {ece['after_temperature']:.3f} after temperature; "
         f"written to {args.out}"
     )
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+
+    from core.checkpoint import CheckpointError, load_checkpoint
+    from core.compare import heatmap_agreement, side_by_side, verdict
+    from core.explain import ExplainError, explain
+    from core.image_input import ImageInputError, load_image
+    from core.render import png_bytes
+
+    try:
+        loaded = load_image(args.image.read_bytes(), args.image.name)
+        models = [load_checkpoint(name) for name in args.checkpoints]
+        mask = not args.no_brain_mask
+        results = [explain(m, loaded.pixels, method=args.method, mask_input=mask, mask_heatmap=mask) for m in models]
+    except (ImageInputError, CheckpointError, ExplainError, OSError) as error:
+        print(getattr(error, "strerror", None) or error, file=sys.stderr)
+        return 2
+    names = (models[0].name, models[1].name)
+    agree, sentence = verdict(names, *results)
+    agreement = heatmap_agreement(results[0].heatmap, results[1].heatmap, args.threshold, loaded.pixel_spacing_mm)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "comparison.png").write_bytes(png_bytes(side_by_side(loaded.pixels, list(zip(names, results)))))
+    report = {
+        "image": str(args.image),
+        "models": {name: result.summary() for name, result in zip(names, results)},
+        "same_prediction": agree,
+        "verdict": sentence,
+        "threshold": args.threshold,
+        "agreement": agreement.to_dict(),
+    }
+    (args.out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(sentence)
     return 0

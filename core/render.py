@@ -70,18 +70,22 @@ def draw_contours(rgb: np.ndarray, contours, colour=OUTLINE_RGB, thickness: int 
 
 def heatmap_figure(heatmap: np.ndarray, colormap: str = "Jet", max_side: int = 256) -> go.Figure:
     """Interactive heatmap (hover shows the value) with a colour bar; downsampled for speed."""
-    step = max(1, int(np.ceil(max(heatmap.shape) / max_side)))
-    values = heatmap[::step, ::step]
+    return _map_figure(heatmap, PLOTLY_SCALES[colormap], (0, 1), "relative<br>importance", "importance", max_side)
+
+
+def _map_figure(values: np.ndarray, scale: str, limits, bar_title: str, hover: str, max_side: int) -> go.Figure:
+    step = max(1, int(np.ceil(max(values.shape) / max_side)))
+    shown = values[::step, ::step]
     figure = go.Figure(
         go.Heatmap(
-            z=values,
-            x=np.arange(values.shape[1]) * step,
-            y=np.arange(values.shape[0]) * step,
-            colorscale=PLOTLY_SCALES[colormap],
-            zmin=0,
-            zmax=1,
-            colorbar={"title": {"text": "relative<br>importance"}},
-            hovertemplate="x %{x}, y %{y}<br>importance %{z:.2f}<extra></extra>",
+            z=shown,
+            x=np.arange(shown.shape[1]) * step,
+            y=np.arange(shown.shape[0]) * step,
+            colorscale=scale,
+            zmin=limits[0],
+            zmax=limits[1],
+            colorbar={"title": {"text": bar_title}},
+            hovertemplate=f"x %{{x}}, y %{{y}}<br>{hover} %{{z:.2f}}<extra></extra>",
         )
     )
     figure.update_yaxes(autorange="reversed", scaleanchor="x", visible=False)
@@ -118,3 +122,8 @@ def png_bytes(picture: np.ndarray) -> bytes:
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return encoded.tobytes()
+
+
+def difference_figure(difference: np.ndarray, names: tuple[str, str], max_side: int = 256) -> go.Figure:
+    """Diverging map of heatmap A minus heatmap B (red: A looks more, blue: B looks more)."""
+    return _map_figure(difference, "RdBu_r", (-1, 1), f"{names[0]}<br>minus<br>{names[1]}", "difference", max_side)

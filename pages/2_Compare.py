@@ -1,0 +1,86 @@
+"""Compare two models on one scan: predictions, heatmaps and how much they agree."""
+
+import streamlit as st
+
+import cached
+import ui
+from core import render
+from core.compare import heatmap_agreement, verdict
+from core.explain import CAM_METHODS
+
+st.set_page_config(page_title="Compare models", layout="wide")
+st.title("Compare two models")
+
+names = ui.require_models()
+if len(names) < 2:
+    st.warning(f"Comparison needs two installed models; only {names[0]} is installed.")
+    st.stop()
+default_a = next((i for i, n in enumerate(names) if "convnext" in n), 0)
+default_b = next((i for i, n in enumerate(names) if "efficient" in n and i != default_a), 1 if default_a == 0 else 0)
+with st.sidebar:
+    model_a = st.selectbox("Model A", names, index=default_a)
+    model_b = st.selectbox("Model B", names, index=default_b)
+    method = st.selectbox("Method (both)", list(CAM_METHODS))
+    labels = list(cached.model(model_a).config.label_names)
+    target = st.selectbox("Explain class (both)", ["predicted class", *labels])
+    brain_mask = st.toggle("Brain masking (input and heatmap)", value=True)
+    threshold = st.slider("Threshold (relative to each heatmap's maximum)", 0.0, 1.0, 0.5, 0.05)
+    opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05)
+
+scan = ui.pick_scan("compare")
+if scan is None:
+    st.stop()
+results = {}
+try:
+    for name in (model_a, model_b):
+        results[name] = cached.explanation(
+            name, scan.data, scan.filename, scan.slice_index, scan.axis, method,
+            None if target == "predicted class" else target, None, brain_mask, brain_mask,
+        )  # fmt: skip
+except ui.USER_ERRORS as error:
+    st.error(str(error))
+    st.stop()
+
+first, second = results[model_a], results[model_b]
+agree, sentence = verdict((model_a, model_b), first, second)
+(st.success if agree else st.error)(sentence)
+
+pixels = scan.image.pixels
+for name, result in results.items():
+    st.subheader(name)
+    region = render.threshold_region(result.heatmap, threshold)
+    columns = st.columns([3, 3, 3, 2])
+    columns[0].image(render.grey_to_rgb(pixels), caption="Original", clamp=True)
+    columns[1].image(render.heatmap_rgb(result.heatmap), caption=f"{result.method} for '{result.target_label}'")
+    columns[2].image(
+        render.draw_contours(render.overlay(pixels, result.heatmap, opacity), region.contours),
+        caption=f"Overlay; outline >= {threshold:.2f} ({region.area_fraction:.1%})",
+    )
+    columns[3].metric("Prediction", result.predicted_label, f"{result.confidence:.1%}", delta_color="off")
+    columns[3].caption(f"{result.timings_ms['total']:.0f} ms. {result.brain_mask_note}")
+    if result.warning:
+        st.warning(result.warning)
+st.caption(ui.DISCLAIMER)
+
+st.subheader("Do they look at the same place?")
+agreement = heatmap_agreement(first.heatmap, second.heatmap, threshold, scan.image.pixel_spacing_mm)
+iou, pearson, peaks = st.columns(3)
+iou.metric(f"IoU of regions >= {threshold:.2f}", "n/a" if agreement.iou is None else f"{agreement.iou:.2f}")
+pearson.metric("Pearson correlation", "n/a" if agreement.pearson is None else f"{agreement.pearson:.2f}")
+peaks.metric("Distance between peaks", f"{agreement.peak_distance:.1f} {agreement.peak_unit}")
+st.plotly_chart(render.difference_figure(agreement.difference, (model_a, model_b)), width="stretch")
+st.caption(f"Red: {model_a} weighs the region more; blue: {model_b} does.")
+
+st.subheader("How much does the picture depend on the method?")
+grid_model = st.selectbox("Model for the method grid", [model_a, model_b], key="grid_model")
+if st.toggle("Run every method on this image (Score-CAM takes a while)", key="run_grid"):
+    columns = st.columns(4)
+    for i, grid_method in enumerate(CAM_METHODS):
+        result = cached.explanation(
+            grid_model, scan.data, scan.filename, scan.slice_index, scan.axis, grid_method,
+            None if target == "predicted class" else target, None, brain_mask, brain_mask,
+        )  # fmt: skip
+        columns[i % 4].image(
+            render.overlay(pixels, result.heatmap, opacity),
+            caption=f"{grid_method}: {result.timings_ms['model_and_cam']:.0f} ms",
+        )

@@ -1,0 +1,38 @@
+"""AppTest of pages/2_Compare.py against two tiny seeded checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Compare.py")
+
+
+def test_compare_sample_and_method_grid(use_tiny_checkpoints):
+    at = AppTest.from_file(PAGE, default_timeout=180)
+    at.session_state["compare_source"] = "Use a sample"
+    at.session_state["compare_sample"] = "pydicom_mr_small.dcm"
+    at.run()
+    assert not at.exception
+    assert len(at.image) == 6  # two rows of original | heatmap | overlay
+    assert at.success or at.error  # the verdict
+    assert at.success[0].value.startswith("Both models predict") if at.success else "disagree" in at.error[0].value
+    peak = next(m for m in at.metric if m.label == "Distance between peaks")
+    assert peak.value.endswith("mm")  # the DICOM gives pixel spacing
+
+    at.slider[0].set_value(0.7).run()
+    assert not at.exception and "0.70" in at.image[2].captions[0]
+
+    at.toggle(key="run_grid").set_value(True).run()
+    assert not at.exception
+    assert len(at.image) == 6 + 7
+
+
+def test_one_model_is_not_enough(tmp_path, monkeypatch, checkpoint_root):
+    import shutil
+
+    shutil.copytree(checkpoint_root / "tiny_convnext", tmp_path / "only")
+    monkeypatch.setenv("BRAIN_XAI_CHECKPOINTS", str(tmp_path))
+    at = AppTest.from_file(PAGE).run()
+    assert not at.exception and "needs two installed models" in at.warning[0].value
