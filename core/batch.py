@@ -1,15 +1,42 @@
-"""Explain files from the command line: overlay and heatmap PNGs plus one results.json."""
+"""Explain files and folders from the command line.
+
+Writes, mirroring the input tree under OUT: `<stem>_overlay.png` and `<stem>_heatmap.png`
+per image, plus `results.json` and `summary.csv` for the run. A bad file is reported in its
+row and the batch goes on.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from core.checkpoint import load_checkpoint
 from core.explain import ExplainError, explain
-from core.image_input import ImageInputError, load_image
+from core.image_input import SUPPORTED_SUFFIXES, ImageInputError, load_image
 from core.render import heatmap_rgb, overlay, png_bytes
+
+
+def expand_inputs(paths: list[Path]) -> list[tuple[Path, Path]]:
+    """(file, output stem relative to OUT) for each file; folders are searched recursively."""
+    pairs = []
+    for path in paths:
+        if path.is_dir():
+            for file in sorted(
+                p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(SUPPORTED_SUFFIXES)
+            ):
+                pairs.append((file, Path(path.name) / file.relative_to(path).parent / _stem(file)))
+        else:
+            pairs.append((path, Path(_stem(path))))
+    seen: dict[Path, int] = {}
+    unique = []
+    for file, stem in pairs:  # two inputs with the same name get _2, _3, ...
+        seen[stem] = seen.get(stem, 0) + 1
+        unique.append((file, stem if seen[stem] == 1 else stem.with_name(f"{stem.name}_{seen[stem]}")))
+    return unique
 
 
 def explain_files(
@@ -20,36 +47,48 @@ def explain_files(
     method: str = "Grad-CAM",
     target: str | None = None,
     brain_mask: bool = True,
+    progress: bool = True,
 ) -> list[dict]:
-    """Explain each file; a bad file gets an `error` entry and the rest go on.
-
-    Returns:
-        One dict per input (also written to OUT/results.json).
-    """
+    """Explain every image; returns one dict per input (also in results.json / summary.csv)."""
     loaded = load_checkpoint(checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for index, path in enumerate(paths):
+    for path, stem in tqdm(expand_inputs(paths), desc="explain", unit="image", disable=not progress):
         entry = {"image": str(path)}
         try:
             image = load_image(path.read_bytes(), path.name).pixels
-            result = explain(
-                loaded, image, method=method, target=target, mask_input=brain_mask, mask_heatmap=brain_mask
-            )
+            result = explain(loaded, image, method=method, target=target,
+                             mask_input=brain_mask, mask_heatmap=brain_mask)  # fmt: skip
         except (ImageInputError, ExplainError, OSError) as error:
             message = error.strerror if isinstance(error, OSError) else str(error)
-            print(f"{path}: {message}", file=sys.stderr)
-            entry["error"] = message
-            results.append(entry)
+            tqdm.write(f"{path}: {message}", file=sys.stderr)
+            results.append({**entry, "error": message})
             continue
-        stem = f"{index:04d}_{_stem(path)}"
-        (out / f"{stem}_overlay.png").write_bytes(png_bytes(overlay(image, result.heatmap)))
-        (out / f"{stem}_heatmap.png").write_bytes(png_bytes(heatmap_rgb(result.heatmap)))
-        entry.update(result.summary(), overlay=f"{stem}_overlay.png", heatmap=f"{stem}_heatmap.png")
+        (out / stem).parent.mkdir(parents=True, exist_ok=True)
+        overlay_path, heatmap_path = (out / f"{stem}_overlay.png", out / f"{stem}_heatmap.png")
+        overlay_path.write_bytes(png_bytes(overlay(image, result.heatmap)))
+        heatmap_path.write_bytes(png_bytes(heatmap_rgb(result.heatmap)))
+        entry.update(result.summary(), overlay=str(overlay_path.relative_to(out)),
+                     heatmap=str(heatmap_path.relative_to(out)))  # fmt: skip
         results.append(entry)
     run = {"checkpoint": loaded.name, "method": method, "images": results}
     (out / "results.json").write_text(json.dumps(run, indent=2) + "\n")
+    _write_summary_csv(out / "summary.csv", results, loaded.config.label_names, method)
     return results
+
+
+def _write_summary_csv(path: Path, results: list[dict], label_names, method: str) -> None:
+    columns = ["path", "prediction", "confidence", *(f"p_{n}" for n in label_names), "method", "brain_masked", "error"]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for entry in results:
+            probabilities = entry.get("probabilities", {})
+            writer.writerow(
+                [entry["image"], entry.get("prediction", ""), entry.get("confidence", ""),
+                 *(probabilities.get(n, "") for n in label_names), method,
+                 entry.get("brain_masked", ""), entry.get("error", "")]
+            )  # fmt: skip
 
 
 def _stem(path: Path) -> str:

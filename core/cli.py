@@ -50,7 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--no-brain-mask", action="store_true")
     compare.add_argument("--out", type=Path, required=True)
 
+    serve = commands.add_parser("serve", help="HTTP API (FastAPI): POST /predict, GET /models, /health")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        import uvicorn
+
+        from core.service import create_app
+
+        uvicorn.run(create_app(), host=args.host, port=args.port)
+        return 0
     if args.command == "compare":
         return _compare(args)
     if args.command == "evaluate":

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,23 @@ def test_explain_bad_options(use_tiny_checkpoints, tmp_path, capsys, args, messa
     image.write_bytes(encode(head_phantom(64), "PNG"))
     assert main(["explain", str(image), *args, "--out", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_explain_folder_mirrors_tree_and_writes_csv(use_tiny_checkpoints, tmp_path):
+    import csv
+
+    folder = tmp_path / "study"
+    (folder / "series1").mkdir(parents=True)
+    (folder / "series1" / "a.png").write_bytes(encode(head_phantom(96), "PNG"))
+    (folder / "b.jpg").write_bytes(encode(head_phantom(96, seed=1), "JPEG"))
+    (folder / "series1" / "bad.png").write_bytes(b"broken")
+    (folder / "notes.txt").write_text("not an image, skipped")
+    out = tmp_path / "out"
+    assert main(["explain", str(folder), "--checkpoint", "tiny_convnext", "--out", str(out)]) == 1
+    assert (out / "study" / "series1" / "a_overlay.png").is_file()
+    assert (out / "study" / "b_heatmap.png").is_file()
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [Path(r["path"]).name for r in rows] == ["b.jpg", "a.png", "bad.png"]
+    assert rows[2]["error"] and not rows[0]["error"]
+    assert rows[0]["prediction"] and float(rows[0]["confidence"]) > 0 and rows[0]["p_glioma"]
+    assert {r["method"] for r in rows} == {"Grad-CAM"}

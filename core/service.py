@@ -1,0 +1,151 @@
+"""HTTP API: POST /predict returns the prediction with URLs of its heatmap and overlay PNGs.
+
+The PNGs live in memory only, bounded in number and age; nothing is written to disk.
+Run: python -m core serve --host 127.0.0.1 --port 8000 (OpenAPI docs at /docs).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from enum import Enum
+from functools import lru_cache
+
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from core.checkpoint import CheckpointError, LoadedModel, list_checkpoints, load_checkpoint, read_config
+from core.checkpoint import resolve_checkpoint as resolve
+from core.explain import CAM_METHODS, ExplainError, explain
+from core.image_input import MAX_FILE_BYTES, SUPPORTED_SUFFIXES, ImageInputError, load_image
+from core.render import heatmap_rgb, overlay, png_bytes
+
+# The methods as an enum, so the OpenAPI schema lists them and FastAPI validates them.
+MethodName = Enum("MethodName", {name: name for name in CAM_METHODS}, type=str)
+
+
+class ImageStore:
+    """In-memory PNGs keyed by id, dropped when older than `ttl_s` or beyond `capacity`."""
+
+    def __init__(self, capacity: int = 256, ttl_s: float = 600.0):
+        self.capacity, self.ttl_s = capacity, ttl_s
+        self._items: OrderedDict[str, tuple[float, dict[str, bytes]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, pictures: dict[str, bytes]) -> str:
+        key = uuid.uuid4().hex
+        with self._lock:
+            self._expire()
+            self._items[key] = (time.monotonic(), pictures)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return key
+
+    def get(self, key: str, kind: str) -> bytes | None:
+        with self._lock:
+            self._expire()
+            entry = self._items.get(key)
+        return entry[1].get(kind) if entry else None
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._items and now - next(iter(self._items.values()))[0] > self.ttl_s:
+            self._items.popitem(last=False)
+
+
+def create_app(store: ImageStore | None = None) -> FastAPI:
+    """The FastAPI application (a factory, so tests get a fresh store)."""
+    app = FastAPI(
+        title="Brain-MRI explainability API",
+        description="Class prediction and Grad-CAM heatmaps for brain-MRI slices. Not a medical device.",
+        version="1",
+    )
+    app.state.store = store or ImageStore()
+
+    @lru_cache(maxsize=4)
+    def model(name: str) -> LoadedModel:
+        return load_checkpoint(name)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "models": list_checkpoints()}
+
+    @app.get("/models")
+    def models() -> list[dict]:
+        entries = []
+        for name in list_checkpoints():
+            config = read_config(resolve(name))
+            entries.append(
+                {
+                    "name": name,
+                    "architecture": config.architecture,
+                    "label_names": list(config.label_names),
+                    "metrics": config.extra.get("metrics", {}),
+                }
+            )
+        return entries
+
+    @app.post("/predict")
+    def predict(
+        request: Request,
+        file: UploadFile = File(..., description="PNG, JPEG, BMP, TIFF, DICOM or NIfTI"),
+        checkpoint: str | None = Query(None, description="checkpoint name; default the first installed"),
+        method: MethodName = Query(MethodName["Grad-CAM"]),
+        target: str | None = Query(None, description="class to explain; default the predicted one"),
+        brain_mask: bool = Query(True),
+    ) -> dict:
+        name = file.filename or "upload"
+        if not name.lower().endswith(SUPPORTED_SUFFIXES) and "." in name:
+            raise HTTPException(415, f"'{name}' is not a supported format: {', '.join(SUPPORTED_SUFFIXES)}.")
+        data = file.file.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise HTTPException(413, f"The file is over the {MAX_FILE_BYTES // 2**20} MB limit.")
+        installed = list_checkpoints()
+        checkpoint = checkpoint or (installed[0] if installed else None)
+        if checkpoint not in installed:
+            raise HTTPException(404, f"No checkpoint '{checkpoint}'. Installed: {', '.join(installed) or 'none'}.")
+        try:
+            image = load_image(data, name).pixels
+            result = explain(model(checkpoint), image, method=method.value, target=target,
+                             mask_input=brain_mask, mask_heatmap=brain_mask)  # fmt: skip
+        except (ImageInputError, ExplainError) as error:
+            raise HTTPException(422, str(error)) from error
+        except CheckpointError as error:
+            raise HTTPException(503, str(error)) from error
+        key = app.state.store.put(
+            {"heatmap": png_bytes(heatmap_rgb(result.heatmap)), "overlay": png_bytes(overlay(image, result.heatmap))}
+        )
+        summary = result.summary()
+        return {
+            "checkpoint": checkpoint,
+            "prediction": summary["prediction"],
+            "confidence": summary["confidence"],
+            "class_probabilities": summary["probabilities"],
+            "target_class": summary["target_class"],
+            "method": method.value,
+            "brain_masked": summary["brain_masked"],
+            "warning": summary["warning"],
+            "timings_ms": summary["timings_ms"],
+            "heatmap_url": str(request.url_for("picture", key=key, kind="heatmap")),
+            "overlay_url": str(request.url_for("picture", key=key, kind="overlay")),
+            "urls_expire_after_s": app.state.store.ttl_s,
+        }
+
+    @app.get("/results/{key}/{kind}.png", name="picture", response_class=Response)
+    def picture(key: str, kind: str) -> Response:
+        data = app.state.store.get(key, kind)
+        if data is None:
+            raise HTTPException(404, "This image has expired or never existed; post the scan again.")
+        return Response(data, media_type="image/png")
+
+    @app.exception_handler(HTTPException)
+    def as_json(_request: Request, error: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": error.detail}, status_code=error.status_code)
+
+    return app

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+
+from core.image_input import MAX_FILE_BYTES
+from core.service import ImageStore, create_app
+from tests.conftest import encode, head_phantom
+
+
+@pytest.fixture
+def client(use_tiny_checkpoints):
+    with TestClient(create_app(ImageStore(capacity=100, ttl_s=60))) as client:
+        yield client
+
+
+def post(client, name: str, data: bytes, **params):
+    return client.post("/predict", files={"file": (name, data, "application/octet-stream")}, params=params)
+
+
+def test_predict_returns_prediction_and_working_urls(client):
+    response = post(client, "scan.png", encode(head_phantom(128), "PNG"), checkpoint="tiny_effnet", method="HiResCAM")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["prediction"] in body["class_probabilities"]
+    assert body["confidence"] == max(body["class_probabilities"].values())
+    assert body["method"] == "HiResCAM" and body["brain_masked"] is True
+    for key in ("heatmap_url", "overlay_url"):
+        picture = client.get(body[key])
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+        assert picture.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_target_and_mask_options(client):
+    body = post(client, "scan.png", encode(head_phantom(96), "PNG"), target="notumor", brain_mask="false").json()
+    assert body["target_class"] == "notumor" and body["brain_masked"] is False
+    assert body["checkpoint"] == "tiny_convnext"  # first installed by default
+
+
+@pytest.mark.parametrize(
+    "name, data, params, status, message",
+    [
+        ("notes.txt", b"hello", {}, 415, "not a supported format"),
+        ("big.png", b"\0" * (MAX_FILE_BYTES + 1), {}, 413, "50 MB"),
+        ("broken.png", b"\x89PNG\r\n\x1a\n\0\0", {}, 422, "not an image"),
+        ("empty.dcm", b"", {}, 422, "empty"),
+        ("flat.png", encode(head_phantom(64) * 0 + 0.5, "PNG"), {}, 422, "same value"),
+        ("scan.png", encode(head_phantom(64), "PNG"), {"target": "astrocytoma"}, 422, "Unknown class"),
+        ("scan.png", encode(head_phantom(64), "PNG"), {"checkpoint": "nope"}, 404, "No checkpoint"),
+    ],
+)
+def test_errors_are_json_with_the_right_status(client, name, data, params, status, message):
+    response = post(client, name, data, **params)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_unknown_method_and_missing_file_are_422(client):
+    assert post(client, "scan.png", encode(head_phantom(64), "PNG"), method="Magic").status_code == 422
+    assert client.post("/predict").status_code == 422
+
+
+def test_expired_or_unknown_result_is_404(client):
+    response = client.get("/results/0123/heatmap.png")
+    assert response.status_code == 404 and "expired" in response.json()["error"]
+
+
+def test_store_is_bounded_in_number_and_age():
+    store = ImageStore(capacity=2, ttl_s=60)
+    keys = [store.put({"heatmap": bytes([i])}) for i in range(3)]
+    assert len(store) == 2 and store.get(keys[0], "heatmap") is None and store.get(keys[2], "heatmap") == b"\x02"
+    old = ImageStore(capacity=5, ttl_s=0.0)
+    key = old.put({"heatmap": b"x"})
+    assert old.get(key, "heatmap") is None
+
+
+def test_models_health_and_openapi(client):
+    assert client.get("/health").json() == {"status": "ok", "models": ["tiny_convnext", "tiny_effnet"]}
+    models = client.get("/models").json()
+    assert [m["name"] for m in models] == ["tiny_convnext", "tiny_effnet"]
+    assert models[0]["label_names"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    schema = client.get("/openapi.json").json()
+    assert {"/predict", "/models", "/health"} <= set(schema["paths"])
+
+
+def test_fifty_requests_from_eight_threads(client):
+    images = {seed: encode(head_phantom(96, seed), "PNG") for seed in range(5)}
+    serial = {seed: post(client, "s.png", data).json()["class_probabilities"] for seed, data in images.items()}
+
+    def call(i: int):
+        return i % 5, post(client, f"s{i}.png", images[i % 5])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(call, range(50)))
+    for seed, response in answers:
+        assert response.status_code == 200
+        body = response.json()
+        assert body["class_probabilities"] == pytest.approx(serial[seed], abs=1e-5)
+        assert client.get(body["overlay_url"]).status_code == 200
