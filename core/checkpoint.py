@@ -185,6 +185,11 @@ def load_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> Loaded
     return LoadedModel(directory.name, model, config, hashlib.sha256(raw).hexdigest())
 
 
+def weights_sha256(name_or_dir: str | Path, root: Path | None = None) -> str:
+    """SHA-256 of a checkpoint's weights file (the cache key of anything computed from it)."""
+    return hashlib.sha256((resolve_checkpoint(name_or_dir, root) / WEIGHTS_FILE).read_bytes()).hexdigest()
+
+
 def _check_layer(model: torch.nn.Module, layer: str) -> None:
     try:
         model.get_submodule(layer)

@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--data", type=Path, required=True, help="dataset ROOT with SPLIT/<class>/<image>")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--out", type=Path, required=True)
-    evaluate.add_argument("--no-brain-mask", action="store_true")
+    evaluate.add_argument("--no-brain-mask", action="store_true", help="no masking of input or heatmap")
+    evaluate.add_argument("--method", help="also compute heatmaps with this CAM method, and localisation metrics")
+    evaluate.add_argument("--threshold", type=float, default=0.5, help="relative heatmap threshold for IoU")
+    evaluate.add_argument("--layer", help="target layer (default: the checkpoint's)")
 
     compare = commands.add_parser("compare", help="two models on one image: figure and agreement JSON")
     compare.add_argument("image", type=Path)
@@ -121,19 +124,25 @@ def _explain(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from core.checkpoint import CheckpointError
     from core.dataset import DatasetError
-    from core.evaluate import evaluate
+    from core.evaluate import HeatmapSettings, evaluate
+    from core.explain import ExplainError
 
+    mask = not args.no_brain_mask
+    heatmaps = HeatmapSettings(args.method, mask, mask, args.threshold, args.layer) if args.method else None
     try:
-        summary = evaluate(args.checkpoint, args.data, args.split, args.out, mask_input=not args.no_brain_mask)
-    except (CheckpointError, DatasetError) as error:
+        summary = evaluate(args.checkpoint, args.data, args.split, args.out, heatmaps=heatmaps, mask_input=mask)
+    except (CheckpointError, DatasetError, ExplainError) as error:
         print(error, file=sys.stderr)
         return 2
     ece = summary["ece_15_bins"]
     print(
         f"{summary['num_images']} images: accuracy {summary['accuracy']:.3f}, macro-F1 {summary['macro_f1']:.3f}, "
         f"ECE {ece['before_temperature']:.3f} -> {ece['after_temperature']:.3f} after temperature; "
-        f"written to {args.out}"
+        f"{summary['images_per_second']} images/s; written to {args.out}"
     )
+    if "localisation" in summary:
+        overall = summary["localisation"]["all"]
+        print("localisation: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in overall.items() if v["mean"] is not None))
     return 0
 
 

@@ -118,7 +118,23 @@ def explain(
     Raises:
         ExplainError: unknown method, class or layer.
     """
-    timings = {}
+    return explain_batch(
+        loaded, [image], method=method, target=target, target_layer=target_layer,
+        mask_input=mask_input, mask_heatmap=mask_heatmap,
+    )[0]  # fmt: skip
+
+
+def explain_batch(
+    loaded: LoadedModel,
+    images: list[np.ndarray],
+    *,
+    method: str = "Grad-CAM",
+    target: int | str | None = None,
+    target_layer: str | None = None,
+    mask_input: bool = True,
+    mask_heatmap: bool = True,
+) -> list[Explanation]:
+    """explain() for several slices in one forward/backward pass; timings are per slice."""
     started = time.perf_counter()
     config = loaded.config
     cam_class = _cam_class(method)
@@ -126,47 +142,63 @@ def explain(
     layer = _resolve_layer(loaded.model, layer_name)
     target_index = None if target is None else _class_index(target, config.label_names)
 
-    prepared = prepare_for_model(image, config.preprocessing, mask_input)
-    brain = prepared.brain
-    tensor = to_tensor(prepared.square, config.preprocessing)
-    timings["preprocess"] = _ms_since(started)
+    prepared = [prepare_for_model(image, config.preprocessing, mask_input) for image in images]
+    tensor = to_tensor(np.stack([p.square for p in prepared]), config.preprocessing)
+    preprocess_ms = _ms_since(started)
 
     step = time.perf_counter()
     with loaded.lock:
-        targets = None if target_index is None else [ClassifierOutputTarget(target_index)]
+        targets = None if target_index is None else [ClassifierOutputTarget(target_index)] * len(images)
         with cam_class(model=loaded.model, target_layers=[layer]) as cam:
             if method in SLOW_METHODS:
                 cam.batch_size = 32
-            cam_square = cam(input_tensor=tensor, targets=targets)[0]
+            cam_squares = cam(input_tensor=tensor, targets=targets)
             logits = cam.outputs.detach().numpy()
-    timings["model_and_cam"] = _ms_since(step)
+    model_ms = _ms_since(step)
 
-    step = time.perf_counter()
-    probabilities = softmax(logits, config.temperature)[0].astype(np.float32)
-    predicted = int(np.argmax(probabilities))
-    cam_square, warning = _clean_cam(
-        cam_square, config.label_names[target_index if target_index is not None else predicted]
-    )
-    heatmap = heatmap_to_slice(cam_square, prepared.box, image.shape)
-    if brain.found and mask_heatmap:
-        heatmap = _rescale_to_unit_max(heatmap * brain.mask)
-    timings["postprocess"] = _ms_since(step)
-    timings["total"] = _ms_since(started)
-    return Explanation(
-        probabilities=probabilities,
-        predicted_index=predicted,
-        target_index=predicted if target_index is None else target_index,
-        label_names=tuple(config.label_names),
-        heatmap=heatmap.astype(np.float32),
-        brain_mask=brain.mask,
-        brain_mask_note=_mask_note(brain, mask_input, mask_heatmap),
-        masked_input=prepared.masked,
-        masked_heatmap=brain.found and mask_heatmap,
-        method=method,
-        target_layer=layer_name,
-        timings_ms={k: round(v, 1) for k, v in timings.items()},
-        warning=warning,
-    )
+    results = []
+    all_probabilities = softmax(logits, config.temperature).astype(np.float32)
+    for image, ready, cam_square, probabilities in zip(images, prepared, cam_squares, all_probabilities):
+        step = time.perf_counter()
+        predicted = int(np.argmax(probabilities))
+        explained = predicted if target_index is None else target_index
+        cam_square, warning = _clean_cam(cam_square, config.label_names[explained])
+        heatmap = heatmap_to_slice(cam_square, ready.box, image.shape)
+        if mask_heatmap:
+            heatmap = apply_brain_mask(heatmap, ready.brain.mask)
+        timings = {
+            "preprocess": preprocess_ms / len(images),
+            "model_and_cam": model_ms / len(images),
+            "postprocess": _ms_since(step),
+        }
+        timings["total"] = sum(timings.values())
+        results.append(
+            Explanation(
+                probabilities=probabilities,
+                predicted_index=predicted,
+                target_index=explained,
+                label_names=tuple(config.label_names),
+                heatmap=heatmap.astype(np.float32),
+                brain_mask=ready.brain.mask,
+                brain_mask_note=_mask_note(ready.brain, mask_input, mask_heatmap),
+                masked_input=ready.masked,
+                masked_heatmap=ready.brain.found and mask_heatmap,
+                method=method,
+                target_layer=layer_name,
+                timings_ms={k: round(v, 1) for k, v in timings.items()},
+                warning=warning,
+            )
+        )
+    return results
+
+
+def apply_brain_mask(heatmap: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Zero the heatmap outside the head and rescale its maximum back to 1 (no-op without a mask)."""
+    if mask is None:
+        return heatmap
+    masked = heatmap * mask
+    peak = float(masked.max())
+    return masked / peak if peak > 0 else masked
 
 
 def layer_names(model: torch.nn.Module) -> list[str]:
@@ -213,11 +245,6 @@ def _clean_cam(cam: np.ndarray, label: str) -> tuple[np.ndarray, str | None]:
             f"for '{label}'. Try another method or layer."
         )
     return cam.astype(np.float32), None
-
-
-def _rescale_to_unit_max(heatmap: np.ndarray) -> np.ndarray:
-    peak = float(heatmap.max())
-    return heatmap / peak if peak > 0 else heatmap
 
 
 def _mask_note(brain: BrainMask, mask_input: bool, mask_heatmap: bool) -> str:

@@ -84,3 +84,39 @@ def test_grouped_holdout_keeps_groups_whole():
     for label in CLASSES:
         in_class = [h for r, h in zip(records, held) if r.label == label]
         assert 0.1 < sum(in_class) / len(in_class) < 0.3
+
+
+@needs_data
+def test_evaluate_with_heatmaps_and_cache(use_tiny_checkpoints, small_dataset, tmp_path):
+    from core.evaluate import HeatmapSettings, cache_key, cached_evaluation
+
+    annotations = small_dataset / "annotations"
+    if not annotations.exists():
+        annotations.mkdir()
+        for path in (small_dataset / "test").rglob("*.jpg"):
+            source = SHARED_DATA / "annotations" / f"{path.stem}.json"
+            if source.is_file():
+                shutil.copy(source, annotations / source.name)
+    settings = HeatmapSettings("Grad-CAM", True, True, 0.5)
+    cache = tmp_path / "cache"
+    folder = cached_evaluation("tiny_convnext", small_dataset, "test", settings, cache, batch_size=4, progress=False)
+    summary = json.loads((folder / "summary.json").read_text())
+    rows = list(csv.DictReader((folder / "predictions.csv").open()))
+    tumour_rows = [r for r in rows if r["label"] != "notumor"]
+    assert tumour_rows and all(r["annotation"] in ("polygon", "rectangle") for r in tumour_rows)
+    assert all(0 <= float(r["iou"]) <= 1 and r["pointing_game"] in ("True", "False") for r in tumour_rows)
+    assert all(r["iou"] == "" for r in rows if r["label"] == "notumor")  # no outline, no IoU
+    assert all(0 <= float(r["mass_outside_brain"]) <= 1 for r in rows if r["mass_outside_brain"])
+    assert {r["outcome"] for r in rows} <= {"TP", "FN"}
+    overall = summary["localisation"]["all"]["iou"]
+    assert overall["n"] == len(tumour_rows) and overall["ci95"][0] <= overall["mean"] <= overall["ci95"][1]
+    assert set(summary["localisation"]["per_class"]) == set(CLASSES)
+
+    # A second call is served from the cache; other settings get another key.
+    stamp = (folder / "summary.json").stat().st_mtime_ns
+    again = cached_evaluation("tiny_convnext", small_dataset, "test", settings, cache, progress=False)
+    assert again == folder and (folder / "summary.json").stat().st_mtime_ns == stamp
+    other = HeatmapSettings("HiResCAM", True, True, 0.5)
+    assert cache_key("abc", small_dataset, "test", settings) != cache_key("abc", small_dataset, "test", other)
+    assert cache_key("abc", small_dataset, "test", settings) != cache_key("abd", small_dataset, "test", settings)
+    assert cache_key("abc", small_dataset, "test", settings) != cache_key("abc", small_dataset, "val", settings)

@@ -1,0 +1,62 @@
+"""Radiologists' tumour outlines from LabelMe JSON (ROOT/annotations/<image stem>.json).
+
+Only the shapes are read; `imagePath` and `imageData` are ignored, so an annotation can
+never point the app at a file outside the dataset root.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TumourOutline:
+    """A tumour mask at the image's resolution, or None with the reason."""
+
+    mask: np.ndarray | None
+    kind: str  # "polygon", "rectangle" or "none"
+    reason: str = ""
+
+
+def annotation_path(root: Path, image: str) -> Path:
+    """ROOT/annotations/<stem>.json for an image path relative to ROOT (no other folder)."""
+    stem = Path(image).name.rsplit(".", 1)[0]
+    return Path(root) / "annotations" / f"{stem}.json"
+
+
+def load_outline(root: Path, image: str, shape: tuple[int, int]) -> TumourOutline:
+    """Rasterise the annotation of `image`: polygons preferred, rectangles otherwise."""
+    path = annotation_path(root, image)
+    if not path.is_file():
+        return TumourOutline(None, "none", "no annotation")
+    try:
+        shapes = json.loads(path.read_text()).get("shapes", [])
+        return outline_from_shapes(shapes, shape)
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError) as error:
+        return TumourOutline(None, "none", f"malformed annotation {path.name}: {error}")
+
+
+def outline_from_shapes(shapes: list[dict], shape: tuple[int, int]) -> TumourOutline:
+    polygons = [s for s in shapes if s.get("shape_type") == "polygon" and len(s.get("points", [])) >= 3]
+    rectangles = [s for s in shapes if s.get("shape_type") == "rectangle" and len(s.get("points", [])) == 2]
+    mask = np.zeros(shape, dtype=np.uint8)
+    if polygons:
+        for polygon in polygons:
+            points = np.round(np.asarray(polygon["points"], dtype=np.float64)).astype(np.int32)
+            cv2.fillPoly(mask, [points], 1)
+        kind = "polygon"
+    elif rectangles:
+        for rectangle in rectangles:
+            (x0, y0), (x1, y1) = np.round(np.asarray(rectangle["points"], dtype=np.float64)).astype(int)
+            cv2.rectangle(mask, (min(x0, x1), min(y0, y1)), (max(x0, x1), max(y0, y1)), 1, -1)
+        kind = "rectangle"
+    else:
+        return TumourOutline(None, "none", "annotation has no polygon or rectangle")
+    if not mask.any():
+        return TumourOutline(None, "none", "annotation lies outside the image")
+    return TumourOutline(mask.astype(bool), kind)
