@@ -10,6 +10,7 @@ import streamlit as st
 
 from core.checkpoint import LoadedModel, list_checkpoints, load_checkpoint
 from core.explain import Explanation, explain
+from core.gallery import Evaluation, read_evaluation
 from core.image_input import LoadedImage, load_image
 
 
@@ -50,3 +51,11 @@ def explanation(
         mask_input=mask_input,
         mask_heatmap=mask_heatmap,
     )
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def evaluation(folder: str) -> Evaluation:
+    """A finished evaluation read from its cache folder (the folder name is its content key)."""
+    from pathlib import Path
+
+    return read_evaluation(Path(folder))

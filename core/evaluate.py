@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def evaluate(
     mask_input: bool = True,
     batch_size: int = 32,
     progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Predict every image of ROOT/SPLIT (and explain it, given `heatmaps`) and summarise.
 
@@ -79,6 +81,8 @@ def evaluate(
             if images:
                 rows.extend(_score_batch(loaded, Path(root), kept, images, heatmaps, mask_input, stored))
             bar.update(len(batch))
+            if on_progress:
+                on_progress(bar.n, len(records))
     seconds = time.perf_counter() - started
 
     labels = np.array([label_names.index(r["label"]) for r in rows])

@@ -1,0 +1,127 @@
+"""Gallery: true positives, false positives and false negatives against tumour outlines."""
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+import cached
+import ui
+from core.evaluate import HeatmapSettings, cached_evaluation
+from core.explain import CAM_METHODS
+from core.gallery import OUTCOMES, SORTS, find_dataset, method_table, panels, select, splits_in
+
+CACHE_DIR = Path(os.environ.get("BRAIN_XAI_CACHE", Path(__file__).resolve().parent.parent / "cache" / "evaluations"))
+PAGE_SIZE = 12
+
+st.set_page_config(page_title="Gallery", layout="wide")
+st.title("Gallery: where the model looks, against the radiologists' outlines")
+
+names = ui.require_models()
+with st.sidebar:
+    root = find_dataset(st.text_input("Dataset folder", key="gallery_root", placeholder="default: auto-detect"))
+if root is None:
+    st.warning(
+        "No dataset found. Enter a folder in the sidebar, set BRAIN_XAI_DATA, or place it at "
+        "`./data/brain-tumor-mri`. Expected layout: `ROOT/SPLIT/<class>/<image>` (for example "
+        "`ROOT/test/glioma/001.jpg`), with optional LabelMe outlines in `ROOT/annotations/<image stem>.json`."
+    )
+    st.stop()
+with st.sidebar:
+    st.caption(f"Dataset: {root}")
+    checkpoint = st.selectbox("Model", names)
+    split_names = splits_in(root)
+    split = st.selectbox("Split", split_names, index=split_names.index("test") if "test" in split_names else 0)
+    method = st.selectbox("Method", [m for m in CAM_METHODS if m != "Score-CAM"], help="Score-CAM is too slow here.")
+    brain_mask = st.toggle("Brain masking", value=True)
+    threshold = st.slider("Threshold (relative to each heatmap's maximum)", 0.05, 0.95, 0.5, 0.05)
+
+settings = HeatmapSettings(method, brain_mask, brain_mask, threshold)
+bar = st.progress(0.0, text="Preparing the evaluation (cached on disk after the first run)...")
+try:
+    folder = cached_evaluation(
+        checkpoint, root, split, settings, CACHE_DIR, progress=False,
+        on_progress=lambda done, total: bar.progress(done / total, text=f"Explaining image {done} of {total}..."),
+    )  # fmt: skip
+except ui.USER_ERRORS + (ValueError,) as error:
+    bar.empty()
+    st.error(str(error))
+    st.stop()
+bar.empty()
+result = cached.evaluation(str(folder))
+labels = list(result.summary["per_class"])
+
+filters = st.columns(3)
+label = filters[0].selectbox("Class", labels)
+outcome = filters[1].radio("Outcome", OUTCOMES, horizontal=True,
+                           help="TP: correctly called this class; FP: wrongly called it; FN: missed it.")  # fmt: skip
+sort = filters[2].selectbox("Sort by", SORTS)
+chosen = select(result.rows, label, outcome, sort)
+st.write(f"**{len(chosen)}** {outcome} images for **{label}** on `{split}` ({method}, threshold {threshold:.2f}).")
+
+if chosen:
+    pages = max(1, -(-len(chosen) // PAGE_SIZE))
+    page = st.number_input("Page", 1, pages, 1) if pages > 1 else 1
+    columns = st.columns(4)
+    for i, row in enumerate(chosen[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]):
+        card = panels(root, row, result.heatmaps[row["image"]], threshold)
+        iou = f", IoU {float(row['iou']):.2f}" if row.get("iou") else ""
+        with columns[i % 4]:
+            st.image(card.overlay, caption=f"true {row['label']}, predicted {row['predicted']} "
+                                           f"({float(row['confidence']):.0%}){iou}")  # fmt: skip
+            if st.button("Open", key=f"open_{row['image']}"):
+                st.session_state["gallery_selected"] = row["image"]
+
+selected = next((r for r in result.rows if r["image"] == st.session_state.get("gallery_selected")), None)
+if selected:
+    st.subheader(f"{selected['image']}")
+    view = panels(root, selected, result.heatmaps[selected["image"]], threshold)
+    iou = f"IoU {float(selected['iou']):.2f}" if selected.get("iou") else "no outline"
+    four = st.columns(4)
+    four[0].image(view.original, caption=f"Original (true: {selected['label']})")
+    four[1].image(view.annotation, caption="Radiologist's outline" if view.has_outline else "No annotation")
+    four[2].image(view.heatmap, caption=f"{method} heatmap")
+    four[3].image(view.overlay, caption=f"Predicted {selected['predicted']}; green: tumour, white: heatmap >= "
+                                        f"{threshold:.2f}; {iou}")  # fmt: skip
+st.caption(ui.DISCLAIMER + " The no-tumour images come from another source and MRI sequence: heat on the "
+           "skull or background of those images is a sign of shortcut learning.")  # fmt: skip
+
+st.header("Summary")
+summary = result.summary
+matrix = summary["confusion_matrix"]
+left, right = st.columns(2)
+left.plotly_chart(
+    px.imshow(matrix["rows_true_columns_predicted"], x=matrix["labels"], y=matrix["labels"], text_auto=True,
+              labels={"x": "predicted", "y": "true", "color": "images"}, color_continuous_scale="Blues"),
+    width="stretch",
+)  # fmt: skip
+right.dataframe(pd.DataFrame(summary["per_class"]).T.round(3))
+right.write(f"Accuracy {summary['accuracy']:.1%}, macro-F1 {summary['macro_f1']:.3f}, "
+            f"{summary['num_images']} images; ECE {summary['ece_15_bins']['after_temperature']:.3f}.")  # fmt: skip
+
+st.subheader("Localisation per class (mean, 95 % bootstrap interval)")
+per_class = {
+    name: {metric: (f"{v['mean']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]" if v["mean"] is not None else "n/a")
+           for metric, v in values.items()}
+    for name, values in summary["localisation"]["per_class"].items()
+}  # fmt: skip
+st.dataframe(pd.DataFrame(per_class).T)
+
+st.subheader("Every method on this split")
+computed = [json.loads(p.read_text()) for p in sorted(CACHE_DIR.glob("*/summary.json"))]
+computed = [s for s in computed if s.get("split") == split and s.get("data") == str(root) and "heatmaps" in s]
+st.dataframe(pd.DataFrame(method_table(computed)).round(3))
+if st.button("Compute the missing methods for this model (a few minutes)"):
+    for other in CAM_METHODS:
+        if other != "Score-CAM":
+            cached_evaluation(checkpoint, root, split, HeatmapSettings(other, brain_mask, brain_mask, threshold),
+                              CACHE_DIR, progress=False)  # fmt: skip
+    st.rerun()
+
+filtered = pd.DataFrame(chosen)
+export = st.columns(2)
+export[0].download_button("Download the filtered table (CSV)", filtered.to_csv(index=False), "gallery.csv", "text/csv")
+export[1].download_button("Download the summary (JSON)", json.dumps(summary, indent=2), "summary.json")

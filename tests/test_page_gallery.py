@@ -1,0 +1,82 @@
+"""AppTest of pages/3_Gallery.py on a small fixture dataset copied from the shared data."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.gallery import select
+from tests.conftest import SHARED_DATA
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "3_Gallery.py")
+CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
+
+
+@pytest.fixture(scope="module")
+def fixture_dataset(tmp_path_factory) -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"dataset not found at {SHARED_DATA}")
+    root = tmp_path_factory.mktemp("gallery_data")
+    (root / "annotations").mkdir()
+    for label in CLASSES:
+        (root / "test" / label).mkdir(parents=True)
+        for path in sorted((SHARED_DATA / "test" / label).iterdir())[:3]:
+            shutil.copy(path, root / "test" / label / path.name)
+            outline = SHARED_DATA / "annotations" / f"{path.stem}.json"
+            if outline.is_file():
+                shutil.copy(outline, root / "annotations" / outline.name)
+    return root
+
+
+def test_gallery_browses_cards_and_opens_one(use_tiny_checkpoints, fixture_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("BRAIN_XAI_DATA", str(fixture_dataset))
+    monkeypatch.setenv("BRAIN_XAI_CACHE", str(tmp_path / "cache"))
+    at = AppTest.from_file(PAGE, default_timeout=300).run()
+    assert not at.exception
+    assert "12 images" in at.markdown[-1].value or any("Accuracy" in m.value for m in at.markdown)
+    # Find a class/outcome with cards, then open the first card.
+    outcome_radio = at.radio[0]
+    for outcome in ("TP", "FN", "FP"):
+        outcome_radio.set_value(outcome).run()
+        if at.button and at.button[0].label == "Open":
+            break
+    assert not at.exception
+    cards = len(at.image)
+    assert cards >= 1
+    at.button[0].click().run()
+    assert not at.exception
+    assert len(at.image) == cards + 4  # original, annotation, heatmap, overlay
+    assert at.session_state["gallery_selected"]
+
+    at.slider[0].set_value(0.3).run()  # re-draw from the disk cache
+    assert not at.exception
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # one evaluation per threshold
+
+
+def test_missing_dataset_explains_the_layout(use_tiny_checkpoints, tmp_path, monkeypatch):
+    import core.gallery
+
+    monkeypatch.setenv("BRAIN_XAI_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(core.gallery, "DEFAULT_DATA_ROOTS", ())
+    at = AppTest.from_file(PAGE).run()
+    assert not at.exception
+    assert "ROOT/SPLIT/<class>/<image>" in at.warning[0].value
+
+
+def test_select_outcomes_and_sorting():
+    rows = [
+        {"image": "a", "label": "glioma", "predicted": "glioma", "confidence": "0.9", "iou": "0.1"},
+        {"image": "b", "label": "glioma", "predicted": "glioma", "confidence": "0.6", "iou": "0.5"},
+        {"image": "c", "label": "glioma", "predicted": "notumor", "confidence": "0.7", "iou": ""},
+        {"image": "d", "label": "notumor", "predicted": "glioma", "confidence": "0.8", "iou": ""},
+    ]
+    assert [r["image"] for r in select(rows, "glioma", "TP", "confidence, high first")] == ["a", "b"]
+    assert [r["image"] for r in select(rows, "glioma", "TP", "IoU, high first")] == ["b", "a"]
+    assert [r["image"] for r in select(rows, "glioma", "TP", "confidence, low first")] == ["b", "a"]
+    assert [r["image"] for r in select(rows, "glioma", "FN", "confidence, high first")] == ["c"]
+    assert [r["image"] for r in select(rows, "glioma", "FP", "confidence, high first")] == ["d"]
+    with pytest.raises(ValueError):
+        select(rows, "glioma", "TN", "confidence, high first")
