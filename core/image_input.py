@@ -73,16 +73,26 @@ def load_image(
         )
     name = filename.lower()
     if name.endswith(NIFTI_SUFFIXES):
-        loaded = _load_nifti(data, slice_index, axis)
+        kind, decode = "NIfTI", lambda: _load_nifti(data, slice_index, axis)
     elif name.endswith(DICOM_SUFFIXES) or _looks_like_dicom(data):
-        loaded = _load_dicom(data, slice_index)
+        kind, decode = "DICOM", lambda: _load_dicom(data, slice_index)
     elif name.endswith(RASTER_SUFFIXES) or "." not in name:
-        loaded = _load_raster(data)
+        kind, decode = "image", lambda: _load_raster(data)
     else:
         raise ImageInputError(
             f"'{filename}' is not a supported format. Upload PNG, JPEG, BMP, TIFF, "
             "DICOM (.dcm) or NIfTI (.nii, .nii.gz)."
         )
+    try:
+        loaded = decode()
+    except ImageInputError:
+        raise
+    except MemoryError as error:
+        raise ImageInputError(f"The {kind} file needs more memory than allowed; export a smaller image.") from error
+    except Exception as error:  # noqa: BLE001 - third-party parsers raise many types on malformed bytes
+        raise ImageInputError(
+            f"The {kind} file is truncated or corrupt and cannot be read. Export it again and re-upload."
+        ) from error
     _check_size(loaded.pixels.shape)
     return loaded
 

@@ -14,6 +14,10 @@ from PIL import Image
 from core.checkpoint import ModelConfig, create_model, load_checkpoint, save_checkpoint
 from core.preprocess import Preprocessing
 
+# One intra-op thread: the tests run many small models, some from 8 Python threads at once,
+# where torch's default thread pool oversubscribes the cores and runs 5-25x slower.
+torch.set_num_threads(1)
+
 LABELS = ("glioma", "meningioma", "notumor", "pituitary")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
 TINY_MODELS = {"tiny_convnext": ("convnext_atto", "stages.3"), "tiny_effnet": ("tf_efficientnet_lite0", "conv_head")}
