@@ -78,9 +78,15 @@ def test_fuzz_random_bytes(data, name):
     decode_within_limit(data, name)
 
 
-SEEDS = [encode(head_phantom(48), "PNG"), encode(head_phantom(48), "JPEG"), encode(head_phantom(48), "BMP"),
-         make_dicom((head_phantom(48) * 900).astype(np.uint16)),
-         nib.Nifti1Image(np.random.default_rng(0).random((40, 40, 3)).astype(np.float32), np.eye(4)).to_bytes()]  # fmt: skip
+VOLUME = np.random.default_rng(0).random((40, 40, 3)).astype(np.float32)
+PHANTOM = head_phantom(48)
+SEEDS = [
+    encode(PHANTOM, "PNG"),
+    encode(PHANTOM, "JPEG"),
+    encode(PHANTOM, "BMP"),
+    make_dicom((PHANTOM * 900).astype(np.uint16)),
+    nib.Nifti1Image(VOLUME, np.eye(4)).to_bytes(),
+]
 SEED_NAMES = ["a.png", "a.jpg", "a.bmp", "a.dcm", "a.nii"]
 
 
