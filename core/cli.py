@@ -57,7 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
 
+    bench = commands.add_parser("bench", help="latency, re-render, throughput and cold start (prints ratios)")
+    bench.add_argument("--checkpoints", nargs="*", help="default: every installed checkpoint")
+    bench.add_argument("--repeats", type=int, default=20)
+    bench.add_argument("--batch", type=int, default=16)
+    bench.add_argument("--out", type=Path, default=Path("bench.json"))
+
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        from core.bench import run_bench
+
+        run_bench(args.checkpoints, args.repeats, args.batch, args.out)
+        return 0
     if args.command == "serve":
         import uvicorn
 

@@ -1,0 +1,137 @@
+"""python -m core bench: latency, re-render, throughput and cold-start numbers, as ratios.
+
+Each ratio compares two things measured in the same run on the same machine, so it means
+something even on a noisy shared CPU. Not a test: targets are printed, not asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.checkpoint import list_checkpoints, load_checkpoint
+from core.explain import explain, explain_batch
+from core.image_input import load_image
+from core.preprocess import to_tensor
+from core.render import draw_contours, overlay, threshold_region
+
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_images" / "mni152_axial.png"
+
+
+def _percentiles(samples_ms: list[float]) -> tuple[float, float]:
+    return float(np.percentile(samples_ms, 50)), float(np.percentile(samples_ms, 95))
+
+
+def forward_backward_ms(model: torch.nn.Module, tensor: torch.Tensor) -> float:
+    """One plain forward + backward of the top logit: the floor any gradient CAM pays."""
+    started = time.perf_counter()
+    inputs = tensor.clone().requires_grad_(True)
+    logits = model(inputs)
+    logits.max(dim=1).values.sum().backward()
+    model.zero_grad(set_to_none=True)
+    return (time.perf_counter() - started) * 1000
+
+
+def bench_model(name: str, image: np.ndarray, repeats: int, batch: int) -> dict:
+    loaded = load_checkpoint(name)
+    settings = loaded.config.preprocessing
+    square = np.random.default_rng(0).random((settings.input_size, settings.input_size)).astype(np.float32)
+    single, batched = to_tensor(square, settings), to_tensor(np.stack([square] * batch), settings)
+    explain(loaded, image)  # warm-up
+    forward_backward_ms(loaded.model, single)
+    explain_ms, floor_ms = [], []
+    for _ in range(repeats):  # interleaved, so both see the same machine load
+        explain_ms.append(explain(loaded, image).timings_ms["total"])
+        floor_ms.append(forward_backward_ms(loaded.model, single))
+    p50, p95 = _percentiles(explain_ms)
+    floor = float(np.median(floor_ms))
+
+    images = [image] * batch
+    started = time.perf_counter()
+    explain_batch(loaded, images)
+    throughput = batch / (time.perf_counter() - started)
+    batch_floor = batch / (forward_backward_ms(loaded.model, batched) / 1000)
+    return {
+        "model": name,
+        "explain_p50_ms": round(p50, 1),
+        "explain_p95_ms": round(p95, 1),
+        "forward_backward_ms": round(floor, 1),
+        "explain_to_forward_backward": round(p50 / floor, 2),
+        "evaluation_images_per_s": round(throughput, 2),
+        "batched_forward_backward_images_per_s": round(batch_floor, 2),
+        "throughput_ratio": round(throughput / batch_floor, 2),
+    }
+
+
+def bench_render(repeats: int = 50) -> dict:
+    rng = np.random.default_rng(0)
+    image = rng.random((512, 512)).astype(np.float32)
+    heatmap = np.clip(rng.normal(0.5, 0.2, (512, 512)), 0, 1).astype(np.float32)
+    samples = []
+    for i in range(repeats):
+        started = time.perf_counter()
+        region = threshold_region(heatmap, 0.3 + 0.4 * (i % 2))
+        draw_contours(overlay(image, heatmap, 0.4), region.contours)
+        samples.append((time.perf_counter() - started) * 1000)
+    p50, p95 = _percentiles(samples)
+    return {"rerender_512_p50_ms": round(p50, 2), "rerender_512_p95_ms": round(p95, 2)}
+
+
+def bench_cold_start(name: str) -> float:
+    """Seconds from starting a Python process to its first explanation."""
+    code = (
+        "from core.checkpoint import load_checkpoint; from core.explain import explain; "
+        "from core.image_input import load_image; import sys; "
+        f"explain(load_checkpoint({name!r}), load_image(open({str(SAMPLE)!r}, 'rb').read(), 'a.png').pixels)"
+    )
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+    return time.perf_counter() - started
+
+
+def run_bench(names: list[str] | None, repeats: int, batch: int, out: Path | None) -> dict:
+    names = names or list_checkpoints()
+    image = load_image(SAMPLE.read_bytes(), SAMPLE.name).pixels
+    report = {
+        "machine": f"{platform.machine()} {platform.processor() or 'CPU'}, torch threads {torch.get_num_threads()}",
+        "torch": torch.__version__,
+        "sample": SAMPLE.name,
+        "image_shape": list(image.shape),
+        "models": [bench_model(name, image, repeats, batch) for name in names],
+        "render": bench_render(),
+        "cold_start_s": {name: round(bench_cold_start(name), 2) for name in names},
+        "targets": {
+            "explain_to_forward_backward": "<= 1.3",
+            "rerender_512_p50_ms": "<= 15",
+            "throughput_ratio": ">= 0.8",
+        },  # fmt: skip
+    }
+    _print_table(report)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _print_table(report: dict) -> None:
+    print(f"machine: {report['machine']}, torch {report['torch']}")
+    header = ("model", "explain p50 ms", "p95 ms", "fwd+bwd ms", "ratio (<=1.3)", "eval img/s", "batch fwd+bwd img/s",
+              "ratio (>=0.8)", "cold start s")  # fmt: skip
+    print(" | ".join(header))
+    for row in report["models"]:
+        print(" | ".join(str(v) for v in (
+            row["model"], row["explain_p50_ms"], row["explain_p95_ms"], row["forward_backward_ms"],
+            row["explain_to_forward_backward"], row["evaluation_images_per_s"],
+            row["batched_forward_backward_images_per_s"], row["throughput_ratio"],
+            report["cold_start_s"][row["model"]],
+        )))  # fmt: skip
+    render = report["render"]
+    print(f"re-render 512x512 (threshold + overlay + outline): p50 {render['rerender_512_p50_ms']} ms, "
+          f"p95 {render['rerender_512_p95_ms']} ms (target <= 15 ms)")  # fmt: skip
