@@ -74,7 +74,9 @@ for note in scan.image.notes:
     st.caption(note)
 
 prediction, chart = st.columns([1, 2])
-prediction.metric("Prediction", result.predicted_label, f"{result.confidence:.1%} confidence", delta_color="off")
+prediction.metric(
+    "Prediction", result.predicted_label, f"{result.confidence:.1%} confidence", delta_color="off", delta_arrow="off"
+)
 prediction.caption(f"{result.timings_ms['total']:.0f} ms; probabilities are temperature-calibrated.")
 chart.plotly_chart(render.probability_figure(labels, result.probabilities, result.predicted_index), width="stretch")
 

@@ -43,7 +43,7 @@ except ui.USER_ERRORS as error:
 
 first, second = results[model_a], results[model_b]
 agree, sentence = verdict((model_a, model_b), first, second)
-(st.success if agree else st.error)(sentence)
+(st.success if agree else st.warning)(sentence)
 
 pixels = scan.image.pixels
 for name, result in results.items():
@@ -56,7 +56,9 @@ for name, result in results.items():
         render.draw_contours(render.overlay(pixels, result.heatmap, opacity), region.contours),
         caption=f"Overlay; outline >= {threshold:.2f} ({region.area_fraction:.1%})",
     )
-    columns[3].metric("Prediction", result.predicted_label, f"{result.confidence:.1%}", delta_color="off")
+    columns[3].metric(
+        "Prediction", result.predicted_label, f"{result.confidence:.1%}", delta_color="off", delta_arrow="off"
+    )
     columns[3].caption(f"{result.timings_ms['total']:.0f} ms. {result.brain_mask_note}")
     if result.warning:
         st.warning(result.warning)

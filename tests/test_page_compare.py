@@ -16,8 +16,8 @@ def test_compare_sample_and_method_grid(use_tiny_checkpoints):
     at.run()
     assert not at.exception
     assert len(at.image) == 6  # two rows of original | heatmap | overlay
-    assert at.success or at.error  # the verdict
-    assert at.success[0].value.startswith("Both models predict") if at.success else "disagree" in at.error[0].value
+    verdict = at.success[0].value if at.success else at.warning[0].value  # disagreement is highlighted
+    assert verdict.startswith("Both models predict") or verdict.startswith("The models disagree")
     peak = next(m for m in at.metric if m.label == "Distance between peaks")
     assert peak.value.endswith("mm")  # the DICOM gives pixel spacing
 

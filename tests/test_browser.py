@@ -1,0 +1,153 @@
+"""Real browser: `streamlit run app.py` headless on a free port, every page driven in Chromium.
+
+Screenshots go to $BROWSER_ARTIFACTS (default: artifacts/screenshots, git-ignored). The app
+uses tiny seeded models unless $BROWSER_CHECKPOINTS names a checkpoint folder (e.g. checkpoints).
+Skipped with the reason when Chromium/ChromeDriver or selenium are not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)",
+)
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(checkpoint_root):
+    port = free_port()
+    env = {**os.environ, "BRAIN_XAI_CHECKPOINTS": os.environ.get("BROWSER_CHECKPOINTS") or str(checkpoint_root)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not start within 60 s")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1500,1800"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    folder = Path(os.environ.get("BROWSER_ARTIFACTS", REPO / "artifacts" / "screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def images_shown(driver) -> int:
+    """Images fully loaded and painted (not just present in the DOM)."""
+    return driver.execute_script(
+        "return [...document.querySelectorAll(\"[data-testid='stImage'] img\")]"
+        ".filter(img => img.complete && img.naturalWidth > 0).length"
+    )
+
+
+def assert_no_error(driver) -> None:
+    errors = driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException'], [data-testid='stAlertContentError']")
+    assert not errors, errors[0].text
+
+
+def choose_sample(driver, wait) -> None:
+    wait.until(EC.element_to_be_clickable((By.XPATH, "//label[contains(., 'Use a sample')]"))).click()
+
+
+def test_home_page(browser, app_url, artifacts):
+    browser.get(app_url)
+    WebDriverWait(browser, 60).until(EC.presence_of_element_located((By.XPATH, "//*[contains(., 'Installed models')]")))
+    assert_no_error(browser)
+    browser.save_screenshot(str(artifacts / "home.png"))
+
+
+def test_explain_page_upload_and_threshold(browser, app_url, artifacts):
+    browser.get(f"{app_url}/Explain")
+    wait = WebDriverWait(browser, 120)
+    upload = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "input[type='file']")))
+    upload.send_keys(str(REPO / "sample_images" / "mni152_axial.png"))
+    wait.until(lambda d: images_shown(d) >= 3)
+    assert_no_error(browser)
+    browser.save_screenshot(str(artifacts / "explain.png"))
+
+    def threshold(driver) -> str:
+        return driver.find_elements(By.CSS_SELECTOR, "[data-testid='stSlider'] input[type='range']")[0].get_attribute(
+            "value"
+        )
+
+    before = threshold(browser)
+    browser.execute_script(
+        "arguments[0].focus()",
+        browser.find_elements(By.CSS_SELECTOR, "[data-testid='stSlider'] input[type='range']")[0],
+    )
+    ActionChains(browser).send_keys(Keys.ARROW_RIGHT * 3).perform()
+    wait.until(lambda d: threshold(d) != before)
+    time.sleep(2)
+    wait.until(lambda d: images_shown(d) >= 3)
+    assert_no_error(browser)
+    browser.save_screenshot(str(artifacts / "explain_threshold.png"))
+
+
+def test_compare_page(browser, app_url, artifacts):
+    browser.get(f"{app_url}/Compare")
+    wait = WebDriverWait(browser, 180)
+    choose_sample(browser, wait)
+    wait.until(lambda d: images_shown(d) >= 6)
+    assert_no_error(browser)
+    browser.save_screenshot(str(artifacts / "compare.png"))
+
+
+def test_gallery_page_without_data_explains_layout(browser, app_url, artifacts):
+    browser.get(f"{app_url}/Gallery")
+    wait = WebDriverWait(browser, 120)
+    box = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stSidebar'] input[type='text']")))
+    box.send_keys(str(REPO / "no-such-folder"))
+    box.send_keys(Keys.ENTER)
+    time.sleep(3)
+    assert_no_error(browser)
+    browser.save_screenshot(str(artifacts / "gallery.png"))
