@@ -63,7 +63,21 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--batch", type=int, default=16)
     bench.add_argument("--out", type=Path, default=Path("bench.json"))
 
+    card = commands.add_parser("card", help="write a checkpoint's model card from evaluation summaries")
+    card.add_argument("--checkpoint", required=True)
+    card.add_argument("--test", type=Path, required=True, help="summary.json of the test evaluation")
+    card.add_argument("--localisation", type=Path, nargs="*", default=[], help="summary.json files with heatmaps")
+    card.add_argument("--commit", required=True, help="commit that produced the measurements")
+
     args = parser.parse_args(argv)
+    if args.command == "card":
+        import json
+
+        from core.model_card import write_model_card
+
+        summaries = [json.loads(p.read_text()) for p in args.localisation]
+        print(write_model_card(args.checkpoint, json.loads(args.test.read_text()), summaries, args.commit))
+        return 0
     if args.command == "bench":
         from core.bench import run_bench
 

@@ -1,0 +1,152 @@
+"""Write a checkpoint's README.md model card (and its config.json "metrics") from measurements."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from core.checkpoint import CONFIG_FILE, create_model, read_config, resolve_checkpoint
+from core.evaluate import LOCALISATION_COLUMNS
+
+TARGETS = {"efficientnet": (0.93, 0.91), "convnext": (0.88, 0.85)}  # accuracy, macro-F1 on test
+ECE_TARGET = 0.05
+
+
+def write_model_card(checkpoint: str | Path, test_summary: dict, localisation: list[dict], commit: str) -> Path:
+    """Update config.json["metrics"] and write README.md; returns the card's path."""
+    directory = resolve_checkpoint(checkpoint)
+    config = read_config(directory)
+    values = json.loads((directory / CONFIG_FILE).read_text())
+    ece = test_summary["ece_15_bins"]
+    values["metrics"] = {
+        "split": test_summary["split"],
+        "num_images": test_summary["num_images"],
+        "accuracy": test_summary["accuracy"],
+        "macro_f1": test_summary["macro_f1"],
+        "ece_before_temperature": ece["before_temperature"],
+        "ece_after_temperature": ece["after_temperature"],
+        "measured_by_commit": commit,
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(values, indent=2) + "\n")
+    card = render_card(directory.name, config, values, test_summary, localisation, commit)
+    (directory / "README.md").write_text(card)
+    return directory / "README.md"
+
+
+def _target(architecture: str) -> tuple[float, float] | None:
+    return next((t for key, t in TARGETS.items() if key in architecture), None)
+
+
+def render_card(name, config, values, test, localisation, commit) -> str:
+    training = values.get("training", {})
+    parameters = sum(p.numel() for p in create_model(config.architecture, len(config.label_names)).parameters())
+    ece = test["ece_15_bins"]
+    target = _target(config.architecture)
+    lines = [
+        f"# {name}: {config.architecture} brain-MRI classifier",
+        "",
+        "> Research model, **not a medical device**. Never use it for diagnosis.",
+        "",
+        "## Data and split",
+        f"- Trained on `{', '.join(training.get('splits', []))}` of `brain-tumor-mri` "
+        f"({training.get('num_images')} images: {', '.join(config.label_names)}).",
+        f"- Grouped hold-out inside the training splits: {training.get('holdout')}. It gives the per-epoch log "
+        "and the temperature; nothing was selected on `test`. The final epoch is kept (no early stopping).",
+        f"- Reported below: `{test['split']}` ({test['num_images']} images), never used for any choice.",
+        "",
+        "## Architecture and preprocessing",
+        f"- timm `{config.architecture}`, {parameters / 1e6:.2f} M parameters, input "
+        f"{config.preprocessing.input_size}x{config.preprocessing.input_size}, grey repeated on 3 channels, "
+        f"mean {config.preprocessing.mean}, std {config.preprocessing.std}.",
+        "- Preprocessing (same in training and the app): crop to the detected head + 4 % margin, pad to square, "
+        "stretch intensities between the 1st and 99th percentile inside the head, resize.",
+        f"- Default CAM layer `{config.default_target_layer}`; temperature {config.temperature:.3f}.",
+        "",
+        "## Recipe",
+        f"- Initialisation: {training.get('init')}"
+        + (f"; distilled from `{training.get('teacher')}`" if training.get("teacher") else "")
+        + ".",
+        f"- {training.get('epochs')} epochs, batch {training.get('batch_size')}, {training.get('optimiser')}; "
+        f"{training.get('loss')}.",
+        f"- Augmentation: {training.get('augmentation')}.",
+        f"- Seed {training.get('seed')}; {training.get('seconds', 0) / 60:.0f} min on {training.get('machine')} "
+        f"(shared with other work); trained from commit `{training.get('commit')}`.",
+        f"- Hold-out after training: {_holdout(training.get('holdout_metrics', {}))}",
+        "",
+        f"## Results on `{test['split']}` (commit `{commit}`)",
+        f"- Accuracy **{test['accuracy']:.3f}**, macro-F1 **{test['macro_f1']:.3f}**"
+        + (
+            f" (targets {target[0]:.2f} / {target[1]:.2f}: "
+            f"{'met' if test['accuracy'] >= target[0] and test['macro_f1'] >= target[1] else 'NOT met'})"
+            if target
+            else ""
+        )
+        + ".",
+        f"- ECE (15 bins) {ece['before_temperature']:.3f} before and **{ece['after_temperature']:.3f}** after "
+        f"temperature scaling (T = {ece['temperature']:.3f}, fitted on the hold-out; target <= {ECE_TARGET}: "
+        f"{'met' if ece['after_temperature'] <= ECE_TARGET else 'NOT met'}).",
+        "",
+        "| class | precision | recall | F1 | ROC AUC (one-vs-rest) | images |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, row in test["per_class"].items():
+        auc = f"{row['roc_auc']:.3f}" if row["roc_auc"] is not None else "n/a"
+        lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {auc} | "
+                     f"{row['support']} |")  # fmt: skip
+    matrix = test["confusion_matrix"]
+    lines += ["", "Confusion matrix (rows true, columns predicted):", "",
+              "| | " + " | ".join(matrix["labels"]) + " |", "|---" * (len(matrix["labels"]) + 1) + "|"]  # fmt: skip
+    for label, row in zip(matrix["labels"], matrix["rows_true_columns_predicted"]):
+        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    if localisation:
+        lines += _localisation_section(localisation)
+    lines += [
+        "",
+        "Reproduce: `python -m core evaluate --checkpoint " + name + " --data ../shared/data/brain-tumor-mri "
+        "--split test --out out/" + name + "`.",
+        "",
+        "## Limitations",
+        "- **Source bias**: every `notumor` image comes from another source (Br35H: mostly T2/FLAIR, mixed sizes) "
+        "than the tumour images (figshare: contrast T1, 512x512). Grey conversion, head cropping and intensity "
+        "normalisation remove some easy cues, but MRI sequence contrast remains, so `notumor` can be recognised "
+        "from the sequence rather than the anatomy; its near-perfect scores overstate real-world performance.",
+        "- Tumour classes differ in typical view (pituitary mostly coronal/sagittal), another shortcut.",
+        "- The split approximates patients by blocks of consecutive slices; patients may still straddle splits.",
+        "- Single 2-D slices, one public dataset, 4 classes; no other tumour types, no healthy T1 scans, no "
+        "external validation. Calibration was fitted on a small hold-out and may not transfer.",
+        "- A heatmap shows what raised the score, not where the tumour is (see the localisation numbers).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _holdout(metrics: dict) -> str:
+    if not metrics:
+        return "none."
+    return (f"{metrics['num_images']} images, accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
+            f"ECE {metrics['ece_before_temperature']:.3f} -> {metrics['ece_after_temperature']:.3f}.")  # fmt: skip
+
+
+def _localisation_section(summaries: list[dict]) -> list[str]:
+    lines = ["", "## Localisation on test (tumour images with outlines; mean over images)", "",
+             "| method | layer | IoU@thr | IoU Otsu | pointing game | mass inside tumour | mass outside brain | "
+             "ms/image |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    best = None
+    for summary in summaries:
+        overall = summary["localisation"]["all"]
+        settings = summary["heatmaps"]
+        means = [overall[c]["mean"] for c in LOCALISATION_COLUMNS]
+        speed = summary.get("images_per_second")
+        time_per_image = f"{1000 / speed:.0f}" if speed else "n/a"
+        cells = [f"{m:.3f}" if m is not None else "n/a" for m in means]
+        lines.append(f"| {settings['method']} | {settings.get('target_layer') or 'default'} | "
+                     + " | ".join(cells) + f" | {time_per_image} |")  # fmt: skip
+        if means[0] is not None and (best is None or means[0] > best[1]):
+            best = (settings["method"], means[0], settings.get("target_layer") or "default")
+    thresholds = {s["heatmaps"]["threshold"] for s in summaries}
+    levels = ", ".join(f"{t:.2f}" for t in sorted(thresholds))
+    lines += ["", f"Threshold {levels} (relative to each heatmap's maximum); brain masking on. "
+              "`mass outside brain` is measured on the unmasked heatmap, over all images."]  # fmt: skip
+    if best:
+        lines.append(f"Best IoU: **{best[0]}** at layer `{best[2]}` ({best[1]:.3f}).")
+    return lines

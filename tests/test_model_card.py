@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+from core.cli import main
+from tests.conftest import LABELS, encode, head_phantom
+
+
+def phantom_dataset(root):
+    for i, label in enumerate(LABELS):
+        (root / "test" / label).mkdir(parents=True)
+        for k in range(2):
+            (root / "test" / label / f"{label}_{k}.png").write_bytes(encode(head_phantom(96, seed=i * 10 + k), "PNG"))
+    (root / "annotations").mkdir()
+    shape = {"shape_type": "rectangle", "points": [[50, 30], [65, 45]]}
+    (root / "annotations" / "glioma_0.json").write_text(json.dumps({"shapes": [shape]}))
+    return root
+
+
+def test_card_reports_the_measurements(checkpoint_root, tmp_path):
+    data = phantom_dataset(tmp_path / "data")
+    checkpoint = tmp_path / "model"
+    shutil.copytree(checkpoint_root / "tiny_convnext", checkpoint)
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "e")]) == 0
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "h"),
+                 "--method", "HiResCAM"]) == 0  # fmt: skip
+    assert main(["card", "--checkpoint", str(checkpoint), "--test", str(tmp_path / "e" / "summary.json"),
+                 "--localisation", str(tmp_path / "h" / "summary.json"), "--commit", "abc1234"]) == 0  # fmt: skip
+
+    summary = json.loads((tmp_path / "e" / "summary.json").read_text())
+    card = (checkpoint / "README.md").read_text()
+    assert f"Accuracy **{summary['accuracy']:.3f}**" in card
+    assert f"macro-F1 **{summary['macro_f1']:.3f}**" in card
+    assert "commit `abc1234`" in card and "not a medical device" in card and "Source bias" in card
+    assert "(targets 0.88 / 0.85: NOT met)" in card  # a random tiny ConvNeXt misses them
+    assert "| HiResCAM | default |" in card and "Best IoU: **HiResCAM**" in card
+    metrics = json.loads((checkpoint / "config.json").read_text())["metrics"]
+    assert metrics["accuracy"] == summary["accuracy"] and metrics["measured_by_commit"] == "abc1234"
+    assert metrics["num_images"] == 8
