@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--method", help="also compute heatmaps with this CAM method, and localisation metrics")
     evaluate.add_argument("--threshold", type=float, default=0.5, help="relative heatmap threshold for IoU")
     evaluate.add_argument("--layer", help="target layer (default: the checkpoint's)")
+    evaluate.add_argument("--cache", action="store_true", help="reuse/store the result in the gallery's disk cache")
 
     compare = commands.add_parser("compare", help="two models on one image: figure and agreement JSON")
     compare.add_argument("image", type=Path)
@@ -147,15 +148,25 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+
     from core.checkpoint import CheckpointError
     from core.dataset import DatasetError
-    from core.evaluate import HeatmapSettings, evaluate
+    from core.evaluate import DEFAULT_CACHE_DIR, HeatmapSettings, cached_evaluation, evaluate
     from core.explain import ExplainError
 
     mask = not args.no_brain_mask
     heatmaps = HeatmapSettings(args.method, mask, mask, args.threshold, args.layer) if args.method else None
     try:
-        summary = evaluate(args.checkpoint, args.data, args.split, args.out, heatmaps=heatmaps, mask_input=mask)
+        if args.cache:
+            folder = cached_evaluation(
+                args.checkpoint, args.data, args.split, heatmaps, DEFAULT_CACHE_DIR, mask_input=mask
+            )
+            shutil.copytree(folder, args.out, dirs_exist_ok=True)
+            summary = json.loads((args.out / "summary.json").read_text())
+        else:
+            summary = evaluate(args.checkpoint, args.data, args.split, args.out, heatmaps=heatmaps, mask_input=mask)
     except (CheckpointError, DatasetError, ExplainError) as error:
         print(error, file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from core.localisation import bootstrap_mean, localisation_metrics, mass_inside
 from core.metrics import classification_summary, expected_calibration_error, softmax
 from core.preprocess import prepare_for_model, to_tensor
 
+DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "cache" / "evaluations"
 HEATMAP_SIDE = 128  # stored heatmaps are downsampled to this side for the gallery
 CACHE_VERSION = 1  # bump when the evaluation's output changes
 LOCALISATION_COLUMNS = ("iou", "iou_otsu", "pointing_game", "mass_inside_tumour", "mass_outside_brain")

@@ -10,11 +10,11 @@ import streamlit as st
 
 import cached
 import ui
-from core.evaluate import HeatmapSettings, cached_evaluation
+from core.evaluate import DEFAULT_CACHE_DIR, HeatmapSettings, cached_evaluation
 from core.explain import CAM_METHODS
 from core.gallery import OUTCOMES, SORTS, find_dataset, method_table, panels, select, splits_in
 
-CACHE_DIR = Path(os.environ.get("BRAIN_XAI_CACHE", Path(__file__).resolve().parent.parent / "cache" / "evaluations"))
+CACHE_DIR = Path(os.environ.get("BRAIN_XAI_CACHE", DEFAULT_CACHE_DIR))
 PAGE_SIZE = 12
 
 st.set_page_config(page_title="Gallery", layout="wide")
