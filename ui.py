@@ -8,13 +8,17 @@ from pathlib import Path
 import streamlit as st
 
 import cached
-from core.checkpoint import CheckpointError
+from core.checkpoint import CheckpointError, LoadedModel
 from core.explain import ExplainError
 from core.image_input import MAX_FILE_BYTES, ImageInputError, LoadedImage
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_images"
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom", "nii", "gz"]
 USER_ERRORS = (ImageInputError, ExplainError, CheckpointError)
+NOTUMOR_CAVEAT = (
+    "Caution: every no-tumour training image came from a different source and MRI sequence than the "
+    "tumour images, so 'notumor' may reflect the image's sequence or contrast rather than its anatomy."
+)
 DISCLAIMER = (
     "Warm colours (red, yellow) mark the regions that most raised the model's score for the "
     "chosen class; blue marks little influence. The scale is relative to this image's own "
@@ -43,6 +47,25 @@ def require_models() -> list[str]:
         )
         st.stop()
     return names
+
+
+def load_model(name: str) -> LoadedModel:
+    """The cached model, or a plain error (damaged checkpoint) that stops the page."""
+    try:
+        return cached.model(name)
+    except CheckpointError as error:
+        st.error(str(error))
+        st.stop()
+
+
+def model_caption(loaded: LoadedModel) -> str:
+    metrics = loaded.config.extra.get("metrics")
+    if not metrics:
+        return "No test metrics recorded for this model."
+    return (
+        f"Test accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.2f} on {metrics['num_images']} "
+        f"images of the `{metrics['split']}` split (see checkpoints/{loaded.name}/README.md)."
+    )
 
 
 def pick_scan(key: str) -> Scan | None:

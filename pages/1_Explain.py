@@ -16,7 +16,8 @@ st.title("Explain a scan")
 names = ui.require_models()
 with st.sidebar:
     checkpoint = st.selectbox("Model", names)
-    loaded = cached.model(checkpoint)
+    loaded = ui.load_model(checkpoint)
+    st.caption(ui.model_caption(loaded))
     labels = list(loaded.config.label_names)
     method = st.selectbox("Method", list(CAM_METHODS), help="Score-CAM is slow (many forward passes).")
     target = st.selectbox("Explain class", ["predicted class", *labels])
@@ -78,6 +79,8 @@ prediction.metric(
     "Prediction", result.predicted_label, f"{result.confidence:.1%} confidence", delta_color="off", delta_arrow="off"
 )
 prediction.caption(f"{result.timings_ms['total']:.0f} ms; probabilities are temperature-calibrated.")
+if result.predicted_label == "notumor":
+    prediction.caption(ui.NOTUMOR_CAVEAT)
 chart.plotly_chart(render.probability_figure(labels, result.probabilities, result.predicted_index), width="stretch")
 
 with st.expander("Inspect heatmap values (hover)"):

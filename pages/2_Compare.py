@@ -21,7 +21,7 @@ with st.sidebar:
     model_a = st.selectbox("Model A", names, index=default_a)
     model_b = st.selectbox("Model B", names, index=default_b)
     method = st.selectbox("Method (both)", list(CAM_METHODS))
-    labels = list(cached.model(model_a).config.label_names)
+    labels = list(ui.load_model(model_a).config.label_names)
     target = st.selectbox("Explain class (both)", ["predicted class", *labels])
     brain_mask = st.toggle("Brain masking (input and heatmap)", value=True)
     threshold = st.slider("Threshold (relative to each heatmap's maximum)", 0.0, 1.0, 0.5, 0.05)

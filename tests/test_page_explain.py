@@ -65,3 +65,15 @@ def test_samples_render(use_tiny_checkpoints, sample):
     assert len(at.image) == 3
     if sample.endswith(".nii.gz"):
         assert at.slider(key="explain_slice").value == 47  # middle axial slice of 95
+
+
+def test_damaged_checkpoint_is_reported_not_raised(checkpoint_root, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(checkpoint_root / "tiny_convnext", tmp_path / "broken")
+    weights = tmp_path / "broken" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    monkeypatch.setenv("BRAIN_XAI_CHECKPOINTS", str(tmp_path))
+    at = run_page()
+    assert not at.exception
+    assert "truncated or damaged" in at.error[0].value
