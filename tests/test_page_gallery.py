@@ -80,3 +80,21 @@ def test_select_outcomes_and_sorting():
     assert [r["image"] for r in select(rows, "glioma", "FP", "confidence, high first")] == ["d"]
     with pytest.raises(ValueError):
         select(rows, "glioma", "TN", "confidence, high first")
+
+
+def test_find_dataset_order(tmp_path, monkeypatch):
+    import core.gallery
+    from core.gallery import find_dataset, splits_in
+
+    field, env = tmp_path / "field", tmp_path / "env"
+    for root in (field, env):
+        (root / "test" / "glioma").mkdir(parents=True)
+    (env / "annotations").mkdir()
+    monkeypatch.setattr(core.gallery, "DEFAULT_DATA_ROOTS", ())
+    monkeypatch.setenv("BRAIN_XAI_DATA", str(env))
+    assert find_dataset(str(field)) == field.resolve()
+    assert find_dataset("") == env.resolve()
+    assert find_dataset(str(tmp_path / "missing")) == env.resolve()
+    monkeypatch.delenv("BRAIN_XAI_DATA")
+    assert find_dataset("") is None
+    assert splits_in(env) == ["test"]
