@@ -13,6 +13,10 @@ tumour or no tumour**, using Grad-CAM and related methods.
 
 - **Explain**: upload a scan (PNG, JPEG, BMP, TIFF, DICOM, NIfTI) or pick a sample, and see
   the original, the heatmap and the overlay with the model's prediction.
+- **Compare**: the ConvNeXt and the EfficientNet on the same scan, whether they agree on the
+  class and on where they look, and the same image under every CAM method.
+- **Gallery**: true positives, false positives and false negatives of a dataset split, with
+  heatmaps against the radiologists' tumour outlines, and localisation metrics per method.
 
 Models are trained on a public dataset with known biases (see each model card). This is a
 research tool, **not a medical device**: never use it for diagnosis.
