@@ -105,7 +105,8 @@ def choose_sample(driver, wait) -> None:
 
 def test_home_page(browser, app_url, artifacts):
     browser.get(app_url)
-    WebDriverWait(browser, 120).until(EC.presence_of_element_located((By.XPATH, "//*[contains(., 'Installed models')]")))
+    installed = (By.XPATH, "//*[contains(., 'Installed models')]")
+    WebDriverWait(browser, 120).until(EC.presence_of_element_located(installed))
     assert_no_error(browser)
     browser.save_screenshot(str(artifacts / "home.png"))
 
