@@ -94,7 +94,7 @@ def evaluate(
     summary = {
         "checkpoint": loaded.name,
         "weights_sha256": loaded.weights_sha256,
-        "data": str(root),
+        "data": str(Path(root).resolve()),  # the gallery matches summaries by resolved root
         "split": split,
         "brain_masked_input": heatmaps.mask_input if heatmaps else mask_input,
         **classification_summary(labels, calibrated, label_names),

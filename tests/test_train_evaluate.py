@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -44,12 +45,15 @@ def test_smoke_training_writes_a_loadable_checkpoint(small_dataset, tmp_path):
     assert training["epochs"] == 1 and len(training["history"]) == 1 and training["seed"] == 0
 
     summary_dir = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(out), "--data", str(small_dataset), "--split", "test",
+    relative = Path(os.path.relpath(small_dataset))
+    assert main(["evaluate", "--checkpoint", str(out), "--data", str(relative), "--split", "test",
                  "--out", str(summary_dir)]) == 0  # fmt: skip
     summary = json.loads((summary_dir / "summary.json").read_text())
     assert summary["num_images"] == 12
     assert set(summary["per_class"]) == set(CLASSES)
     assert 0 <= summary["ece_15_bins"]["after_temperature"] <= 1
+    # Recorded as the resolved root, so the gallery finds it whichever spelling the command line used.
+    assert summary["data"] == str(small_dataset.resolve())
     rows = list(csv.DictReader((summary_dir / "predictions.csv").open()))
     assert len(rows) == 12 and rows[0]["image"].startswith("test/")
     assert {"image", "label", "predicted", "confidence", "p_glioma"} <= set(rows[0])
