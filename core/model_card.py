@@ -99,7 +99,9 @@ def render_card(name, config, values, test, localisation, commit) -> str:
     for label, row in zip(matrix["labels"], matrix["rows_true_columns_predicted"]):
         lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
     if localisation:
-        lines += _localisation_section(localisation)
+        lines += _localisation_section(localisation, config.default_target_layer)
+    if values.get("notes"):  # free text in config.json: what was tried, why a target was missed
+        lines += ["", "## What was tried, and what was not", "", *(f"- {note}" for note in values["notes"])]
     lines += [
         "",
         "Reproduce: `python -m core evaluate --checkpoint " + name + " --data ../shared/data/brain-tumor-mri "
@@ -127,7 +129,7 @@ def _holdout(metrics: dict) -> str:
             f"ECE {metrics['ece_before_temperature']:.3f} -> {metrics['ece_after_temperature']:.3f}.")  # fmt: skip
 
 
-def _localisation_section(summaries: list[dict]) -> list[str]:
+def _localisation_section(summaries: list[dict], default_layer: str) -> list[str]:
     lines = ["", "## Localisation on test (tumour images with outlines; mean over images)", "",
              "| method | layer | IoU@thr | IoU Otsu | pointing game | mass inside tumour | mass outside brain | "
              "ms/image |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -139,10 +141,10 @@ def _localisation_section(summaries: list[dict]) -> list[str]:
         speed = summary.get("images_per_second")
         time_per_image = f"{1000 / speed:.0f}" if speed else "n/a"
         cells = [f"{m:.3f}" if m is not None else "n/a" for m in means]
-        lines.append(f"| {settings['method']} | {settings.get('target_layer') or 'default'} | "
+        lines.append(f"| {settings['method']} | {settings.get('target_layer') or default_layer} | "
                      + " | ".join(cells) + f" | {time_per_image} |")  # fmt: skip
         if means[0] is not None and (best is None or means[0] > best[1]):
-            best = (settings["method"], means[0], settings.get("target_layer") or "default")
+            best = (settings["method"], means[0], settings.get("target_layer") or default_layer)
     thresholds = {s["heatmaps"]["threshold"] for s in summaries}
     levels = ", ".join(f"{t:.2f}" for t in sorted(thresholds))
     lines += ["", f"Threshold {levels} (relative to each heatmap's maximum); brain masking on. "

@@ -34,7 +34,23 @@ def test_card_reports_the_measurements(checkpoint_root, tmp_path):
     assert f"macro-F1 **{summary['macro_f1']:.3f}**" in card
     assert "commit `abc1234`" in card and "not a medical device" in card and "Source bias" in card
     assert "(targets 0.88 / 0.85: NOT met)" in card  # a random tiny ConvNeXt misses them
-    assert "| HiResCAM | default |" in card and "Best IoU: **HiResCAM**" in card
+    assert "| HiResCAM | stages.3 |" in card and "Best IoU: **HiResCAM** at layer `stages.3`" in card
     metrics = json.loads((checkpoint / "config.json").read_text())["metrics"]
     assert metrics["accuracy"] == summary["accuracy"] and metrics["measured_by_commit"] == "abc1234"
     assert metrics["num_images"] == 8
+
+
+def test_card_includes_the_notes_from_config(checkpoint_root, tmp_path):
+    data = phantom_dataset(tmp_path / "data")
+    checkpoint = tmp_path / "model"
+    shutil.copytree(checkpoint_root / "tiny_convnext", checkpoint)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["notes"] = ["Trained 18 epochs only: the CPU budget ran out."]
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "e")]) == 0
+    assert main(["card", "--checkpoint", str(checkpoint), "--test", str(tmp_path / "e" / "summary.json"),
+                 "--commit", "abc1234"]) == 0  # fmt: skip
+    card = (checkpoint / "README.md").read_text()
+    assert "## What was tried, and what was not" in card
+    assert "- Trained 18 epochs only: the CPU budget ran out." in card
+    assert json.loads((checkpoint / "config.json").read_text())["notes"] == config["notes"]
