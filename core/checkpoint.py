@@ -117,6 +117,24 @@ def list_checkpoints(root: Path | None = None) -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / WEIGHTS_FILE).is_file() and (p / CONFIG_FILE).is_file())
 
 
+def preferred_checkpoint(names: list[str], root: Path | None = None) -> int:
+    """Index of the checkpoint with the best recorded test accuracy (the first when none has one).
+
+    Pages open on it, so a user sees the strongest installed model unless they choose another.
+    """
+    root = root or checkpoint_root()
+
+    def accuracy(name: str) -> float:
+        try:
+            metrics = json.loads((root / name / CONFIG_FILE).read_text()).get("metrics") or {}
+            return float(metrics.get("accuracy", -1.0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return -1.0
+
+    scores = [accuracy(name) for name in names]
+    return scores.index(max(scores)) if names else 0
+
+
 def resolve_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> Path:
     root = root or checkpoint_root()
     by_name = root / str(name_or_dir)

@@ -16,7 +16,14 @@ from functools import lru_cache
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from core.checkpoint import CheckpointError, LoadedModel, list_checkpoints, load_checkpoint, read_config
+from core.checkpoint import (
+    CheckpointError,
+    LoadedModel,
+    list_checkpoints,
+    load_checkpoint,
+    preferred_checkpoint,
+    read_config,
+)
 from core.checkpoint import resolve_checkpoint as resolve
 from core.explain import CAM_METHODS, ExplainError, explain
 from core.image_input import MAX_FILE_BYTES, SUPPORTED_SUFFIXES, ImageInputError, load_image
@@ -95,7 +102,7 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
     def predict(
         request: Request,
         file: UploadFile = File(..., description="PNG, JPEG, BMP, TIFF, DICOM or NIfTI"),
-        checkpoint: str | None = Query(None, description="checkpoint name; default the first installed"),
+        checkpoint: str | None = Query(None, description="checkpoint name; default the most accurate installed"),
         method: MethodName = Query(MethodName["Grad-CAM"]),
         target: str | None = Query(None, description="class to explain; default the predicted one"),
         brain_mask: bool = Query(True),
@@ -107,7 +114,7 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
         if len(data) > MAX_FILE_BYTES:
             raise HTTPException(413, f"The file is over the {MAX_FILE_BYTES // 2**20} MB limit.")
         installed = list_checkpoints()
-        checkpoint = checkpoint or (installed[0] if installed else None)
+        checkpoint = checkpoint or (installed[preferred_checkpoint(installed)] if installed else None)
         if checkpoint not in installed:
             raise HTTPException(404, f"No checkpoint '{checkpoint}'. Installed: {', '.join(installed) or 'none'}.")
         try:

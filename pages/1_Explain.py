@@ -8,6 +8,7 @@ import cached
 import ui
 from core import render
 from core.brain_mask import mask_outline
+from core.checkpoint import preferred_checkpoint
 from core.explain import CAM_METHODS, SLOW_METHODS, layer_names
 
 st.set_page_config(page_title="Explain", layout="wide")
@@ -15,7 +16,7 @@ st.title("Explain a scan")
 
 names = ui.require_models()
 with st.sidebar:
-    checkpoint = st.selectbox("Model", names)
+    checkpoint = st.selectbox("Model", names, index=preferred_checkpoint(names))
     loaded = ui.load_model(checkpoint)
     st.caption(ui.model_caption(loaded))
     labels = list(loaded.config.label_names)

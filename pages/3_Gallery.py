@@ -10,6 +10,7 @@ import streamlit as st
 
 import cached
 import ui
+from core.checkpoint import preferred_checkpoint
 from core.evaluate import DEFAULT_CACHE_DIR, HeatmapSettings, cached_evaluation
 from core.explain import CAM_METHODS
 from core.gallery import OUTCOMES, SORTS, find_dataset, method_table, panels, select, splits_in
@@ -32,7 +33,7 @@ if root is None:
     st.stop()
 with st.sidebar:
     st.caption(f"Dataset: {root}")
-    checkpoint = st.selectbox("Model", names)
+    checkpoint = st.selectbox("Model", names, index=preferred_checkpoint(names))
     split_names = splits_in(root)
     split = st.selectbox("Split", split_names, index=split_names.index("test") if "test" in split_names else 0)
     method = st.selectbox("Method", [m for m in CAM_METHODS if m != "Score-CAM"], help="Score-CAM is too slow here.")

@@ -85,3 +85,19 @@ def test_invalid_json(copy):
     (copy / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_checkpoint(copy)
+
+
+def test_pages_open_on_the_most_accurate_checkpoint(tmp_path):
+    import json
+
+    from core.checkpoint import preferred_checkpoint
+
+    for name, accuracy in (("a_weak", 0.7), ("b_strong", 0.9), ("c_unmeasured", None)):
+        (tmp_path / name).mkdir()
+        values = {"metrics": {"accuracy": accuracy}} if accuracy is not None else {}
+        (tmp_path / name / "config.json").write_text(json.dumps(values))
+    assert preferred_checkpoint(["a_weak", "b_strong", "c_unmeasured"], tmp_path) == 1
+    assert preferred_checkpoint(["c_unmeasured", "a_weak"], tmp_path) == 1
+    assert preferred_checkpoint(["c_unmeasured"], tmp_path) == 0
+    (tmp_path / "a_weak" / "config.json").write_text("{broken")
+    assert preferred_checkpoint(["a_weak", "c_unmeasured"], tmp_path) == 0
