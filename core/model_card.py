@@ -137,14 +137,15 @@ def _localisation_section(summaries: list[dict], default_layer: str) -> list[str
     for summary in summaries:
         overall = summary["localisation"]["all"]
         settings = summary["heatmaps"]
+        layer = settings.get("target_layer") or default_layer
         means = [overall[c]["mean"] for c in LOCALISATION_COLUMNS]
         speed = summary.get("images_per_second")
         time_per_image = f"{1000 / speed:.0f}" if speed else "n/a"
         cells = [f"{m:.3f}" if m is not None else "n/a" for m in means]
-        lines.append(f"| {settings['method']} | {settings.get('target_layer') or default_layer} | "
+        lines.append(f"| {settings['method']} | {layer} | "
                      + " | ".join(cells) + f" | {time_per_image} |")  # fmt: skip
         if means[0] is not None and (best is None or means[0] > best[1]):
-            best = (settings["method"], means[0], settings.get("target_layer") or default_layer)
+            best = (settings["method"], means[0], layer)
     thresholds = {s["heatmaps"]["threshold"] for s in summaries}
     levels = ", ".join(f"{t:.2f}" for t in sorted(thresholds))
     lines += ["", f"Threshold {levels} (relative to each heatmap's maximum); brain masking on. "
