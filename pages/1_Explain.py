@@ -62,10 +62,22 @@ if show_outline and result.brain_mask is not None:
 overlay = render.draw_contours(render.overlay(pixels, result.heatmap, opacity, colormap), region.contours)
 
 left, middle, right = st.columns(3)
-left.image(original, caption=f"Original ({scan.image.file_format}, {pixels.shape[1]}x{pixels.shape[0]})", clamp=True)
-middle.image(render.heatmap_rgb(result.heatmap, colormap), caption=f"{result.method} for '{result.target_label}'")
+# "stretch": the three panels share one size even when the scan is smaller than a column.
+left.image(
+    original,
+    caption=f"Original ({scan.image.file_format}, {pixels.shape[1]}x{pixels.shape[0]})",
+    clamp=True,
+    width="stretch",
+)
+middle.image(
+    render.heatmap_rgb(result.heatmap, colormap),
+    caption=f"{result.method} for '{result.target_label}'",
+    width="stretch",
+)
 right.image(
-    overlay, caption=f"Overlay; green outline: heatmap >= {threshold:.2f} ({region.area_fraction:.1%} of the image)"
+    overlay,
+    caption=f"Overlay; green outline: heatmap >= {threshold:.2f} ({region.area_fraction:.1%} of the image)",
+    width="stretch",
 )
 st.caption(ui.DISCLAIMER)
 

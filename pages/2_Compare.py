@@ -50,11 +50,14 @@ for name, result in results.items():
     st.subheader(name)
     region = render.threshold_region(result.heatmap, threshold)
     columns = st.columns([3, 3, 3, 2])
-    columns[0].image(render.grey_to_rgb(pixels), caption="Original", clamp=True)
-    columns[1].image(render.heatmap_rgb(result.heatmap), caption=f"{result.method} for '{result.target_label}'")
+    columns[0].image(render.grey_to_rgb(pixels), caption="Original", clamp=True, width="stretch")
+    columns[1].image(
+        render.heatmap_rgb(result.heatmap), caption=f"{result.method} for '{result.target_label}'", width="stretch"
+    )
     columns[2].image(
         render.draw_contours(render.overlay(pixels, result.heatmap, opacity), region.contours),
         caption=f"Overlay; outline >= {threshold:.2f} ({region.area_fraction:.1%})",
+        width="stretch",
     )
     columns[3].metric(
         "Prediction", result.predicted_label, f"{result.confidence:.1%}", delta_color="off", delta_arrow="off"

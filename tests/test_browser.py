@@ -138,6 +138,20 @@ def test_explain_page_upload_and_threshold(browser, app_url, artifacts):
     browser.save_screenshot(str(artifacts / "explain_threshold.png"))
 
 
+def test_explain_panels_share_one_size_for_a_small_scan(browser, app_url, artifacts):
+    browser.get(f"{app_url}/Explain")
+    wait = WebDriverWait(browser, 120)
+    upload = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "input[type='file']")))
+    upload.send_keys(str(REPO / "sample_images" / "pydicom_mr_small.dcm"))  # 64x64, smaller than a column
+    wait.until(lambda d: images_shown(d) >= 3)
+    assert_no_error(browser)
+    widths = browser.execute_script(
+        "return [...document.querySelectorAll(\"[data-testid='stImage'] img\")].map(img => img.clientWidth)"
+    )
+    assert len(widths) == 3 and widths[0] > 64 and max(widths) - min(widths) <= 2, widths
+    browser.save_screenshot(str(artifacts / "explain_small_scan.png"))
+
+
 def test_compare_page(browser, app_url, artifacts):
     browser.get(f"{app_url}/Compare")
     wait = WebDriverWait(browser, 180)
