@@ -58,7 +58,7 @@ def bench_model(name: str, image: np.ndarray, repeats: int, batch: int) -> dict:
     explain_batch(loaded, images)  # warm-up at the batch shape, for both sides
     forward_backward_ms(loaded.model, batched)
     batch_ms, batch_floor_ms = [], []
-    for _ in range(3):  # interleaved, medians
+    for _ in range(5):  # interleaved, medians
         started = time.perf_counter()
         explain_batch(loaded, images)
         batch_ms.append((time.perf_counter() - started) * 1000)

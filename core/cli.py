@@ -21,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--init", choices=["scratch", "imagenet-lite0"], default="scratch")
+    train.add_argument(
+        "--init",
+        default="scratch",
+        help="scratch, imagenet-lite0, or a checkpoint folder of the same architecture to train on from",
+    )
     train.add_argument("--teacher", type=Path, help="checkpoint to distil from")
     train.add_argument("--limit", type=int, help="images per class (smoke runs)")
     train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
@@ -98,11 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "explain":
         return _explain(args)
     if args.command == "train":
+        from core.checkpoint import CheckpointError
         from core.train import TrainOptions
         from core.train import train as run_training
 
-        run_training(
-            TrainOptions(
+        try:
+            options = TrainOptions(
                 arch=args.arch,
                 data=args.data,
                 out=args.out,
@@ -118,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                 max_steps=args.max_steps,
                 progress=not args.no_progress,
             )
-        )
+            run_training(options)
+        except (CheckpointError, ValueError) as error:
+            print(error, file=sys.stderr)
+            return 2
     return 0
 
 

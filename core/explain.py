@@ -8,7 +8,10 @@ and the CAM is zeroed outside the head after it.
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,14 +145,14 @@ def explain_batch(
     layer = _resolve_layer(loaded.model, layer_name)
     target_index = None if target is None else _class_index(target, config.label_names)
 
-    prepared = [prepare_for_model(image, config.preprocessing, mask_input) for image in images]
+    prepared = _prepare_all(images, config.preprocessing, mask_input)
     tensor = to_tensor(np.stack([p.square for p in prepared]), config.preprocessing)
     preprocess_ms = _ms_since(started)
 
     step = time.perf_counter()
     with loaded.lock:
         targets = None if target_index is None else [ClassifierOutputTarget(target_index)] * len(images)
-        with cam_class(model=loaded.model, target_layers=[layer]) as cam:
+        with _backpropagate_only_above(layer), cam_class(model=loaded.model, target_layers=[layer]) as cam:
             if method in SLOW_METHODS:
                 cam.batch_size = 32
             cam_squares = cam(input_tensor=tensor, targets=targets)
@@ -190,6 +193,35 @@ def explain_batch(
             )
         )
     return results
+
+
+@contextmanager
+def _backpropagate_only_above(layer: torch.nn.Module):
+    """Cut the autograd graph at the target layer while a CAM runs.
+
+    A CAM needs the score's gradient at the target layer's output, nothing below it; the
+    gradients of earlier layers and their weights would be computed and thrown away.
+    The hook is registered before the CAM's own hooks, so they see the cut tensor.
+    """
+
+    def cut(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            return output.detach().requires_grad_(True)
+        return None
+
+    handle = layer.register_forward_hook(cut)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _prepare_all(images: list[np.ndarray], settings, mask_input: bool) -> list:
+    """prepare_for_model() for each slice, on all cores: OpenCV and NumPy release the GIL."""
+    if len(images) == 1:
+        return [prepare_for_model(images[0], settings, mask_input)]
+    with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda image: prepare_for_model(image, settings, mask_input), images))
 
 
 def apply_brain_mask(heatmap: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

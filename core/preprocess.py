@@ -54,16 +54,16 @@ class CropBox:
 def head_box(image: np.ndarray, mask: np.ndarray | None, margin: float) -> tuple[int, int, int, int]:
     """Bounding box (top, bottom, left, right) of the head, or of the whole image."""
     region = mask if mask is not None else image > 0.05 * float(image.max())
-    rows, cols = np.nonzero(region)
+    left, top, box_width, box_height = cv2.boundingRect(region.astype(np.uint8))
     height, width = image.shape
-    if rows.size == 0:
+    if box_width == 0:
         return 0, height, 0, width
     pad = int(round(margin * max(height, width)))
     return (
-        max(0, rows.min() - pad),
-        min(height, rows.max() + 1 + pad),
-        max(0, cols.min() - pad),
-        min(width, cols.max() + 1 + pad),
+        max(0, top - pad),
+        min(height, top + box_height + pad),
+        max(0, left - pad),
+        min(width, left + box_width + pad),
     )
 
 

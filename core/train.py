@@ -40,7 +40,7 @@ class TrainOptions:
     lr: float = 1e-3
     weight_decay: float = 0.05
     seed: int = 0
-    init: str = "scratch"  # "scratch" or "imagenet-lite0"
+    init: str = "scratch"  # "scratch", "imagenet-lite0" or a checkpoint folder to continue from
     teacher: Path | None = None
     distill_weight: float = 0.5
     holdout_fraction: float = 0.15
@@ -89,7 +89,7 @@ def train(options: TrainOptions) -> dict:
     plain, masked = decode_records(options.data, records, settings, options.progress)
     print(f"decoded {len(records)} images ({held.sum()} held out by group) in {time.time() - started:.0f}s", flush=True)
 
-    model = _initial_model(options, len(label_names))
+    model = _initial_model(options, label_names)
     teacher_probs = _teacher_probabilities(options, masked, label_names) if options.teacher else None
 
     train_idx = np.flatnonzero(~held)
@@ -168,14 +168,24 @@ def train(options: TrainOptions) -> dict:
     return config.to_dict()
 
 
-def _initial_model(options: TrainOptions, num_classes: int) -> torch.nn.Module:
+def _initial_model(options: TrainOptions, label_names: list[str]) -> torch.nn.Module:
+    if options.init == "scratch":
+        return create_model(options.arch, len(label_names))
     if options.init == "imagenet-lite0":
         from core.pretrained import LITE0_ARCHITECTURE, lite0_backbone_for
 
         if options.arch != LITE0_ARCHITECTURE:
             raise ValueError(f"--init imagenet-lite0 needs --arch {LITE0_ARCHITECTURE}.")
-        return lite0_backbone_for(num_classes)
-    return create_model(options.arch, num_classes)
+        return lite0_backbone_for(len(label_names))
+    from core.checkpoint import load_checkpoint
+
+    start = load_checkpoint(Path(options.init))
+    if start.config.architecture != options.arch or list(start.config.label_names) != label_names:
+        raise ValueError(
+            f"--init {options.init} is a {start.config.architecture} for {list(start.config.label_names)}; "
+            f"this run trains a {options.arch} for {label_names}."
+        )
+    return start.model
 
 
 def _teacher_probabilities(options: TrainOptions, images: np.ndarray, label_names: list[str]) -> np.ndarray:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -7,7 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.explain import CAM_METHODS, ExplainError, explain, layer_names
+import core.explain as engine
+from core.checkpoint import load_checkpoint
+from core.explain import CAM_METHODS, ExplainError, explain, explain_batch, layer_names
 from tests.conftest import LABELS, head_phantom
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -102,8 +105,6 @@ def test_bad_settings(tiny_model, kwargs, message):
 
 
 def test_empty_cam_gives_a_warning_not_garbage(tiny_model, monkeypatch):
-    import core.explain as engine
-
     class ZeroCAM(engine.GradCAM):
         def get_cam_weights(self, *args, **kwargs):
             return np.zeros(super().get_cam_weights(*args, **kwargs).shape, dtype=np.float32)
@@ -130,3 +131,37 @@ def test_threads_give_the_same_heatmaps_as_serial_calls(tiny_model):
     for i, heatmap in enumerate(parallel):
         np.testing.assert_allclose(heatmap, serial[i % 8], atol=1e-5)
     assert hook_count(tiny_model.model) == 0
+
+
+GRADIENT_METHODS = [m for m in CAM_METHODS if m not in {"Eigen-CAM", "Score-CAM"}]
+
+
+@pytest.mark.parametrize("name, layer", [("tiny_convnext", "stages.3"), ("tiny_convnext", "stages.1.blocks.0"),
+                                         ("tiny_effnet", "conv_head"), ("tiny_effnet", "blocks.4")])  # fmt: skip
+def test_cutting_the_graph_at_the_target_layer_changes_nothing(checkpoint_root, monkeypatch, name, layer):
+    loaded = load_checkpoint(checkpoint_root / name)
+    image = head_phantom(96, 3)
+    cut = [explain(loaded, image, method=m, target_layer=layer, target=1) for m in GRADIENT_METHODS]
+    monkeypatch.setattr(engine, "_backpropagate_only_above", lambda layer: contextlib.nullcontext())
+    full = [explain(loaded, image, method=m, target_layer=layer, target=1) for m in GRADIENT_METHODS]
+    for a, b in zip(cut, full):
+        np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-5)
+        np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
+    assert hook_count(loaded.model) == 0
+
+
+def test_cam_leaves_no_gradients_below_the_target_layer(tiny_model):
+    explain(tiny_model, head_phantom(64))
+    assert all(p.grad is None for p in tiny_model.model.stages[0].parameters())
+
+
+def test_a_batch_gives_what_single_calls_give_in_the_same_order(tiny_model):
+    noise = np.random.default_rng(0).random((50, 70)).astype(np.float32)
+    images = [head_phantom(64 + 16 * i, i) for i in range(6)] + [noise]
+    batch = explain_batch(tiny_model, images, method="HiResCAM")
+    for image, result in zip(images, batch):
+        single = explain(tiny_model, image, method="HiResCAM")
+        assert result.heatmap.shape == image.shape
+        np.testing.assert_allclose(result.heatmap, single.heatmap, atol=1e-4)
+        np.testing.assert_allclose(result.probabilities, single.probabilities, atol=1e-5)
+        assert result.brain_mask_note == single.brain_mask_note

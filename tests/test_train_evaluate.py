@@ -124,3 +124,21 @@ def test_evaluate_with_heatmaps_and_cache(use_tiny_checkpoints, small_dataset, t
     assert cache_key("abc", small_dataset, "test", settings) != cache_key("abc", small_dataset, "test", other)
     assert cache_key("abc", small_dataset, "test", settings) != cache_key("abd", small_dataset, "test", settings)
     assert cache_key("abc", small_dataset, "test", settings) != cache_key("abc", small_dataset, "val", settings)
+
+
+@needs_data
+def test_training_can_continue_from_a_checkpoint(small_dataset, tmp_path, capsys):
+    args = ["train", "--data", str(small_dataset), "--splits", "train", "--epochs", "1", "--image-size", "48",
+            "--batch-size", "8", "--max-steps", "2", "--no-progress"]  # fmt: skip
+    assert main([*args, "--arch", "convnext_atto", "--out", str(tmp_path / "a")]) == 0
+    # With a learning rate of 0 the continued run must hand back exactly the weights it started from.
+    assert main([*args, "--arch", "convnext_atto", "--init", str(tmp_path / "a"), "--lr", "0",
+                 "--seed", "5", "--out", str(tmp_path / "b")]) == 0  # fmt: skip
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["training"]["init"] == str(tmp_path / "a")
+
+    capsys.readouterr()
+    assert main([*args, "--arch", "tf_efficientnet_lite0", "--init", str(tmp_path / "a"),
+                 "--out", str(tmp_path / "c")]) == 2  # fmt: skip
+    assert "is a convnext_atto" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.preprocess import Preprocessing, head_box, heatmap_to_slice, prepare_for_model, prepare_slice
+from tests.conftest import head_phantom
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    height=st.integers(8, 120), width=st.integers(8, 120), seed=st.integers(0, 10_000),
+    fill=st.floats(0.0, 0.3), margin=st.sampled_from([0.0, 0.04, 0.2]),
+)  # fmt: skip
+def test_head_box_is_the_masks_bounding_box_plus_margin(height, width, seed, fill, margin):
+    mask = np.random.default_rng(seed).random((height, width)) < fill
+    top, bottom, left, right = head_box(np.ones((height, width), np.float32), mask, margin)
+    if not mask.any():
+        assert (top, bottom, left, right) == (0, height, 0, width)
+        return
+    rows, cols = np.nonzero(mask)
+    pad = int(round(margin * max(height, width)))
+    assert (top, bottom) == (max(0, rows.min() - pad), min(height, rows.max() + 1 + pad))
+    assert (left, right) == (max(0, cols.min() - pad), min(width, cols.max() + 1 + pad))
+
+
+def test_a_hot_spot_maps_back_to_where_it_was_in_the_slice():
+    settings = Preprocessing(input_size=64)
+    image = np.zeros((120, 200), np.float32)
+    image[:, 50:170] = head_phantom(120)  # head off-centre in a wide slice
+    prepared = prepare_for_model(image, settings)
+    heat = np.zeros_like(image)
+    heat[40:60, 90:110] = 1.0
+    heat_square, box = prepare_slice(heat, settings, prepared.brain.mask)  # the model's view of the spot
+    assert box == prepared.box
+    mapped = heatmap_to_slice(heat_square, box, image.shape)
+    peak_row, peak_col = np.unravel_index(np.argmax(mapped), mapped.shape)
+    assert 40 <= peak_row < 60 and 90 <= peak_col < 110
+    assert mapped.shape == image.shape and mapped[:, : box.left].max() == 0.0
