@@ -29,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--teacher", type=Path, help="checkpoint to distil from")
     train.add_argument("--limit", type=int, help="images per class (smoke runs)")
     train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    train.add_argument(
+        "--folds",
+        type=int,
+        help="grouped k-fold cross-validation of this recipe instead: --out is a JSON report, no checkpoint",
+    )
     train.add_argument("--no-progress", action="store_true")
 
     explain = commands.add_parser("explain", help="heatmaps and overlays for image files")
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return _explain(args)
     if args.command == "train":
         from core.checkpoint import CheckpointError
-        from core.train import TrainOptions
+        from core.train import TrainOptions, cross_validate
         from core.train import train as run_training
 
         try:
@@ -123,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
                 max_steps=args.max_steps,
                 progress=not args.no_progress,
             )
-            run_training(options)
+            if args.folds:
+                cross_validate(options, args.folds)
+            else:
+                run_training(options)
         except (CheckpointError, ValueError) as error:
             print(error, file=sys.stderr)
             return 2

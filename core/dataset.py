@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
 from core.image_input import SUPPORTED_SUFFIXES, load_image
@@ -93,3 +94,15 @@ def grouped_holdout(records: list[Record], fraction: float, seed: int) -> np.nda
             count += sum(r.group == group and r.label == label for r in records)
         held |= np.array([r.label == label and r.group in chosen for r in records])
     return held
+
+
+def grouped_folds(records: list[Record], folds: int, seed: int) -> list[np.ndarray]:
+    """Boolean held-out masks for k-fold cross-validation: whole groups, classes stratified."""
+    labels = [r.label for r in records]
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    masks = []
+    for _, held_index in splitter.split(labels, labels, [r.group for r in records]):
+        held = np.zeros(len(records), dtype=bool)
+        held[held_index] = True
+        masks.append(held)
+    return masks

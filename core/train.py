@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from core.checkpoint import ModelConfig, create_model, save_checkpoint
-from core.dataset import decode_records, grouped_holdout, list_split
+from core.dataset import decode_records, grouped_folds, grouped_holdout, list_split
 from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
 from core.preprocess import Preprocessing, to_tensor
 
@@ -72,28 +72,114 @@ class Augment:
         return image.clamp(0, 1)
 
 
-def train(options: TrainOptions) -> dict:
-    """Train, fit the temperature on the hold-out, write the checkpoint. Returns its config."""
-    torch.manual_seed(options.seed)
-    np.random.seed(options.seed)
-    torch.set_num_threads(options.threads)
+@dataclass(frozen=True)
+class TrainingData:
+    """The training splits, decoded once: labels, plain and brain-masked images, teacher targets."""
+
+    records: list
+    label_names: list[str]
+    labels: np.ndarray
+    plain: np.ndarray
+    masked: np.ndarray
+    teacher_probs: np.ndarray | None
+
+
+def load_training_data(options: TrainOptions) -> TrainingData:
     started = time.time()
     settings = Preprocessing(input_size=options.image_size)
-
     records = [r for split in options.splits for r in list_split(options.data, split)]
     label_names = sorted({r.label for r in records})
     if options.limit:
         records = [r for name in label_names for r in [x for x in records if x.label == name][: options.limit]]
     labels = np.array([label_names.index(r.label) for r in records])
-    held = grouped_holdout(records, options.holdout_fraction, options.seed)
     plain, masked = decode_records(options.data, records, settings, options.progress)
-    print(f"decoded {len(records)} images ({held.sum()} held out by group) in {time.time() - started:.0f}s", flush=True)
-
-    model = _initial_model(options, label_names)
+    print(f"decoded {len(records)} images in {time.time() - started:.0f}s", flush=True)
     teacher_probs = _teacher_probabilities(options, masked, label_names) if options.teacher else None
+    return TrainingData(records, label_names, labels, plain, masked, teacher_probs)
 
+
+def train(options: TrainOptions) -> dict:
+    """Train, fit the temperature on the hold-out, write the checkpoint. Returns its config."""
+    torch.set_num_threads(options.threads)
+    started = time.time()
+    settings = Preprocessing(input_size=options.image_size)
+    data = load_training_data(options)
+    held = grouped_holdout(data.records, options.holdout_fraction, options.seed)
+    print(f"{held.sum()} images held out by group", flush=True)
+    model, history = fit(options, data, held)
+    labels, label_names = data.labels, data.label_names
+
+    holdout = {}
+    temperature = 1.0
+    if held.any():
+        held_logits = predict_logits(model, data.plain[held], settings)
+        temperature = fit_temperature(held_logits, labels[held])
+        summary = classification_summary(labels[held], softmax(held_logits, temperature), label_names)
+        holdout = {
+            "num_images": int(held.sum()),
+            "accuracy": summary["accuracy"],
+            "macro_f1": summary["macro_f1"],
+            "ece_before_temperature": expected_calibration_error(softmax(held_logits), labels[held]),
+            "ece_after_temperature": expected_calibration_error(softmax(held_logits, temperature), labels[held]),
+        }
+    config = ModelConfig(
+        architecture=options.arch,
+        label_names=tuple(label_names),
+        preprocessing=settings,
+        default_target_layer=default_target_layer(options.arch),
+        temperature=temperature,
+        extra={"training": _training_record(options, started, history, holdout, len(data.records))},
+    )
+    model.eval()
+    save_checkpoint(model, config, options.out)
+    print(f"saved {options.out} (temperature {temperature:.3f}) in {time.time() - started:.0f}s", flush=True)
+    return config.to_dict()
+
+
+def cross_validate(options: TrainOptions, folds: int) -> dict:
+    """Grouped, class-stratified k-fold over the training splits: the recipe's per-epoch
+    hold-out accuracy and macro-F1, mean and spread over folds, for choosing recipes and
+    epochs without touching `test`. Writes options.out as JSON; no checkpoint."""
+    torch.set_num_threads(options.threads)
+    started = time.time()
+    data = load_training_data(options)
+    histories, held_out = [], []
+    for fold, held in enumerate(grouped_folds(data.records, folds, options.seed)):
+        held_out.append(int(held.sum()))
+        print(f"fold {fold + 1}/{folds}: {held.sum()} images held out", flush=True)
+        histories.append(fit(options, data, held)[1])
+    epochs = []
+    for epoch in range(min(len(h) for h in histories)):
+        row = {"epoch": epoch + 1}
+        for metric in ("holdout_accuracy", "holdout_macro_f1"):
+            values = [h[epoch][metric] for h in histories]
+            row.update({f"{metric}_mean": float(np.mean(values)), f"{metric}_std": float(np.std(values))})
+        epochs.append(row)
+    best = max(epochs, key=lambda row: row["holdout_macro_f1_mean"])
+    report = {
+        "folds": folds,
+        "grouping": "metadata.csv 'group', stratified by class (scikit-learn StratifiedGroupKFold)",
+        "recipe": _training_record(options, started, [], {}, len(data.records)),
+        "held_out_per_fold": held_out,
+        "per_epoch": epochs,
+        "best_epoch": best["epoch"],
+        "per_fold": histories,
+    }
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"best epoch {best['epoch']}: macro-F1 {best['holdout_macro_f1_mean']:.3f} "
+          f"+- {best['holdout_macro_f1_std']:.3f} over {folds} folds; wrote {options.out}", flush=True)  # fmt: skip
+    return report
+
+
+def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[torch.nn.Module, list[dict]]:
+    """Train on the records not held out; log hold-out accuracy and macro-F1 once per epoch."""
+    torch.manual_seed(options.seed)
+    settings = Preprocessing(input_size=options.image_size)
+    labels, plain, masked, teacher_probs = data.labels, data.plain, data.masked, data.teacher_probs
+    model = _initial_model(options, data.label_names)
     train_idx = np.flatnonzero(~held)
-    counts = np.bincount(labels[train_idx], minlength=len(label_names)).astype(np.float64)
+    counts = np.bincount(labels[train_idx], minlength=len(data.label_names)).astype(np.float64)
     class_weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
     steps_per_epoch = int(np.ceil(len(train_idx) / options.batch_size))
     total_steps = options.max_steps or options.epochs * steps_per_epoch
@@ -134,38 +220,13 @@ def train(options: TrainOptions) -> dict:
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None}
         if held.any():
             held_logits = predict_logits(model, plain[held], settings)
-            summary = classification_summary(labels[held], softmax(held_logits), label_names)
+            summary = classification_summary(labels[held], softmax(held_logits), data.label_names)
             entry.update(holdout_accuracy=summary["accuracy"], holdout_macro_f1=summary["macro_f1"])
         history.append(entry)
         print(json.dumps(entry), flush=True)
         if step >= total_steps:
             break
-
-    holdout = {}
-    temperature = 1.0
-    if held.any():
-        held_logits = predict_logits(model, plain[held], settings)
-        temperature = fit_temperature(held_logits, labels[held])
-        summary = classification_summary(labels[held], softmax(held_logits, temperature), label_names)
-        holdout = {
-            "num_images": int(held.sum()),
-            "accuracy": summary["accuracy"],
-            "macro_f1": summary["macro_f1"],
-            "ece_before_temperature": expected_calibration_error(softmax(held_logits), labels[held]),
-            "ece_after_temperature": expected_calibration_error(softmax(held_logits, temperature), labels[held]),
-        }
-    config = ModelConfig(
-        architecture=options.arch,
-        label_names=tuple(label_names),
-        preprocessing=settings,
-        default_target_layer=default_target_layer(options.arch),
-        temperature=temperature,
-        extra={"training": _training_record(options, started, history, holdout, len(records))},
-    )
-    model.eval()
-    save_checkpoint(model, config, options.out)
-    print(f"saved {options.out} (temperature {temperature:.3f}) in {time.time() - started:.0f}s", flush=True)
-    return config.to_dict()
+    return model, history
 
 
 def _initial_model(options: TrainOptions, label_names: list[str]) -> torch.nn.Module:

@@ -8,11 +8,12 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core.checkpoint import load_checkpoint
 from core.cli import main
-from core.dataset import grouped_holdout, list_split
+from core.dataset import grouped_folds, grouped_holdout, list_split
 from tests.conftest import SHARED_DATA
 
 needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"dataset not found at {SHARED_DATA}")
@@ -142,3 +143,35 @@ def test_training_can_continue_from_a_checkpoint(small_dataset, tmp_path, capsys
                  "--out", str(tmp_path / "c")]) == 2  # fmt: skip
     assert "is a convnext_atto" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+@needs_data
+def test_grouped_folds_hold_each_image_out_once_and_keep_groups_whole():
+    records = list_split(SHARED_DATA, "train") + list_split(SHARED_DATA, "val")
+    folds = grouped_folds(records, 5, seed=0)
+    assert (np.sum(folds, axis=0) == 1).all()
+    for held in folds:
+        held_groups = {r.group for r, h in zip(records, held) if h}
+        assert not held_groups & {r.group for r, h in zip(records, held) if not h}
+        for label in CLASSES:
+            in_class = [h for r, h in zip(records, held) if r.label == label]
+            assert 0.1 < sum(in_class) / len(in_class) < 0.3
+
+
+@needs_data
+def test_cross_validation_reports_each_epoch_over_folds(small_dataset, tmp_path, capsys):
+    out = tmp_path / "cv.json"
+    assert main(["train", "--arch", "convnext_atto", "--data", str(small_dataset), "--splits", "train",
+                 "--epochs", "2", "--image-size", "32", "--batch-size", "8", "--no-progress",
+                 "--folds", "3", "--out", str(out)]) == 0  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["folds"] == 3 and sum(report["held_out_per_fold"]) == 24
+    assert [row["epoch"] for row in report["per_epoch"]] == [1, 2] and report["best_epoch"] in (1, 2)
+    first = report["per_epoch"][0]
+    accuracies = [fold[0]["holdout_accuracy"] for fold in report["per_fold"]]
+    assert first["holdout_accuracy_mean"] == pytest.approx(np.mean(accuracies))
+    assert "best epoch" in capsys.readouterr().out
+
+    assert main(["train", "--arch", "convnext_atto", "--data", str(small_dataset), "--splits", "train",
+                 "--folds", "50", "--out", str(out), "--no-progress"]) == 2  # fmt: skip
+    assert "n_splits=50" in capsys.readouterr().err
