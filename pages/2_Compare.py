@@ -59,9 +59,9 @@ for name, result in results.items():
         caption=f"Overlay; outline >= {threshold:.2f} ({region.area_fraction:.1%})",
         width="stretch",
     )
-    columns[3].metric(
-        "Prediction", result.predicted_label, f"{result.confidence:.1%}", delta_color="off", delta_arrow="off"
-    )
+    columns[3].caption("Prediction")  # a subheader wraps a long class name; st.metric would cut it
+    columns[3].subheader(result.predicted_label, anchor=False)
+    columns[3].markdown(f"{result.confidence:.1%} confidence")
     columns[3].caption(f"{result.timings_ms['total']:.0f} ms. {result.brain_mask_note}")
     if result.warning:
         st.warning(result.warning)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from tests.conftest import LABELS
+
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Compare.py")
 
 
@@ -18,6 +20,9 @@ def test_compare_sample_and_method_grid(use_tiny_checkpoints):
     assert len(at.image) == 6  # two rows of original | heatmap | overlay
     verdict = at.success[0].value if at.success else at.warning[0].value  # disagreement is highlighted
     assert verdict.startswith("Both models predict") or verdict.startswith("The models disagree")
+    shown = [header.value for header in at.subheader]
+    assert sum(header in LABELS for header in shown) == 2  # each model's prediction, whole
+    assert any(text.value.endswith("% confidence") for text in at.markdown)
     peak = next(m for m in at.metric if m.label == "Distance between peaks")
     assert peak.value.endswith("mm")  # the DICOM gives pixel spacing
 
