@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.checkpoint import LoadedModel, list_checkpoints, load_checkpoint
 from core.explain import Explanation, explain
-from core.gallery import Evaluation, read_evaluation
+from core.gallery import Evaluation, at_threshold, read_evaluation
 from core.image_input import LoadedImage, load_image
 
 
@@ -59,3 +59,9 @@ def evaluation(folder: str) -> Evaluation:
     from pathlib import Path
 
     return read_evaluation(Path(folder))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def evaluation_at_threshold(folder: str, threshold: float) -> Evaluation:
+    """The evaluation's IoU column and summary at the slider's threshold (no model call)."""
+    return at_threshold(evaluation(folder), threshold)

@@ -24,13 +24,14 @@ from core.checkpoint import LoadedModel, load_checkpoint, weights_sha256
 from core.dataset import Record, list_split
 from core.explain import apply_brain_mask, explain_batch
 from core.image_input import ImageInputError, load_image
-from core.localisation import bootstrap_mean, localisation_metrics, mass_inside
+from core.localisation import bootstrap_mean, localisation_metrics, mass_inside, region_iou
 from core.metrics import classification_summary, expected_calibration_error, softmax
 from core.preprocess import prepare_for_model, to_tensor
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "cache" / "evaluations"
 HEATMAP_SIDE = 128  # stored heatmaps are downsampled to this side for the gallery
-CACHE_VERSION = 1  # bump when the evaluation's output changes
+CACHE_VERSION = 2  # bump when the evaluation's output changes
+IOU_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the Gallery's slider steps
 LOCALISATION_COLUMNS = ("iou", "iou_otsu", "pointing_game", "mass_inside_tumour", "mass_outside_brain")
 
 
@@ -67,7 +68,7 @@ def evaluate(
     label_names = list(loaded.config.label_names)
     records = list_split(root, split, label_names)
     started = time.perf_counter()
-    rows, skipped, stored = [], [], {}
+    rows, skipped, stored = [], [], StoredHeatmaps({}, {})
     batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
     with tqdm(total=len(records), desc=f"evaluate {split}", unit="image", disable=not progress) as bar:
         for batch in batches:
@@ -110,9 +111,19 @@ def evaluate(
     if heatmaps:
         summary["heatmaps"] = asdict(heatmaps)
         summary["localisation"] = _localisation_summary(rows, label_names)
-        np.savez_compressed(out / "heatmaps.npz", **stored)
+        np.savez_compressed(out / "heatmaps.npz", **stored.heatmaps)
+        np.savez_compressed(out / "iou_curves.npz", **stored.iou_curves)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+@dataclass(frozen=True)
+class StoredHeatmaps:
+    """What an evaluation keeps per image for the Gallery: a small heatmap, and the IoU with
+    the outline at every IOU_THRESHOLDS step (so moving the threshold needs no model call)."""
+
+    heatmaps: dict[str, np.ndarray]
+    iou_curves: dict[str, np.ndarray]
 
 
 def _score_batch(loaded: LoadedModel, root: Path, records: list[Record], images, heatmaps, mask_input, stored):
@@ -148,7 +159,9 @@ def _score_batch(loaded: LoadedModel, root: Path, records: list[Record], images,
     return rows
 
 
-def _heatmap_columns(root: Path, record: Record, image, explanation, heatmaps: HeatmapSettings, stored) -> dict:
+def _heatmap_columns(
+    root: Path, record: Record, image, explanation, heatmaps: HeatmapSettings, stored: StoredHeatmaps
+) -> dict:
     raw, brain = explanation.heatmap, explanation.brain_mask
     columns = {"mass_outside_brain": mass_inside(raw, ~brain) if brain is not None else None}
     shown = apply_brain_mask(raw, brain) if heatmaps.mask_heatmap else raw
@@ -157,7 +170,9 @@ def _heatmap_columns(root: Path, record: Record, image, explanation, heatmaps: H
     if outline.mask is not None:
         metrics = localisation_metrics(shown, outline.mask, heatmaps.threshold)
         columns.update({k: metrics[k] for k in ("iou", "iou_otsu", "pointing_game", "mass_inside_tumour")})
-    stored[record.image] = np.uint8(
+        curve = [region_iou(shown, outline.mask, threshold) for threshold in IOU_THRESHOLDS]
+        stored.iou_curves[record.image] = np.array(curve, dtype=np.float32)
+    stored.heatmaps[record.image] = np.uint8(
         np.round(255 * cv2.resize(shown, (HEATMAP_SIDE, HEATMAP_SIDE), interpolation=cv2.INTER_AREA))
     )
     return columns

@@ -13,8 +13,9 @@ import numpy as np
 
 from core.annotations import load_outline
 from core.brain_mask import mask_outline
-from core.evaluate import LOCALISATION_COLUMNS
+from core.evaluate import IOU_THRESHOLDS, LOCALISATION_COLUMNS
 from core.image_input import load_image
+from core.localisation import bootstrap_mean
 from core.render import draw_contours, grey_to_rgb, heatmap_rgb, overlay
 
 DATA_VARIABLE = "BRAIN_XAI_DATA"
@@ -46,14 +47,40 @@ class Evaluation:
     rows: list[dict]
     summary: dict
     heatmaps: dict[str, np.ndarray]
+    iou_curves: dict[str, np.ndarray]
 
 
 def read_evaluation(folder: Path) -> Evaluation:
     with (folder / "predictions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    heatmaps_file = folder / "heatmaps.npz"
-    heatmaps = dict(np.load(heatmaps_file)) if heatmaps_file.is_file() else {}
-    return Evaluation(rows, json.loads((folder / "summary.json").read_text()), heatmaps)
+    summary = json.loads((folder / "summary.json").read_text())
+    return Evaluation(rows, summary, _read_arrays(folder / "heatmaps.npz"), _read_arrays(folder / "iou_curves.npz"))
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    return dict(np.load(path)) if path.is_file() else {}
+
+
+def at_threshold(evaluation: Evaluation, threshold: float) -> Evaluation:
+    """The evaluation with its IoU column and IoU summary at another heatmap threshold, read
+    from the stored per-image IoU curves: no model call, nothing recomputed but the means."""
+    step = int(np.argmin([abs(threshold - t) for t in IOU_THRESHOLDS]))
+    curves = evaluation.iou_curves
+    rows = [dict(r, iou=float(curves[r["image"]][step])) if r["image"] in curves else r for r in evaluation.rows]
+
+    def iou_mean(subset: list[dict]) -> dict:
+        return bootstrap_mean([float(r["iou"]) for r in subset if r.get("iou") not in (None, "")])
+
+    summary = json.loads(json.dumps(evaluation.summary))
+    localisation = summary.get("localisation")
+    if localisation and curves:
+        localisation["all"]["iou"] = iou_mean(rows)
+        for name, values in localisation["per_class"].items():
+            values["iou"] = iou_mean([r for r in rows if r["label"] == name])
+        for outcome, values in localisation["per_outcome"].items():
+            values["iou"] = iou_mean([r for r in rows if r["outcome"] == outcome])
+        summary["heatmaps"]["threshold"] = IOU_THRESHOLDS[step]
+    return Evaluation(rows, summary, evaluation.heatmaps, curves)
 
 
 def select(rows: list[dict], label: str, outcome: str, sort: str) -> list[dict]:

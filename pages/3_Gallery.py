@@ -40,7 +40,8 @@ with st.sidebar:
     brain_mask = st.toggle("Brain masking", value=True)
     threshold = st.slider("Threshold (relative to each heatmap's maximum)", 0.05, 0.95, 0.5, 0.05)
 
-settings = HeatmapSettings(method, brain_mask, brain_mask, threshold)
+# Evaluated once at the default threshold; the slider re-reads stored per-image IoU curves.
+settings = HeatmapSettings(method, brain_mask, brain_mask)
 bar = st.progress(0.0, text="Preparing the evaluation (cached on disk after the first run)...")
 try:
     folder = cached_evaluation(
@@ -52,7 +53,7 @@ except ui.USER_ERRORS + (ValueError,) as error:
     st.error(str(error))
     st.stop()
 bar.empty()
-result = cached.evaluation(str(folder))
+result = cached.evaluation_at_threshold(str(folder), threshold)
 labels = list(result.summary["per_class"])
 
 filters = st.columns(3)
@@ -111,15 +112,16 @@ per_class = {
 }  # fmt: skip
 st.dataframe(pd.DataFrame(per_class).T)
 
-st.subheader("Every method on this split")
+st.subheader(f"Every method on this split (IoU at threshold {HeatmapSettings().threshold})")
 computed = [json.loads(p.read_text()) for p in sorted(CACHE_DIR.glob("*/summary.json"))]
-computed = [s for s in computed if s.get("split") == split and s.get("data") == str(root) and "heatmaps" in s]
+computed = [s for s in computed if s.get("split") == split and s.get("data") == str(root)
+            and s.get("heatmaps", {}).get("threshold") == HeatmapSettings().threshold]  # fmt: skip
 st.dataframe(pd.DataFrame(method_table(computed)).round(3))
 if st.button("Compute the missing methods for this model (a few minutes)"):
     for other in CAM_METHODS:
         if other != "Score-CAM":
-            cached_evaluation(checkpoint, root, split, HeatmapSettings(other, brain_mask, brain_mask, threshold),
-                              CACHE_DIR, progress=False)  # fmt: skip
+            cached_evaluation(checkpoint, root, split, HeatmapSettings(other, brain_mask, brain_mask), CACHE_DIR,
+                              progress=False)  # fmt: skip
     st.rerun()
 
 filtered = pd.DataFrame(chosen)

@@ -51,9 +51,10 @@ def test_gallery_browses_cards_and_opens_one(use_tiny_checkpoints, fixture_datas
     assert len(at.image) == cards + 4  # original, annotation, heatmap, overlay
     assert at.session_state["gallery_selected"]
 
-    at.slider[0].set_value(0.3).run()  # re-draw from the disk cache
+    at.slider[0].set_value(0.3).run()  # IoU re-read from the stored curves: no new evaluation
     assert not at.exception
-    assert len(list((tmp_path / "cache").iterdir())) == 2  # one evaluation per threshold
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert any("threshold 0.30" in m.value for m in at.markdown)
 
 
 def test_missing_dataset_explains_the_layout(use_tiny_checkpoints, tmp_path, monkeypatch):

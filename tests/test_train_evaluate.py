@@ -117,6 +117,27 @@ def test_evaluate_with_heatmaps_and_cache(use_tiny_checkpoints, small_dataset, t
     assert overall["n"] == len(tumour_rows) and overall["ci95"][0] <= overall["mean"] <= overall["ci95"][1]
     assert set(summary["localisation"]["per_class"]) == set(CLASSES)
 
+    # Another threshold, read from the stored IoU curves, matches a full evaluation at it.
+    from core.gallery import at_threshold, read_evaluation
+
+    stored = read_evaluation(folder)
+    same = at_threshold(stored, 0.5)
+    assert [r["iou"] for r in same.rows if r["iou"] != ""] == pytest.approx([float(r["iou"]) for r in tumour_rows])
+    redone = cached_evaluation("tiny_convnext", small_dataset, "test", HeatmapSettings("Grad-CAM", True, True, 0.3),
+                               cache, batch_size=4, progress=False)  # fmt: skip
+    expected = json.loads((redone / "summary.json").read_text())["localisation"]
+    moved = at_threshold(stored, 0.3)
+
+    def ious(rows):
+        return [None if r["iou"] == "" else float(r["iou"]) for r in rows]
+
+    assert ious(moved.rows) == pytest.approx(ious(read_evaluation(redone).rows))
+    assert ious(moved.rows) != pytest.approx(ious(stored.rows))  # the threshold did move something
+    for name, values in expected["per_class"].items():
+        got = moved.summary["localisation"]["per_class"][name]["iou"]
+        assert (got["mean"], got["n"]) == pytest.approx((values["iou"]["mean"], values["iou"]["n"]))
+    assert moved.summary["heatmaps"]["threshold"] == 0.3
+
     # A second call is served from the cache; other settings get another key.
     stamp = (folder / "summary.json").stat().st_mtime_ns
     again = cached_evaluation("tiny_convnext", small_dataset, "test", settings, cache, progress=False)
