@@ -66,7 +66,8 @@ def at_threshold(evaluation: Evaluation, threshold: float) -> Evaluation:
     from the stored per-image IoU curves: no model call, nothing recomputed but the means."""
     step = int(np.argmin([abs(threshold - t) for t in IOU_THRESHOLDS]))
     curves = evaluation.iou_curves
-    rows = [dict(r, iou=float(curves[r["image"]][step])) if r["image"] in curves else r for r in evaluation.rows]
+    # Strings, as read from predictions.csv, so exports and "no outline" checks see one type.
+    rows = [dict(r, iou=str(float(curves[r["image"]][step]))) if r["image"] in curves else r for r in evaluation.rows]
 
     def iou_mean(subset: list[dict]) -> dict:
         return bootstrap_mean([float(r["iou"]) for r in subset if r.get("iou") not in (None, "")])

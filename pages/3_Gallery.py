@@ -70,7 +70,7 @@ if chosen:
     columns = st.columns(4)
     for i, row in enumerate(chosen[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]):
         card = panels(root, row, result.heatmaps[row["image"]], threshold)
-        iou = f", IoU {float(row['iou']):.2f}" if row.get("iou") else ""
+        iou = f", IoU {float(row['iou']):.2f}" if row.get("iou") not in (None, "") else ""
         with columns[i % 4]:
             st.image(card.overlay, caption=f"true {row['label']}, predicted {row['predicted']} "
                                            f"({float(row['confidence']):.0%}){iou}")  # fmt: skip
@@ -81,7 +81,7 @@ selected = next((r for r in result.rows if r["image"] == st.session_state.get("g
 if selected:
     st.subheader(f"{selected['image']}")
     view = panels(root, selected, result.heatmaps[selected["image"]], threshold)
-    iou = f"IoU {float(selected['iou']):.2f}" if selected.get("iou") else "no outline"
+    iou = f"IoU {float(selected['iou']):.2f}" if selected.get("iou") not in (None, "") else "no outline"
     four = st.columns(4)
     four[0].image(view.original, caption=f"Original (true: {selected['label']})")
     four[1].image(view.annotation, caption="Radiologist's outline" if view.has_outline else "No annotation")

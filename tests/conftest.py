@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import cv2
@@ -73,3 +74,20 @@ def encode(image: np.ndarray | Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def gallery_dataset(tmp_path_factory) -> Path:
+    """Three test images per class, with their outlines, copied from the shared dataset."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"dataset not found at {SHARED_DATA}")
+    root = tmp_path_factory.mktemp("gallery_data")
+    (root / "annotations").mkdir()
+    for label in LABELS:
+        (root / "test" / label).mkdir(parents=True)
+        for path in sorted((SHARED_DATA / "test" / label).iterdir())[:3]:
+            shutil.copy(path, root / "test" / label / path.name)
+            outline = SHARED_DATA / "annotations" / f"{path.stem}.json"
+            if outline.is_file():
+                shutil.copy(outline, root / "annotations" / outline.name)
+    return root

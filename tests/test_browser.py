@@ -39,9 +39,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(checkpoint_root):
+def app_url(checkpoint_root, tmp_path_factory):
     port = free_port()
-    env = {**os.environ, "BRAIN_XAI_CHECKPOINTS": os.environ.get("BROWSER_CHECKPOINTS") or str(checkpoint_root)}
+    env = {
+        **os.environ,
+        "BRAIN_XAI_CHECKPOINTS": os.environ.get("BROWSER_CHECKPOINTS") or str(checkpoint_root),
+        "BRAIN_XAI_CACHE": str(tmp_path_factory.mktemp("evaluations")),
+    }
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -99,6 +103,21 @@ def assert_no_error(driver) -> None:
     assert not errors, errors[0].text
 
 
+def move_slider(driver, wait, index: int, key: str, presses: int) -> None:
+    """Move the index-th slider by keyboard and wait until the widget shows the new value."""
+
+    def value(d) -> str:
+        return d.find_elements(By.CSS_SELECTOR, "[data-testid='stSlider'] input[type='range']")[index].get_attribute(
+            "value"
+        )
+
+    before = value(driver)
+    slider = driver.find_elements(By.CSS_SELECTOR, "[data-testid='stSlider'] input[type='range']")[index]
+    driver.execute_script("arguments[0].focus()", slider)
+    ActionChains(driver).send_keys(key * presses).perform()
+    wait.until(lambda d: value(d) != before)
+
+
 def choose_sample(driver, wait) -> None:
     wait.until(EC.element_to_be_clickable((By.XPATH, "//label[contains(., 'Use a sample')]"))).click()
 
@@ -120,18 +139,7 @@ def test_explain_page_upload_and_threshold(browser, app_url, artifacts):
     assert_no_error(browser)
     browser.save_screenshot(str(artifacts / "explain.png"))
 
-    def threshold(driver) -> str:
-        return driver.find_elements(By.CSS_SELECTOR, "[data-testid='stSlider'] input[type='range']")[0].get_attribute(
-            "value"
-        )
-
-    before = threshold(browser)
-    browser.execute_script(
-        "arguments[0].focus()",
-        browser.find_elements(By.CSS_SELECTOR, "[data-testid='stSlider'] input[type='range']")[0],
-    )
-    ActionChains(browser).send_keys(Keys.ARROW_RIGHT * 3).perform()
-    wait.until(lambda d: threshold(d) != before)
+    move_slider(browser, wait, 0, Keys.ARROW_RIGHT, 3)
     time.sleep(2)
     wait.until(lambda d: images_shown(d) >= 3)
     assert_no_error(browser)
@@ -170,3 +178,21 @@ def test_gallery_page_without_data_explains_layout(browser, app_url, artifacts):
     time.sleep(3)
     assert_no_error(browser)
     browser.save_screenshot(str(artifacts / "gallery.png"))
+
+
+def test_gallery_page_browses_a_dataset_and_moves_the_threshold(browser, app_url, artifacts, gallery_dataset):
+    browser.get(f"{app_url}/Gallery")
+    wait = WebDriverWait(browser, 180)
+    box = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stSidebar'] input[type='text']")))
+    box.send_keys(str(gallery_dataset))
+    box.send_keys(Keys.ENTER)
+    sidebar = browser.find_element(By.CSS_SELECTOR, "[data-testid='stSidebar']")
+    wait.until(lambda d: f"Dataset: {gallery_dataset}" in sidebar.text)
+    wait.until(lambda d: "Localisation per class" in d.page_source and images_shown(d) >= 1)
+    assert "12 images; ECE" in browser.page_source  # the 12-image fixture, not the default dataset
+    assert_no_error(browser)
+    move_slider(browser, wait, 0, Keys.ARROW_LEFT, 4)  # 0.50 -> 0.30
+    wait.until(lambda d: "threshold 0.30" in d.page_source)
+    wait.until(lambda d: images_shown(d) >= 1)
+    assert_no_error(browser)
+    browser.save_screenshot(str(artifacts / "gallery_dataset.png"))  # dataset images: never commit

@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.gallery import select
-from tests.conftest import SHARED_DATA
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "3_Gallery.py")
-CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
 
 
-@pytest.fixture(scope="module")
-def fixture_dataset(tmp_path_factory) -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"dataset not found at {SHARED_DATA}")
-    root = tmp_path_factory.mktemp("gallery_data")
-    (root / "annotations").mkdir()
-    for label in CLASSES:
-        (root / "test" / label).mkdir(parents=True)
-        for path in sorted((SHARED_DATA / "test" / label).iterdir())[:3]:
-            shutil.copy(path, root / "test" / label / path.name)
-            outline = SHARED_DATA / "annotations" / f"{path.stem}.json"
-            if outline.is_file():
-                shutil.copy(outline, root / "annotations" / outline.name)
-    return root
-
-
-def test_gallery_browses_cards_and_opens_one(use_tiny_checkpoints, fixture_dataset, tmp_path, monkeypatch):
-    monkeypatch.setenv("BRAIN_XAI_DATA", str(fixture_dataset))
+def test_gallery_browses_cards_and_opens_one(use_tiny_checkpoints, gallery_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("BRAIN_XAI_DATA", str(gallery_dataset))
     monkeypatch.setenv("BRAIN_XAI_CACHE", str(tmp_path / "cache"))
     at = AppTest.from_file(PAGE, default_timeout=300).run()
     assert not at.exception
@@ -55,6 +36,10 @@ def test_gallery_browses_cards_and_opens_one(use_tiny_checkpoints, fixture_datas
     assert not at.exception
     assert len(list((tmp_path / "cache").iterdir())) == 1
     assert any("threshold 0.30" in m.value for m in at.markdown)
+    at.slider[0].set_value(0.95).run()  # most IoUs are 0 here: still shown, not taken for "no outline"
+    captions = [c for image in at.image for c in image.captions if c.startswith("true ")]
+    outlined = [c for c in captions if not c.startswith("true notumor")]
+    assert outlined and all("IoU" in c for c in outlined), captions
 
 
 def test_missing_dataset_explains_the_layout(use_tiny_checkpoints, tmp_path, monkeypatch):
