@@ -66,6 +66,7 @@ def render_card(name, config, values, test, localisation, commit) -> str:
         f"- Initialisation: {training.get('init')}"
         + (f"; distilled from `{training.get('teacher')}`" if training.get("teacher") else "")
         + ".",
+        *_lineage(training.get("continued_from")),
         f"- {training.get('epochs')} epochs, batch {training.get('batch_size')}, {training.get('optimiser')}; "
         f"{training.get('loss')}.",
         f"- Augmentation: {training.get('augmentation')}.",
@@ -120,6 +121,18 @@ def render_card(name, config, values, test, localisation, commit) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _lineage(previous: dict | None) -> list[str]:
+    """One line per earlier run this checkpoint continued from, oldest first."""
+    if not previous:
+        return []
+    teacher = f", distilled from `{previous['teacher']}`" if previous.get("teacher") else ""
+    holdout = _holdout(previous.get("holdout_metrics", {})).rstrip(".")
+    line = (f"- Continued from a run of {previous.get('epochs')} epochs (initialisation: {previous.get('init')}"
+            f"{teacher}; {previous.get('optimiser')}; {previous.get('seconds', 0) / 60:.0f} min; commit "
+            f"`{previous.get('commit')}`; hold-out then: {holdout}).")  # fmt: skip
+    return [*_lineage(previous.get("continued_from")), line]
 
 
 def _holdout(metrics: dict) -> str:

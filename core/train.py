@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from core.checkpoint import ModelConfig, create_model, save_checkpoint
+from core.checkpoint import CONFIG_FILE, ModelConfig, create_model, save_checkpoint
 from core.dataset import decode_records, grouped_folds, grouped_holdout, list_split
 from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
 from core.preprocess import Preprocessing, to_tensor
@@ -280,6 +280,7 @@ def _training_record(options: TrainOptions, started: float, history: list, holdo
         "holdout": f"{options.holdout_fraction:.0%} of each class's groups (metadata.csv 'group'), seed {options.seed}",
         "holdout_metrics": holdout,
         "init": options.init,
+        "continued_from": previous_training(options.init),
         "teacher": str(options.teacher) if options.teacher else None,
         "epochs": options.epochs,
         "image_size": options.image_size,
@@ -295,6 +296,12 @@ def _training_record(options: TrainOptions, started: float, history: list, holdo
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "commit": _git_commit(),
     }
+
+
+def previous_training(init: str) -> dict | None:
+    """The training record of the checkpoint a run continues from, so lineage survives."""
+    config = Path(init) / CONFIG_FILE
+    return json.loads(config.read_text()).get("training") if config.is_file() else None
 
 
 def _git_commit() -> str:

@@ -46,6 +46,9 @@ def test_card_includes_the_notes_from_config(checkpoint_root, tmp_path):
     shutil.copytree(checkpoint_root / "tiny_convnext", checkpoint)
     config = json.loads((checkpoint / "config.json").read_text())
     config["notes"] = ["Trained 18 epochs only: the CPU budget ran out."]
+    first = {"epochs": 18, "init": "scratch", "teacher": "checkpoints/t", "optimiser": "AdamW lr 0.001",
+             "seconds": 2760, "commit": "aaa1111", "holdout_metrics": {}}  # fmt: skip
+    config["training"] = {"epochs": 24, "init": "checkpoints/m", "continued_from": first}
     (checkpoint / "config.json").write_text(json.dumps(config))
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "e")]) == 0
     assert main(["card", "--checkpoint", str(checkpoint), "--test", str(tmp_path / "e" / "summary.json"),
@@ -53,4 +56,6 @@ def test_card_includes_the_notes_from_config(checkpoint_root, tmp_path):
     card = (checkpoint / "README.md").read_text()
     assert "## What was tried, and what was not" in card
     assert "- Trained 18 epochs only: the CPU budget ran out." in card
+    assert ("- Continued from a run of 18 epochs (initialisation: scratch, distilled from `checkpoints/t`; "
+            "AdamW lr 0.001; 46 min; commit `aaa1111`; hold-out then: none)." in card)  # fmt: skip
     assert json.loads((checkpoint / "config.json").read_text())["notes"] == config["notes"]

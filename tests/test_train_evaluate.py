@@ -157,7 +157,9 @@ def test_training_can_continue_from_a_checkpoint(small_dataset, tmp_path, capsys
     assert main([*args, "--arch", "convnext_atto", "--init", str(tmp_path / "a"), "--lr", "0",
                  "--seed", "5", "--out", str(tmp_path / "b")]) == 0  # fmt: skip
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
-    assert json.loads((tmp_path / "b" / "config.json").read_text())["training"]["init"] == str(tmp_path / "a")
+    continued = json.loads((tmp_path / "b" / "config.json").read_text())["training"]
+    assert continued["init"] == str(tmp_path / "a")
+    assert continued["continued_from"] == json.loads((tmp_path / "a" / "config.json").read_text())["training"]
 
     capsys.readouterr()
     assert main([*args, "--arch", "tf_efficientnet_lite0", "--init", str(tmp_path / "a"),
