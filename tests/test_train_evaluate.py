@@ -122,7 +122,9 @@ def test_evaluate_with_heatmaps_and_cache(use_tiny_checkpoints, small_dataset, t
 
     stored = read_evaluation(folder)
     same = at_threshold(stored, 0.5)
-    assert [r["iou"] for r in same.rows if r["iou"] != ""] == pytest.approx([float(r["iou"]) for r in tumour_rows])
+    assert [float(r["iou"]) for r in same.rows if r["iou"] != ""] == pytest.approx(
+        [float(r["iou"]) for r in tumour_rows]
+    )
     redone = cached_evaluation("tiny_convnext", small_dataset, "test", HeatmapSettings("Grad-CAM", True, True, 0.3),
                                cache, batch_size=4, progress=False)  # fmt: skip
     expected = json.loads((redone / "summary.json").read_text())["localisation"]
