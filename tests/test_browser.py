@@ -118,6 +118,16 @@ def move_slider(driver, wait, index: int, key: str, presses: int) -> None:
     wait.until(lambda d: value(d) != before)
 
 
+def upload(driver, wait, path: Path) -> None:
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "input[type='file']"))).send_keys(str(path))
+
+
+def enter_dataset_folder(driver, wait, folder: Path) -> None:
+    box = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stSidebar'] input[type='text']")))
+    box.send_keys(str(folder))
+    box.send_keys(Keys.ENTER)
+
+
 def choose_sample(driver, wait) -> None:
     wait.until(EC.element_to_be_clickable((By.XPATH, "//label[contains(., 'Use a sample')]"))).click()
 
@@ -133,8 +143,7 @@ def test_home_page(browser, app_url, artifacts):
 def test_explain_page_upload_and_threshold(browser, app_url, artifacts):
     browser.get(f"{app_url}/Explain")
     wait = WebDriverWait(browser, 120)
-    upload = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "input[type='file']")))
-    upload.send_keys(str(REPO / "sample_images" / "mni152_axial.png"))
+    upload(browser, wait, REPO / "sample_images" / "mni152_axial.png")
     wait.until(lambda d: images_shown(d) >= 3)
     assert_no_error(browser)
     browser.save_screenshot(str(artifacts / "explain.png"))
@@ -149,8 +158,7 @@ def test_explain_page_upload_and_threshold(browser, app_url, artifacts):
 def test_explain_panels_share_one_size_for_a_small_scan(browser, app_url, artifacts):
     browser.get(f"{app_url}/Explain")
     wait = WebDriverWait(browser, 120)
-    upload = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "input[type='file']")))
-    upload.send_keys(str(REPO / "sample_images" / "pydicom_mr_small.dcm"))  # 64x64, smaller than a column
+    upload(browser, wait, REPO / "sample_images" / "pydicom_mr_small.dcm")  # 64x64, smaller than a column
     wait.until(lambda d: images_shown(d) >= 3)
     assert_no_error(browser)
     widths = browser.execute_script(
@@ -172,9 +180,7 @@ def test_compare_page(browser, app_url, artifacts):
 def test_gallery_page_without_data_explains_layout(browser, app_url, artifacts):
     browser.get(f"{app_url}/Gallery")
     wait = WebDriverWait(browser, 120)
-    box = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stSidebar'] input[type='text']")))
-    box.send_keys(str(REPO / "no-such-folder"))
-    box.send_keys(Keys.ENTER)
+    enter_dataset_folder(browser, wait, REPO / "no-such-folder")
     time.sleep(3)
     assert_no_error(browser)
     browser.save_screenshot(str(artifacts / "gallery.png"))
@@ -183,9 +189,7 @@ def test_gallery_page_without_data_explains_layout(browser, app_url, artifacts):
 def test_gallery_page_browses_a_dataset_and_moves_the_threshold(browser, app_url, artifacts, gallery_dataset):
     browser.get(f"{app_url}/Gallery")
     wait = WebDriverWait(browser, 180)
-    box = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stSidebar'] input[type='text']")))
-    box.send_keys(str(gallery_dataset))
-    box.send_keys(Keys.ENTER)
+    enter_dataset_folder(browser, wait, gallery_dataset)
     sidebar = browser.find_element(By.CSS_SELECTOR, "[data-testid='stSidebar']")
     wait.until(lambda d: f"Dataset: {gallery_dataset}" in sidebar.text)
     wait.until(lambda d: "Localisation per class" in d.page_source and images_shown(d) >= 1)
