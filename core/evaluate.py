@@ -110,7 +110,7 @@ def evaluate(
     }
     if heatmaps:
         summary["heatmaps"] = asdict(heatmaps)
-        summary["localisation"] = _localisation_summary(rows, label_names)
+        summary["localisation"] = localisation_summary(rows, label_names)
         np.savez_compressed(out / "heatmaps.npz", **stored.heatmaps)
         np.savez_compressed(out / "iou_curves.npz", **stored.iou_curves)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -178,10 +178,13 @@ def _heatmap_columns(
     return columns
 
 
-def _localisation_summary(rows: list[dict], label_names: list[str]) -> dict:
+def localisation_summary(rows: list[dict], label_names: list[str], columns=LOCALISATION_COLUMNS) -> dict:
+    """Bootstrap means of the columns over all rows, per class and per outcome. Rows may be
+    fresh (None where a value is missing) or read back from predictions.csv ("")."""
+
     def means(subset):
-        return {c: bootstrap_mean([float(r[c]) if r.get(c) is not None else None for r in subset])
-                for c in LOCALISATION_COLUMNS}  # fmt: skip
+        return {c: bootstrap_mean([float(r[c]) if r.get(c) not in (None, "") else None for r in subset])
+                for c in columns}  # fmt: skip
 
     return {
         "all": means(rows),

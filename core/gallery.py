@@ -13,9 +13,8 @@ import numpy as np
 
 from core.annotations import load_outline
 from core.brain_mask import mask_outline
-from core.evaluate import IOU_THRESHOLDS, LOCALISATION_COLUMNS
+from core.evaluate import IOU_THRESHOLDS, LOCALISATION_COLUMNS, localisation_summary
 from core.image_input import load_image
-from core.localisation import bootstrap_mean
 from core.render import draw_contours, grey_to_rgb, heatmap_rgb, overlay
 
 DATA_VARIABLE = "BRAIN_XAI_DATA"
@@ -69,17 +68,14 @@ def at_threshold(evaluation: Evaluation, threshold: float) -> Evaluation:
     # Strings, as read from predictions.csv, so exports and "no outline" checks see one type.
     rows = [dict(r, iou=str(float(curves[r["image"]][step]))) if r["image"] in curves else r for r in evaluation.rows]
 
-    def iou_mean(subset: list[dict]) -> dict:
-        return bootstrap_mean([float(r["iou"]) for r in subset if r.get("iou") not in (None, "")])
-
     summary = json.loads(json.dumps(evaluation.summary))
     localisation = summary.get("localisation")
     if localisation and curves:
-        localisation["all"]["iou"] = iou_mean(rows)
-        for name, values in localisation["per_class"].items():
-            values["iou"] = iou_mean([r for r in rows if r["label"] == name])
-        for outcome, values in localisation["per_outcome"].items():
-            values["iou"] = iou_mean([r for r in rows if r["outcome"] == outcome])
+        ious = localisation_summary(rows, list(localisation["per_class"]), columns=("iou",))
+        localisation["all"]["iou"] = ious["all"]["iou"]
+        for group in ("per_class", "per_outcome"):
+            for name, values in localisation[group].items():
+                values["iou"] = ious[group][name]["iou"]
         summary["heatmaps"]["threshold"] = IOU_THRESHOLDS[step]
     return Evaluation(rows, summary, evaluation.heatmaps, curves)
 
