@@ -27,6 +27,13 @@ def main(argv: list[str] | None = None) -> int:
         help="scratch, imagenet-lite0, or a checkpoint folder of the same architecture to train on from",
     )
     train.add_argument("--teacher", type=Path, help="checkpoint to distil from")
+    train.add_argument("--distill-weight", type=float, default=0.5, help="share of the loss given to the teacher")
+    train.add_argument(
+        "--consistent-teacher",
+        action="store_true",
+        help="the teacher scores each augmented view the student sees, not the un-augmented image once",
+    )
+    train.add_argument("--ema", type=float, metavar="DECAY", help="save an exponential moving average of the weights")
     train.add_argument("--limit", type=int, help="images per class (smoke runs)")
     train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     train.add_argument(
@@ -124,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
                 init=args.init,
                 teacher=args.teacher,
+                distill_weight=args.distill_weight,
+                consistent_teacher=args.consistent_teacher,
+                ema_decay=args.ema,
                 limit=args.limit,
                 max_steps=args.max_steps,
                 progress=not args.no_progress,

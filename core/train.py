@@ -11,20 +11,22 @@ import json
 import platform
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.utils import ModelEmaV3
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from core.checkpoint import CONFIG_FILE, ModelConfig, create_model, save_checkpoint
+from core.checkpoint import CONFIG_FILE, LoadedModel, ModelConfig, create_model, load_checkpoint, save_checkpoint
 from core.dataset import decode_records, grouped_folds, grouped_holdout, list_split
 from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
 from core.preprocess import Preprocessing, to_tensor
 
+DISTILL_TEMPERATURE = 2.0
 DEFAULT_LAYERS = {"tf_efficientnet_lite0": "conv_head", "convnext": "stages.3"}
 
 
@@ -43,11 +45,23 @@ class TrainOptions:
     init: str = "scratch"  # "scratch", "imagenet-lite0" or a checkpoint folder to continue from
     teacher: Path | None = None
     distill_weight: float = 0.5
+    # The teacher scores each augmented view the student sees (Beyer et al. 2022, "patient and
+    # consistent" distillation) instead of giving fixed targets from the un-augmented image.
+    consistent_teacher: bool = False
+    ema_decay: float | None = None  # keep an exponential moving average of the weights; save and evaluate it
     holdout_fraction: float = 0.15
     limit: int | None = None  # images per class, for smoke runs
     max_steps: int | None = None
     threads: int = 2
     progress: bool = True
+
+    def __post_init__(self):
+        if self.consistent_teacher and not self.teacher:
+            raise ValueError("--consistent-teacher needs --teacher CHECKPOINT.")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"--ema is a decay between 0 and 1 (e.g. 0.998), not {self.ema_decay}.")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"--distill-weight is between 0 and 1, not {self.distill_weight}.")
 
 
 def default_target_layer(arch: str) -> str:
@@ -74,14 +88,16 @@ class Augment:
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The training splits, decoded once: labels, plain and brain-masked images, teacher targets."""
+    """The training splits, decoded once: labels, plain and brain-masked images, and either
+    fixed teacher targets or the teacher itself (consistent distillation)."""
 
     records: list
     label_names: list[str]
     labels: np.ndarray
     plain: np.ndarray
     masked: np.ndarray
-    teacher_probs: np.ndarray | None
+    teacher_probs: np.ndarray | None = None
+    teacher: LoadedModel | None = None
 
 
 def load_training_data(options: TrainOptions) -> TrainingData:
@@ -94,8 +110,17 @@ def load_training_data(options: TrainOptions) -> TrainingData:
     labels = np.array([label_names.index(r.label) for r in records])
     plain, masked = decode_records(options.data, records, settings, options.progress)
     print(f"decoded {len(records)} images in {time.time() - started:.0f}s", flush=True)
-    teacher_probs = _teacher_probabilities(options, masked, label_names) if options.teacher else None
-    return TrainingData(records, label_names, labels, plain, masked, teacher_probs)
+    data = TrainingData(records, label_names, labels, plain, masked)
+    if not options.teacher:
+        return data
+    teacher = load_checkpoint(options.teacher)
+    if list(teacher.config.label_names) != label_names:
+        raise ValueError(f"Teacher classes {list(teacher.config.label_names)} differ from {label_names}.")
+    teacher.model.eval()
+    if options.consistent_teacher:
+        return replace(data, teacher=teacher)
+    logits = predict_logits(teacher.model, masked, teacher.config.preprocessing)
+    return replace(data, teacher_probs=softmax(logits, DISTILL_TEMPERATURE).astype(np.float32))
 
 
 def train(options: TrainOptions) -> dict:
@@ -176,7 +201,7 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     """Train on the records not held out; log hold-out accuracy and macro-F1 once per epoch."""
     torch.manual_seed(options.seed)
     settings = Preprocessing(input_size=options.image_size)
-    labels, plain, masked, teacher_probs = data.labels, data.plain, data.masked, data.teacher_probs
+    labels, plain, masked = data.labels, data.plain, data.masked
     model = _initial_model(options, data.label_names)
     train_idx = np.flatnonzero(~held)
     counts = np.bincount(labels[train_idx], minlength=len(data.label_names)).astype(np.float64)
@@ -187,6 +212,9 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=options.lr, total_steps=total_steps, pct_start=0.1
     )
+    # timm's warm-up: the decay grows with the step (0.99 by step ~460), capped at ema_decay.
+    ema = ModelEmaV3(model, decay=options.ema_decay, use_warmup=True, warmup_power=0.75) if options.ema_decay else None
+    evaluated = ema.module if ema is not None else model
     augment = Augment(options.seed)
     rng = np.random.default_rng(options.seed)
     history, step = [], 0
@@ -206,27 +234,29 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
             logits = model(to_tensor(x, settings))
             target = torch.from_numpy(labels[batch])
             loss = F.cross_entropy(logits, target, weight=class_weights, label_smoothing=0.1)
-            if teacher_probs is not None:
-                # Hinton et al. 2015: match the teacher's softened distribution (T = 2).
-                soft = torch.from_numpy(teacher_probs[batch]).float()
-                kd = F.kl_div(F.log_softmax(logits / 2, 1), soft, reduction="batchmean") * 4
-                loss = (1 - options.distill_weight) * loss + options.distill_weight * kd
+            soft = _teacher_targets(data, batch, x)
+            if soft is not None:
+                # Hinton et al. 2015: match the teacher's softened distribution, scaled by T^2.
+                kd = F.kl_div(F.log_softmax(logits / DISTILL_TEMPERATURE, 1), soft, reduction="batchmean")
+                loss = (1 - options.distill_weight) * loss + options.distill_weight * kd * DISTILL_TEMPERATURE**2
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             scheduler.step()
             losses.append(loss.item())
             step += 1
+            if ema is not None:
+                ema.update(model, step=step)
         entry = {"epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None}
         if held.any():
-            held_logits = predict_logits(model, plain[held], settings)
+            held_logits = predict_logits(evaluated, plain[held], settings)
             summary = classification_summary(labels[held], softmax(held_logits), data.label_names)
             entry.update(holdout_accuracy=summary["accuracy"], holdout_macro_f1=summary["macro_f1"])
         history.append(entry)
         print(json.dumps(entry), flush=True)
         if step >= total_steps:
             break
-    return model, history
+    return evaluated, history
 
 
 def _initial_model(options: TrainOptions, label_names: list[str]) -> torch.nn.Module:
@@ -238,8 +268,6 @@ def _initial_model(options: TrainOptions, label_names: list[str]) -> torch.nn.Mo
         if options.arch != LITE0_ARCHITECTURE:
             raise ValueError(f"--init imagenet-lite0 needs --arch {LITE0_ARCHITECTURE}.")
         return lite0_backbone_for(len(label_names))
-    from core.checkpoint import load_checkpoint
-
     start = load_checkpoint(Path(options.init))
     if start.config.architecture != options.arch or list(start.config.label_names) != label_names:
         raise ValueError(
@@ -249,14 +277,15 @@ def _initial_model(options: TrainOptions, label_names: list[str]) -> torch.nn.Mo
     return start.model
 
 
-def _teacher_probabilities(options: TrainOptions, images: np.ndarray, label_names: list[str]) -> np.ndarray:
-    from core.checkpoint import load_checkpoint
-
-    teacher = load_checkpoint(options.teacher)
-    if list(teacher.config.label_names) != label_names:
-        raise ValueError(f"Teacher classes {teacher.config.label_names} differ from {label_names}.")
-    logits = predict_logits(teacher.model, images, teacher.config.preprocessing)
-    return softmax(logits, 2.0).astype(np.float32)
+def _teacher_targets(data: TrainingData, batch: np.ndarray, x: torch.Tensor) -> torch.Tensor | None:
+    """The teacher's softened probabilities for this batch: fixed, or scored on the same view."""
+    if data.teacher is not None:
+        with torch.no_grad():
+            logits = data.teacher.model(to_tensor(x, data.teacher.config.preprocessing))
+        return F.softmax(logits / DISTILL_TEMPERATURE, 1)
+    if data.teacher_probs is not None:
+        return torch.from_numpy(data.teacher_probs[batch]).float()
+    return None
 
 
 @torch.no_grad()
@@ -286,8 +315,10 @@ def _training_record(options: TrainOptions, started: float, history: list, holdo
         "image_size": options.image_size,
         "batch_size": options.batch_size,
         "optimiser": f"AdamW lr {options.lr} wd {options.weight_decay}, one-cycle",
-        "loss": "class-weighted cross-entropy, label smoothing 0.1"
-        + (f", distillation weight {options.distill_weight} at T=2" if options.teacher else ""),
+        "loss": "class-weighted cross-entropy, label smoothing 0.1" + _distillation_note(options),
+        "weights": f"exponential moving average (timm ModelEmaV3, warm-up, decay up to {options.ema_decay})"
+        if options.ema_decay
+        else "last step",
         "augmentation": "affine (+-10 deg, 6 % shift, 0.9-1.1 scale), h-flip, gamma 0.75-1.35, "
         "contrast 0.85-1.15, brightness +-0.05, brain mask on half the images",
         "seed": options.seed,
@@ -296,6 +327,13 @@ def _training_record(options: TrainOptions, started: float, history: list, holdo
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "commit": _git_commit(),
     }
+
+
+def _distillation_note(options: TrainOptions) -> str:
+    if not options.teacher:
+        return ""
+    targets = "on the same augmented view" if options.consistent_teacher else "fixed, from the un-augmented image"
+    return f", distillation weight {options.distill_weight} at T={DISTILL_TEMPERATURE:g} (teacher targets {targets})"
 
 
 def previous_training(init: str) -> dict | None:

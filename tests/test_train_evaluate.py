@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ import pytest
 from core.checkpoint import load_checkpoint
 from core.cli import main
 from core.dataset import grouped_folds, grouped_holdout, list_split
+from core.preprocess import Preprocessing
+from core.train import TrainOptions, fit, load_training_data, predict_logits, train
 from tests.conftest import SHARED_DATA
 
 needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"dataset not found at {SHARED_DATA}")
@@ -199,3 +202,43 @@ def test_cross_validation_reports_each_epoch_over_folds(small_dataset, tmp_path,
     assert main(["train", "--arch", "convnext_atto", "--data", str(small_dataset), "--splits", "train",
                  "--folds", "50", "--out", str(out), "--no-progress"]) == 2  # fmt: skip
     assert "n_splits=50" in capsys.readouterr().err
+
+
+@needs_data
+def test_consistent_teacher_scores_each_augmented_batch(small_dataset, checkpoint_root):
+    options = TrainOptions(arch="convnext_atto", data=small_dataset, out=Path("unused"), splits=("train",),
+                           image_size=64, batch_size=8, max_steps=3, teacher=checkpoint_root / "tiny_effnet",
+                           consistent_teacher=True, progress=False)  # fmt: skip
+    data = load_training_data(options)
+    assert data.teacher_probs is None
+    seen = []
+    data.teacher.model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape))
+    fit(options, data, held=np.zeros(len(data.records), dtype=bool))
+    assert seen == [(8, 3, 64, 64)] * 3  # one call per training step, on that step's batch
+
+    fixed = load_training_data(replace(options, consistent_teacher=False))
+    assert fixed.teacher is None and fixed.teacher_probs.shape == (24, 4)
+    assert np.allclose(fixed.teacher_probs.sum(axis=1), 1, atol=1e-5)
+    with pytest.raises(ValueError, match="needs --teacher"):
+        replace(options, teacher=None)
+
+
+@needs_data
+def test_moving_average_weights_are_the_ones_evaluated_and_saved(small_dataset, tmp_path):
+    options = TrainOptions(arch="convnext_atto", data=small_dataset, out=tmp_path / "ema", splits=("train",),
+                           epochs=1, image_size=48, batch_size=8, ema_decay=0.99, progress=False)  # fmt: skip
+    data = load_training_data(options)
+    held = np.zeros(len(data.records), dtype=bool)
+    held[::4] = True
+    averaged, history = fit(options, data, held)
+    raw, _ = fit(replace(options, ema_decay=None), data, held)
+    settings = Preprocessing(input_size=48)
+    averaged_logits = predict_logits(averaged, data.plain[held], settings)
+    assert not np.allclose(averaged_logits, predict_logits(raw, data.plain[held], settings))
+    accuracy = float(np.mean(averaged_logits.argmax(1) == data.labels[held]))
+    assert history[-1]["holdout_accuracy"] == pytest.approx(accuracy)
+
+    train(options)
+    assert "moving average" in json.loads((tmp_path / "ema" / "config.json").read_text())["training"]["weights"]
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        replace(options, ema_decay=1.5)
