@@ -69,6 +69,7 @@ def render_card(name, config, values, test, localisation, commit) -> str:
         *_lineage(training.get("continued_from")),
         f"- {training.get('epochs')} epochs, batch {training.get('batch_size')}, {training.get('optimiser')}; "
         f"{training.get('loss')}.",
+        f"- Weights kept: {training.get('weights', 'last step')}.",
         f"- Augmentation: {training.get('augmentation')}.",
         f"- Seed {training.get('seed')}; {training.get('seconds', 0) / 60:.0f} min on {training.get('machine')} "
         f"(shared with other work); trained from commit `{training.get('commit')}`.",
