@@ -203,9 +203,17 @@ def load_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> Loaded
     return LoadedModel(directory.name, model, config, hashlib.sha256(raw).hexdigest())
 
 
-def weights_sha256(name_or_dir: str | Path, root: Path | None = None) -> str:
-    """SHA-256 of a checkpoint's weights file (the cache key of anything computed from it)."""
-    return hashlib.sha256((resolve_checkpoint(name_or_dir, root) / WEIGHTS_FILE).read_bytes()).hexdigest()
+def checkpoint_sha256(name_or_dir: str | Path, root: Path | None = None) -> str:
+    """SHA-256 of a checkpoint's weights and config together: anything computed from the model
+    (predictions, temperature-scaled confidences, heatmaps at the default layer) depends on both."""
+    directory = resolve_checkpoint(name_or_dir, root)
+    digest = hashlib.sha256()
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        try:
+            digest.update((directory / name).read_bytes())
+        except FileNotFoundError as error:
+            raise CheckpointError(f"{directory} has no {name}; it is not a complete checkpoint.") from error
+    return digest.hexdigest()
 
 
 def _check_layer(model: torch.nn.Module, layer: str) -> None:

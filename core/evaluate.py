@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from core.annotations import load_outline
-from core.checkpoint import LoadedModel, load_checkpoint, weights_sha256
+from core.checkpoint import LoadedModel, checkpoint_sha256, load_checkpoint
 from core.dataset import Record, list_split
 from core.explain import apply_brain_mask, explain_batch
 from core.image_input import ImageInputError, load_image
@@ -109,7 +109,10 @@ def evaluate(
         "skipped": skipped,
     }
     if heatmaps:
-        summary["heatmaps"] = asdict(heatmaps)
+        summary["heatmaps"] = {
+            **asdict(heatmaps),
+            "target_layer": heatmaps.target_layer or loaded.config.default_target_layer,
+        }
         summary["localisation"] = localisation_summary(rows, label_names)
         np.savez_compressed(out / "heatmaps.npz", **stored.heatmaps)
         np.savez_compressed(out / "iou_curves.npz", **stored.iou_curves)
@@ -202,11 +205,11 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
 
 
-def cache_key(weights_sha256: str, root: Path, split: str, heatmaps: HeatmapSettings | None) -> str:
+def cache_key(checkpoint_sha: str, root: Path, split: str, heatmaps: HeatmapSettings | None) -> str:
     """Stable key of everything an evaluation's result depends on."""
     parts = {
         "version": CACHE_VERSION,
-        "weights": weights_sha256,
+        "checkpoint": checkpoint_sha,
         "data": str(Path(root).resolve()),
         "split": split,
         "heatmaps": asdict(heatmaps) if heatmaps else None,
@@ -218,7 +221,7 @@ def cached_evaluation(
     checkpoint: str | Path, root: Path, split: str, heatmaps: HeatmapSettings | None, cache_dir: Path, **kwargs
 ) -> Path:
     """Folder holding the evaluation's outputs; computed only when not cached yet."""
-    folder = Path(cache_dir) / cache_key(weights_sha256(checkpoint), root, split, heatmaps)
+    folder = Path(cache_dir) / cache_key(checkpoint_sha256(checkpoint), root, split, heatmaps)
     if not (folder / "summary.json").is_file():
         partial = folder.with_name(folder.name + ".partial")
         evaluate(checkpoint, root, split, partial, heatmaps=heatmaps, **kwargs)

@@ -157,6 +157,24 @@ def test_evaluate_with_heatmaps_and_cache(use_tiny_checkpoints, small_dataset, t
 
 
 @needs_data
+def test_cached_evaluation_is_redone_when_the_config_changes(checkpoint_root, small_dataset, tmp_path):
+    """A new default layer or temperature in config.json, with the same weights, is a new result."""
+    from core.evaluate import HeatmapSettings, cached_evaluation
+
+    checkpoint = shutil.copytree(checkpoint_root / "tiny_convnext", tmp_path / "edited")
+    settings, cache = HeatmapSettings("Grad-CAM", True, True, 0.5), tmp_path / "cache"
+    before = cached_evaluation(checkpoint, small_dataset, "test", settings, cache, batch_size=4, progress=False)
+    config_path = checkpoint / "config.json"
+    config = json.loads(config_path.read_text())
+    config["default_target_layer"] = "stages.2"
+    config_path.write_text(json.dumps(config))
+    after = cached_evaluation(checkpoint, small_dataset, "test", settings, cache, batch_size=4, progress=False)
+    assert after != before
+    layers = [json.loads((f / "summary.json").read_text())["heatmaps"]["target_layer"] for f in (before, after)]
+    assert layers == ["stages.3", "stages.2"]
+
+
+@needs_data
 def test_training_can_continue_from_a_checkpoint(small_dataset, tmp_path, capsys):
     args = ["train", "--data", str(small_dataset), "--splits", "train", "--epochs", "1", "--image-size", "48",
             "--batch-size", "8", "--max-steps", "2", "--no-progress"]  # fmt: skip
