@@ -84,13 +84,13 @@ def _map_figure(values: np.ndarray, scale: str, limits, bar_title: str, hover: s
             colorscale=scale,
             zmin=limits[0],
             zmax=limits[1],
-            colorbar={"title": {"text": bar_title}},
+            colorbar={"title": {"text": bar_title, "side": "right"}},  # clear of the toolbar
             hovertemplate=f"x %{{x}}, y %{{y}}<br>{hover} %{{z:.2f}}<extra></extra>",
         )
     )
     figure.update_yaxes(autorange="reversed", scaleanchor="x", visible=False)
     figure.update_xaxes(visible=False)
-    figure.update_layout(margin={"l": 0, "r": 0, "t": 0, "b": 0}, height=320)
+    figure.update_layout(margin={"l": 0, "r": 0, "t": 30, "b": 0}, height=350)  # top: room for the toolbar
     return figure
 
 
@@ -126,4 +126,4 @@ def png_bytes(picture: np.ndarray) -> bytes:
 
 def difference_figure(difference: np.ndarray, names: tuple[str, str], max_side: int = 256) -> go.Figure:
     """Diverging map of heatmap A minus heatmap B (red: A looks more, blue: B looks more)."""
-    return _map_figure(difference, "RdBu_r", (-1, 1), f"{names[0]}<br>minus<br>{names[1]}", "difference", max_side)
+    return _map_figure(difference, "RdBu_r", (-1, 1), f"{names[0]} minus {names[1]}", "difference", max_side)
