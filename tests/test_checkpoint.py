@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from core.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from core.checkpoint import CheckpointError, checkpoint_sha256, list_checkpoints, load_checkpoint
 
 
 def test_round_trip_keeps_weights_and_config(checkpoint_root, tiny_model):
@@ -85,6 +85,19 @@ def test_invalid_json(copy):
     (copy / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_checkpoint(copy)
+
+
+def test_checkpoint_fingerprint_covers_weights_and_config(copy):
+    original = checkpoint_sha256(copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "temperature": 2.0}))
+    edited = checkpoint_sha256(copy)
+    assert edited != original
+    (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes() + b" ")
+    assert checkpoint_sha256(copy) not in (original, edited)
+    (copy / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="has no config.json"):
+        checkpoint_sha256(copy)
 
 
 def test_pages_open_on_the_most_accurate_checkpoint(tmp_path):
