@@ -41,7 +41,7 @@ def render_card(name, config, values, test, localisation, commit) -> str:
     training = values.get("training", {})
     parameters = sum(p.numel() for p in create_model(config.architecture, len(config.label_names)).parameters())
     ece = test["ece_15_bins"]
-    target = _target(config.architecture)
+    accuracy_target, f1_target = _target(config.architecture) or (None, None)
     lines = [
         f"# {name}: {config.architecture} brain-MRI classifier",
         "",
@@ -76,17 +76,12 @@ def render_card(name, config, values, test, localisation, commit) -> str:
         f"- Hold-out after training: {_holdout(training.get('holdout_metrics', {}))}",
         "",
         f"## Results on `{test['split']}` (commit `{commit}`)",
-        f"- Accuracy **{test['accuracy']:.3f}**, macro-F1 **{test['macro_f1']:.3f}**"
-        + (
-            f" (targets {target[0]:.2f} / {target[1]:.2f}: "
-            f"{'met' if test['accuracy'] >= target[0] and test['macro_f1'] >= target[1] else 'NOT met'})"
-            if target
-            else ""
-        )
-        + ".",
-        f"- ECE (15 bins) {ece['before_temperature']:.3f} before and **{ece['after_temperature']:.3f}** after "
-        f"temperature scaling (T = {ece['temperature']:.3f}, fitted on the hold-out; target <= {ECE_TARGET}: "
-        f"{'met' if ece['after_temperature'] <= ECE_TARGET else 'NOT met'}).",
+        f"- Accuracy **{test['accuracy']:.4f}** ({round(test['accuracy'] * test['num_images'])} of "
+        f"{test['num_images']} right{_verdict(test['accuracy'], accuracy_target, at_least=True)}), "
+        f"macro-F1 **{test['macro_f1']:.4f}**{_verdict(test['macro_f1'], f1_target, True, wrap=True)}.",
+        f"- ECE (15 bins) {ece['before_temperature']:.4f} before and **{ece['after_temperature']:.4f}** after "
+        f"temperature scaling (T = {ece['temperature']:.3f}, fitted on the hold-out"
+        f"{_verdict(ece['after_temperature'], ECE_TARGET, at_least=False)}).",
         "",
         "| class | precision | recall | F1 | ROC AUC (one-vs-rest) | images |",
         "|---|---|---|---|---|---|",
@@ -134,6 +129,15 @@ def _lineage(previous: dict | None) -> list[str]:
             f"{teacher}; {previous.get('optimiser')}; {previous.get('seconds', 0) / 60:.0f} min; commit "
             f"`{previous.get('commit')}`; hold-out then: {holdout}).")  # fmt: skip
     return [*_lineage(previous.get("continued_from")), line]
+
+
+def _verdict(value: float, target: float | None, at_least: bool, wrap: bool = False) -> str:
+    """'; target >= 0.93: NOT met' (or ' (target ...)' with wrap); empty when there is no target."""
+    if target is None:
+        return ""
+    met = value >= target if at_least else value <= target
+    text = f"target {'>=' if at_least else '<='} {target:.2f}: {'met' if met else 'NOT met'}"
+    return f" ({text})" if wrap else f"; {text}"
 
 
 def _holdout(metrics: dict) -> str:
