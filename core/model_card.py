@@ -42,6 +42,9 @@ def render_card(name, config, values, test, localisation, commit) -> str:
     parameters = sum(p.numel() for p in create_model(config.architecture, len(config.label_names)).parameters())
     ece = test["ece_15_bins"]
     accuracy_target, f1_target = _target(config.architecture) or (None, None)
+    accuracy_verdict = _verdict(test["accuracy"], accuracy_target, at_least=True)
+    f1_verdict = _verdict(test["macro_f1"], f1_target, at_least=True, wrap=True)
+    ece_verdict = _verdict(ece["after_temperature"], ECE_TARGET, at_least=False)
     lines = [
         f"# {name}: {config.architecture} brain-MRI classifier",
         "",
@@ -77,11 +80,9 @@ def render_card(name, config, values, test, localisation, commit) -> str:
         "",
         f"## Results on `{test['split']}` (commit `{commit}`)",
         f"- Accuracy **{test['accuracy']:.4f}** ({round(test['accuracy'] * test['num_images'])} of "
-        f"{test['num_images']} right{_verdict(test['accuracy'], accuracy_target, at_least=True)}), "
-        f"macro-F1 **{test['macro_f1']:.4f}**{_verdict(test['macro_f1'], f1_target, True, wrap=True)}.",
+        f"{test['num_images']} right{accuracy_verdict}), macro-F1 **{test['macro_f1']:.4f}**{f1_verdict}.",
         f"- ECE (15 bins) {ece['before_temperature']:.4f} before and **{ece['after_temperature']:.4f}** after "
-        f"temperature scaling (T = {ece['temperature']:.3f}, fitted on the hold-out"
-        f"{_verdict(ece['after_temperature'], ECE_TARGET, at_least=False)}).",
+        f"temperature scaling (T = {ece['temperature']:.3f}, fitted on the hold-out{ece_verdict}).",
         "",
         "| class | precision | recall | F1 | ROC AUC (one-vs-rest) | images |",
         "|---|---|---|---|---|---|",
