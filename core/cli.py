@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument(
         "--init",
         default="scratch",
-        help="scratch, imagenet-lite0, or a checkpoint folder of the same architecture to train on from",
+        help="scratch, imagenet-lite0 (-lite1, -lite2), or a checkpoint folder of the same architecture to go on from",
     )
     train.add_argument("--teacher", type=Path, help="checkpoint to distil from")
     train.add_argument("--distill-weight", type=float, default=0.5, help="share of the loss given to the teacher")

