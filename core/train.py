@@ -267,7 +267,7 @@ def _initial_model(options: TrainOptions, label_names: list[str]) -> torch.nn.Mo
     if options.init == "scratch":
         return create_model(options.arch, len(label_names))
     if options.init in IMAGENET_WEIGHTS:
-        architecture = IMAGENET_WEIGHTS[options.init][0]
+        architecture = IMAGENET_WEIGHTS[options.init].architecture
         if options.arch != architecture:
             raise ValueError(f"--init {options.init} needs --arch {architecture}.")
         return imagenet_backbone_for(options.init, len(label_names))
