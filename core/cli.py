@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the teacher scores each augmented view the student sees, not the un-augmented image once",
     )
     train.add_argument("--ema", type=float, metavar="DECAY", help="save an exponential moving average of the weights")
+    train.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="blend image pairs (timm Mixup)")
+    train.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="paste a box from another image")
     train.add_argument("--limit", type=int, help="images per class (smoke runs)")
     train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     train.add_argument(
@@ -134,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                 distill_weight=args.distill_weight,
                 consistent_teacher=args.consistent_teacher,
                 ema_decay=args.ema,
+                mixup_alpha=args.mixup,
+                cutmix_alpha=args.cutmix,
                 limit=args.limit,
                 max_steps=args.max_steps,
                 progress=not args.no_progress,

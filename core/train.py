@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from torchvision.transforms import v2
 from tqdm import tqdm
@@ -52,6 +53,10 @@ class TrainOptions:
     # consistent" distillation) instead of giving fixed targets from the un-augmented image.
     consistent_teacher: bool = False
     ema_decay: float | None = None  # keep an exponential moving average of the weights; save and evaluate it
+    # Beta(alpha, alpha) blending of image pairs (mixup) or pasting a box of one into the other
+    # (CutMix), half the batches each when both are set; the ConvNeXt paper's recipe uses 0.8 / 1.0.
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
     holdout_fraction: float = 0.15
     limit: int | None = None  # images per class, for smoke runs
     max_steps: int | None = None
@@ -65,6 +70,10 @@ class TrainOptions:
             raise ValueError(f"--ema is a decay between 0 and 1 (e.g. 0.998), not {self.ema_decay}.")
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"--distill-weight is between 0 and 1, not {self.distill_weight}.")
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise ValueError("--mixup and --cutmix are Beta-distribution alphas >= 0 (e.g. 0.8 and 1.0).")
+        if (self.mixup_alpha or self.cutmix_alpha) and self.teacher and not self.consistent_teacher:
+            raise ValueError("--mixup/--cutmix with --teacher need --consistent-teacher (fixed targets are unmixed).")
 
 
 def default_target_layer(arch: str) -> str:
@@ -221,6 +230,7 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     evaluated = ema.module if ema is not None else model
     augment = Augment(options.seed)
     rng = np.random.default_rng(options.seed)
+    mix = _mixer(options, len(data.label_names))
     history, step = [], 0
     for epoch in range(options.epochs):
         model.train()
@@ -231,13 +241,21 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
             if step >= total_steps:
                 break
             batch = order[start : start + options.batch_size]
+            if mix is not None:
+                batch = batch[: len(batch) // 2 * 2]  # timm's Mixup pairs each image with the batch's mirror
+            if len(batch) == 0:
+                continue
             # Half the images are brain-masked, so the model sees both views the app offers.
             use_mask = rng.random(len(batch)) < 0.5
             images = np.where(use_mask[:, None, None], masked[batch], plain[batch])
             x = torch.stack([augment(torch.from_numpy(im).float()[None] / 255)[0] for im in images])
-            logits = model(to_tensor(x, settings))
             target = torch.from_numpy(labels[batch])
-            loss = F.cross_entropy(logits, target, weight=class_weights, label_smoothing=0.1)
+            if mix is not None:
+                mixed, target = mix(x[:, None], target)  # soft targets, label smoothing included
+                x = mixed[:, 0]
+            logits = model(to_tensor(x, settings))
+            smoothing = 0.0 if mix is not None else 0.1
+            loss = F.cross_entropy(logits, target, weight=class_weights, label_smoothing=smoothing)
             soft = _teacher_targets(data, batch, x)
             if soft is not None:
                 # Hinton et al. 2015: match the teacher's softened distribution, scaled by T^2.
@@ -261,6 +279,18 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
         if step >= total_steps:
             break
     return evaluated, history
+
+
+def _mixer(options: TrainOptions, num_classes: int) -> Mixup | None:
+    if not (options.mixup_alpha or options.cutmix_alpha):
+        return None
+    np.random.seed(options.seed)  # timm's Mixup draws from numpy's global generator
+    return Mixup(
+        mixup_alpha=options.mixup_alpha,
+        cutmix_alpha=options.cutmix_alpha,
+        label_smoothing=0.1,
+        num_classes=num_classes,
+    )
 
 
 def _initial_model(options: TrainOptions, label_names: list[str]) -> torch.nn.Module:
@@ -323,7 +353,7 @@ def _training_record(options: TrainOptions, started: float, history: list, holdo
         if options.ema_decay
         else "last step",
         "augmentation": "affine (+-10 deg, 6 % shift, 0.9-1.1 scale), h-flip, gamma 0.75-1.35, "
-        "contrast 0.85-1.15, brightness +-0.05, brain mask on half the images",
+        "contrast 0.85-1.15, brightness +-0.05, brain mask on half the images" + _mixing_note(options),
         "seed": options.seed,
         "history": history,
         "seconds": round(time.time() - started),
@@ -337,6 +367,12 @@ def _distillation_note(options: TrainOptions) -> str:
         return ""
     targets = "on the same augmented view" if options.consistent_teacher else "fixed, from the un-augmented image"
     return f", distillation weight {options.distill_weight} at T={DISTILL_TEMPERATURE:g} (teacher targets {targets})"
+
+
+def _mixing_note(options: TrainOptions) -> str:
+    alphas = {"mixup": options.mixup_alpha, "CutMix": options.cutmix_alpha}
+    used = [f"{name} alpha {alpha}" for name, alpha in alphas.items() if alpha]
+    return f", then {' or '.join(used)} (timm Mixup)" if used else ""
 
 
 def previous_training(init: str) -> dict | None:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from core.checkpoint import load_checkpoint
+from core.checkpoint import create_model, load_checkpoint
 from core.cli import main
 from core.dataset import grouped_folds, grouped_holdout, list_split
 from core.preprocess import Preprocessing
@@ -260,3 +261,43 @@ def test_moving_average_weights_are_the_ones_evaluated_and_saved(small_dataset, 
     assert "moving average" in json.loads((tmp_path / "ema" / "config.json").read_text())["training"]["weights"]
     with pytest.raises(ValueError, match="between 0 and 1"):
         replace(options, ema_decay=1.5)
+
+
+def _model_inputs(options: TrainOptions, data, monkeypatch) -> tuple[list, list]:
+    """What the student and the (consistent) teacher are fed at each training step."""
+    student, teacher = [], []
+    data.teacher.model.register_forward_hook(lambda module, inputs, output: teacher.append(inputs[0].clone()))
+
+    def create_hooked(arch: str, num_classes: int):
+        model = create_model(arch, num_classes)
+        model.register_forward_pre_hook(lambda module, inputs: student.append(inputs[0].clone()))
+        return model
+
+    monkeypatch.setattr("core.train.create_model", create_hooked)
+    fit(options, data, held=np.zeros(len(data.records), dtype=bool))
+    return student, teacher
+
+
+@needs_data
+def test_mixup_blends_pairs_the_student_and_teacher_both_see(small_dataset, checkpoint_root, monkeypatch):
+    options = TrainOptions(arch="convnext_atto", data=small_dataset, out=Path("unused"), splits=("train",),
+                           image_size=48, batch_size=8, max_steps=3, teacher=checkpoint_root / "tiny_effnet",
+                           consistent_teacher=True, progress=False)  # fmt: skip
+    data = load_training_data(options)
+    plain, _ = _model_inputs(options, data, monkeypatch)
+    mixed, teacher_saw = _model_inputs(replace(options, mixup_alpha=0.8), data, monkeypatch)
+
+    assert len(mixed) == 3 and all(torch.equal(s, t) for s, t in zip(mixed, teacher_saw))  # teacher sees the mix
+    for x, blended in zip(plain, mixed):
+        other = x.flip(0)  # timm's Mixup pairs image i with image n-1-i
+        # blended = lam * x + (1 - lam) * other with one lam per batch: solve for it by least squares
+        lam = float(((blended - other) * (x - other)).sum() / ((x - other) ** 2).sum())
+        assert 0 < lam < 1
+        assert torch.allclose(blended, lam * x + (1 - lam) * other, atol=1e-4)
+
+    odd, _ = _model_inputs(replace(options, batch_size=7, max_steps=4, cutmix_alpha=1.0), data, monkeypatch)
+    assert [len(x) for x in odd] == [6, 6, 6, 2]  # 24 images: odd batches lose one image
+    with pytest.raises(ValueError, match="need --consistent-teacher"):
+        replace(options, consistent_teacher=False, cutmix_alpha=1.0)
+    with pytest.raises(ValueError, match="alphas >= 0"):
+        replace(options, mixup_alpha=-0.2)
