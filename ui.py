@@ -62,9 +62,11 @@ def model_caption(loaded: LoadedModel) -> str:
     metrics = loaded.config.extra.get("metrics")
     if not metrics:
         return "No test metrics recorded for this model."
+    images = metrics["num_images"]
+    # Two decimals and the count: 0.9297 must not read as the 93 % target met.
     return (
-        f"Test accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.2f} on {metrics['num_images']} "
-        f"images of the `{metrics['split']}` split (see checkpoints/{loaded.name}/README.md)."
+        f"Test accuracy {metrics['accuracy']:.2%} ({round(metrics['accuracy'] * images)} of {images} images of the "
+        f"`{metrics['split']}` split), macro-F1 {metrics['macro_f1']:.3f} (see checkpoints/{loaded.name}/README.md)."
     )
 
 

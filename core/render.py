@@ -108,7 +108,7 @@ def probability_figure(label_names, probabilities, highlight: int) -> go.Figure:
         )
     )
     figure.update_xaxes(range=[0, 1], tickformat=".0%")
-    figure.update_layout(margin={"l": 0, "r": 0, "t": 10, "b": 0}, height=180)
+    figure.update_layout(margin={"l": 0, "r": 0, "t": 30, "b": 0}, height=200)  # top: room for the toolbar
     return figure
 
 

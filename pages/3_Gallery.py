@@ -101,7 +101,7 @@ left.plotly_chart(
     width="stretch",
 )  # fmt: skip
 right.dataframe(pd.DataFrame(summary["per_class"]).T.round(3))
-right.write(f"Accuracy {summary['accuracy']:.1%}, macro-F1 {summary['macro_f1']:.3f}, "
+right.write(f"Accuracy {summary['accuracy']:.2%}, macro-F1 {summary['macro_f1']:.3f}, "
             f"{summary['num_images']} images; ECE {summary['ece_15_bins']['after_temperature']:.3f}.")  # fmt: skip
 
 st.subheader("Localisation per class (mean, 95 % bootstrap interval)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -77,3 +78,14 @@ def test_damaged_checkpoint_is_reported_not_raised(checkpoint_root, tmp_path, mo
     at = run_page()
     assert not at.exception
     assert "truncated or damaged" in at.error[0].value
+
+
+def test_model_caption_does_not_round_accuracy_up_to_a_target():
+    import ui
+
+    metrics = {"accuracy": 714 / 768, "macro_f1": 0.93021, "num_images": 768, "split": "test"}
+    loaded = SimpleNamespace(name="effnet", config=SimpleNamespace(extra={"metrics": metrics}))
+    caption = ui.model_caption(loaded)
+    assert caption.startswith("Test accuracy 92.97% (714 of 768 images of the `test` split), macro-F1 0.930")
+    assert "checkpoints/effnet/README.md" in caption
+    assert ui.model_caption(SimpleNamespace(name="x", config=SimpleNamespace(extra={}))).startswith("No test metrics")
