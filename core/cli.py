@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="grouped k-fold cross-validation of this recipe instead: --out is a JSON report, no checkpoint",
     )
+    train.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where batches are trained")
     train.add_argument("--no-progress", action="store_true")
 
     explain = commands.add_parser("explain", help="heatmaps and overlays for image files")
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 cutmix_alpha=args.cutmix,
                 limit=args.limit,
                 max_steps=args.max_steps,
+                device=args.device,
                 progress=not args.no_progress,
             )
             if args.folds:

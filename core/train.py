@@ -1,6 +1,7 @@
 """Train a timm classifier on a ROOT/SPLIT/<class>/<image> dataset, from memory.
 
-Images are decoded and preprocessed once (core.dataset), then augmented per sample.
+Images are decoded and preprocessed once (core.dataset), then augmented a batch at a time on
+the training device (CPU, or a CUDA GPU with --device cuda).
 A grouped hold-out drawn from the training splits picks nothing on `test`: it gives the
 per-epoch log and the data the temperature is fitted on.
 """
@@ -19,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from timm.data import Mixup
 from timm.utils import ModelEmaV3
-from torchvision.transforms import v2
 from tqdm import tqdm
 
 from core.checkpoint import CONFIG_FILE, LoadedModel, ModelConfig, create_model, load_checkpoint, save_checkpoint
@@ -61,9 +61,14 @@ class TrainOptions:
     limit: int | None = None  # images per class, for smoke runs
     max_steps: int | None = None
     threads: int = 2
+    device: str = "cpu"  # or "cuda": the per-batch work runs there, decoding stays on the CPU
     progress: bool = True
 
     def __post_init__(self):
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"--device is cpu or cuda, not {self.device}.")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu.")
         if self.consistent_teacher and not self.teacher:
             raise ValueError("--consistent-teacher needs --teacher CHECKPOINT.")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
@@ -82,21 +87,29 @@ def default_target_layer(arch: str) -> str:
 
 
 class Augment:
-    """MRI-friendly augmentation: small affine, flips, gamma/contrast/brightness."""
+    """MRI-friendly augmentation of a whole (N, 1, S, S) batch, each image its own draw:
+    small affine (+-10 deg, 6 % shift, 0.9-1.1 scale), h-flip, gamma/contrast/brightness.
+    The draws come from a CPU generator, so a seed gives the same batches on CPU and GPU."""
 
     def __init__(self, seed: int):
         self.generator = torch.Generator().manual_seed(seed)
-        self.affine = v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1))
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        rand = lambda: float(torch.rand(1, generator=self.generator))  # noqa: E731
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator)))
-        image = self.affine(image[None])[0]
-        if rand() < 0.5:
-            image = image.flip(-1)
-        image = image.clamp(0, 1) ** (0.75 + 0.6 * rand())
-        image = image * (0.85 + 0.3 * rand()) + (rand() - 0.5) * 0.1
-        return image.clamp(0, 1)
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        n = len(images)
+        uniform = lambda low, high: (low + (high - low) * torch.rand(n, generator=self.generator)).to(images.device)  # noqa: E731
+        angle = torch.deg2rad(uniform(-10, 10))
+        zoom = 1 / uniform(0.9, 1.1)  # the grid maps output to input pixels, so it holds the inverse scale
+        flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+        cos, sin = zoom * torch.cos(angle), zoom * torch.sin(angle)
+        shift_x, shift_y = uniform(-0.12, 0.12), uniform(-0.12, 0.12)  # 6 % of the side; grid spans [-1, 1]
+        rows = [torch.stack([cos * flip, -sin, shift_x], 1), torch.stack([sin * flip, cos, shift_y], 1)]
+        theta = torch.stack(rows, 1)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        gamma, contrast, brightness = uniform(0.75, 1.35), uniform(0.85, 1.15), uniform(-0.05, 0.05)
+        images = images.clamp(0, 1) ** gamma[:, None, None, None]
+        images = images * contrast[:, None, None, None] + brightness[:, None, None, None]
+        return images.clamp(0, 1)
 
 
 @dataclass(frozen=True)
@@ -129,7 +142,7 @@ def load_training_data(options: TrainOptions) -> TrainingData:
     teacher = load_checkpoint(options.teacher)
     if list(teacher.config.label_names) != label_names:
         raise ValueError(f"Teacher classes {list(teacher.config.label_names)} differ from {label_names}.")
-    teacher.model.eval()
+    teacher.model.eval().to(options.device)
     if options.consistent_teacher:
         return replace(data, teacher=teacher)
     logits = predict_logits(teacher.model, masked, teacher.config.preprocessing)
@@ -168,7 +181,7 @@ def train(options: TrainOptions) -> dict:
         temperature=temperature,
         extra={"training": _training_record(options, started, history, holdout, len(data.records))},
     )
-    model.eval()
+    model.eval().cpu()
     save_checkpoint(model, config, options.out)
     print(f"saved {options.out} (temperature {temperature:.3f}) in {time.time() - started:.0f}s", flush=True)
     return config.to_dict()
@@ -215,10 +228,12 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     torch.manual_seed(options.seed)
     settings = Preprocessing(input_size=options.image_size)
     labels, plain, masked = data.labels, data.plain, data.masked
-    model = _initial_model(options, data.label_names)
+    device = torch.device(options.device)
+    model = _initial_model(options, data.label_names).to(device)
     train_idx = np.flatnonzero(~held)
     counts = np.bincount(labels[train_idx], minlength=len(data.label_names)).astype(np.float64)
-    class_weights = torch.tensor(counts.sum() / (len(counts) * np.maximum(counts, 1)), dtype=torch.float32)
+    class_weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    class_weights = torch.tensor(class_weights, dtype=torch.float32, device=device)
     steps_per_epoch = int(np.ceil(len(train_idx) / options.batch_size))
     total_steps = options.max_steps or options.epochs * steps_per_epoch
     optimiser = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
@@ -248,8 +263,8 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
             # Half the images are brain-masked, so the model sees both views the app offers.
             use_mask = rng.random(len(batch)) < 0.5
             images = np.where(use_mask[:, None, None], masked[batch], plain[batch])
-            x = torch.stack([augment(torch.from_numpy(im).float()[None] / 255)[0] for im in images])
-            target = torch.from_numpy(labels[batch])
+            x = augment(torch.from_numpy(images).to(device).float()[:, None] / 255)[:, 0]
+            target = torch.from_numpy(labels[batch]).to(device)
             if mix is not None:
                 mixed, target = mix(x[:, None], target)  # soft targets, label smoothing included
                 x = mixed[:, 0]
@@ -317,7 +332,7 @@ def _teacher_targets(data: TrainingData, batch: np.ndarray, x: torch.Tensor) -> 
             logits = data.teacher.model(to_tensor(x, data.teacher.config.preprocessing))
         return F.softmax(logits / DISTILL_TEMPERATURE, 1)
     if data.teacher_probs is not None:
-        return torch.from_numpy(data.teacher_probs[batch]).float()
+        return torch.from_numpy(data.teacher_probs[batch]).float().to(x.device)
     return None
 
 
@@ -326,8 +341,9 @@ def predict_logits(model: torch.nn.Module, images: np.ndarray, settings: Preproc
     """Logits for uint8 (N, S, S) prepared images, in eval mode."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     out = [
-        model(to_tensor(torch.from_numpy(images[i : i + batch]).float() / 255, settings)).numpy()
+        model(to_tensor(torch.from_numpy(images[i : i + batch]).to(device).float() / 255, settings)).cpu().numpy()
         for i in range(0, len(images), batch)
     ]
     model.train(was_training)
@@ -357,9 +373,15 @@ def _training_record(options: TrainOptions, started: float, history: list, holdo
         "seed": options.seed,
         "history": history,
         "seconds": round(time.time() - started),
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": _machine(options.device),
         "commit": _git_commit(),
     }
+
+
+def _machine(device: str) -> str:
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} GPU, torch {torch.__version__}"
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def _distillation_note(options: TrainOptions) -> str:

@@ -17,7 +17,7 @@ from core.checkpoint import create_model, load_checkpoint
 from core.cli import main
 from core.dataset import grouped_folds, grouped_holdout, list_split
 from core.preprocess import Preprocessing
-from core.train import TrainOptions, fit, load_training_data, predict_logits, train
+from core.train import Augment, TrainOptions, fit, load_training_data, predict_logits, train
 from tests.conftest import SHARED_DATA
 
 needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"dataset not found at {SHARED_DATA}")
@@ -301,3 +301,25 @@ def test_mixup_blends_pairs_the_student_and_teacher_both_see(small_dataset, chec
         replace(options, consistent_teacher=False, cutmix_alpha=1.0)
     with pytest.raises(ValueError, match="alphas >= 0"):
         replace(options, mixup_alpha=-0.2)
+
+
+def test_augmentation_draws_per_image_and_repeats_with_the_seed():
+    square = torch.zeros(1, 1, 64, 64)
+    square[..., 16:48, 16:48] = 0.5
+    batch = square.expand(6, -1, -1, -1).contiguous()
+
+    first, again = Augment(seed=3)(batch), Augment(seed=3)(batch)
+    assert torch.equal(first, again)
+    assert first.shape == batch.shape and 0 <= first.min() and first.max() <= 1
+    assert len({tuple(np.round(image.flatten()[::97].numpy(), 4)) for image in first}) == 6  # six different draws
+    # Small transforms: the bright square keeps most of its area and stays near the centre.
+    for image in first[:, 0]:
+        rows, cols = torch.nonzero(image > 0.1, as_tuple=True)
+        assert 0.75 < len(rows) / 32**2 < 1.3
+        assert abs(rows.float().mean() - 31.5) < 6 and abs(cols.float().mean() - 31.5) < 6
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_training_on_a_gpu_that_is_not_there_says_so():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        TrainOptions(arch="convnext_atto", data=Path("unused"), out=Path("unused"), device="cuda")
