@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
@@ -106,3 +108,21 @@ def grouped_folds(records: list[Record], folds: int, seed: int) -> list[np.ndarr
         held[held_index] = True
         masks.append(held)
     return masks
+
+
+def shrink_copy(root: Path, target: Path, splits: list[str], max_side: int = 288, quality: int = 85) -> int:
+    """Copy ROOT/SPLIT/<class>/<image> to TARGET with each image at most `max_side` pixels,
+    re-saved as JPEG under the same name (metadata.csv copied), for a size-limited upload.
+    Returns the number of images written."""
+    count = 0
+    for record in [r for split in splits for r in list_split(root, split)]:
+        out = Path(target) / record.image
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(Path(root) / record.image) as image:
+            image = image if image.mode in ("L", "RGB") else image.convert("L")
+            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            image.save(out, format="JPEG", quality=quality)
+        count += 1
+    if (Path(root) / "metadata.csv").is_file():
+        shutil.copy(Path(root) / "metadata.csv", Path(target) / "metadata.csv")
+    return count

@@ -95,21 +95,22 @@ class Augment:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        n = len(images)
-        uniform = lambda low, high: (low + (high - low) * torch.rand(n, generator=self.generator)).to(images.device)  # noqa: E731
-        angle = torch.deg2rad(uniform(-10, 10))
-        zoom = 1 / uniform(0.9, 1.1)  # the grid maps output to input pixels, so it holds the inverse scale
-        flip = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0)
+        draw = lambda low, high: self._uniform(len(images), low, high).to(images.device)  # noqa: E731
+        angle = torch.deg2rad(draw(-10, 10))
+        zoom = 1 / draw(0.9, 1.1)  # the grid maps output to input pixels, so it holds the inverse scale
+        flip = torch.where(draw(0, 1) < 0.5, -1.0, 1.0)
         cos, sin = zoom * torch.cos(angle), zoom * torch.sin(angle)
-        shift_x, shift_y = uniform(-0.12, 0.12), uniform(-0.12, 0.12)  # 6 % of the side; grid spans [-1, 1]
+        shift_x, shift_y = draw(-0.12, 0.12), draw(-0.12, 0.12)  # 6 % of the side; the grid spans [-1, 1]
         rows = [torch.stack([cos * flip, -sin, shift_x], 1), torch.stack([sin * flip, cos, shift_y], 1)]
-        theta = torch.stack(rows, 1)
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        grid = F.affine_grid(torch.stack(rows, 1), list(images.shape), align_corners=False)
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        gamma, contrast, brightness = uniform(0.75, 1.35), uniform(0.85, 1.15), uniform(-0.05, 0.05)
-        images = images.clamp(0, 1) ** gamma[:, None, None, None]
-        images = images * contrast[:, None, None, None] + brightness[:, None, None, None]
-        return images.clamp(0, 1)
+        gamma = draw(0.75, 1.35).view(-1, 1, 1, 1)
+        contrast = draw(0.85, 1.15).view(-1, 1, 1, 1)
+        brightness = draw(-0.05, 0.05).view(-1, 1, 1, 1)
+        return (images.clamp(0, 1) ** gamma * contrast + brightness).clamp(0, 1)
+
+    def _uniform(self, n: int, low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, generator=self.generator)
 
 
 @dataclass(frozen=True)

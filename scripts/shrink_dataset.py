@@ -1,33 +1,20 @@
-"""Copy a ROOT/SPLIT/<class>/<image> dataset with every image at most --max-side pixels,
-re-saved as JPEG, so the training splits fit the 64 MiB a GPU machine is sent.
+"""Copy the training splits of a ROOT/SPLIT/<class>/<image> dataset with every image at most
+--max-side pixels, re-saved as JPEG, so they fit the 64 MiB a GPU machine is sent:
 
     python scripts/shrink_dataset.py ../shared/data/brain-tumor-mri .device_data/brain-tumor-mri
 
-The training folder (192-224 px inputs) loses little; evaluate on the original images.
+Training inputs (192-224 px) lose little at 288 px; evaluate on the original images.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
+import sys
 from pathlib import Path
 
-from PIL import Image
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def shrink(source: Path, target: Path, splits: list[str], max_side: int, quality: int) -> int:
-    count = 0
-    for split in splits:
-        for path in sorted((source / split).glob("*/*")):
-            out = target / path.relative_to(source)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with Image.open(path) as image:
-                image = image.convert("L") if image.mode not in ("L", "RGB") else image
-                image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-                image.save(out, format="JPEG", quality=quality)
-            count += 1
-    shutil.copy(source / "metadata.csv", target / "metadata.csv")
-    return count
+from core.dataset import shrink_copy  # noqa: E402
 
 
 def main() -> None:
@@ -35,10 +22,10 @@ def main() -> None:
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
     parser.add_argument("--splits", nargs="+", default=["train", "val"])
-    parser.add_argument("--max-side", type=int, default=320)
-    parser.add_argument("--quality", type=int, default=92)
+    parser.add_argument("--max-side", type=int, default=288)
+    parser.add_argument("--quality", type=int, default=85)
     args = parser.parse_args()
-    count = shrink(args.source, args.target, args.splits, args.max_side, args.quality)
+    count = shrink_copy(args.source, args.target, args.splits, args.max_side, args.quality)
     print(f"wrote {count} images under {args.target}")
 
 

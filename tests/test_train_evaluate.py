@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core.checkpoint import create_model, load_checkpoint
 from core.cli import main
-from core.dataset import grouped_folds, grouped_holdout, list_split
+from core.dataset import grouped_folds, grouped_holdout, list_split, shrink_copy
 from core.preprocess import Preprocessing
 from core.train import Augment, TrainOptions, fit, load_training_data, predict_logits, train
 from tests.conftest import SHARED_DATA
@@ -323,3 +324,20 @@ def test_augmentation_draws_per_image_and_repeats_with_the_seed():
 def test_training_on_a_gpu_that_is_not_there_says_so():
     with pytest.raises(ValueError, match="no CUDA GPU"):
         TrainOptions(arch="convnext_atto", data=Path("unused"), out=Path("unused"), device="cuda")
+
+
+@needs_data
+def test_shrunk_copy_keeps_names_labels_and_groups_with_smaller_images(small_dataset, tmp_path):
+    first_glioma = sorted((small_dataset / "train" / "glioma").iterdir())[0].name
+    (small_dataset / "metadata.csv").write_text(f"image,group\ntrain/glioma/{first_glioma},patient-7\n")
+    try:
+        count = shrink_copy(small_dataset, tmp_path / "copy", ["train"], max_side=100, quality=85)
+        original, copied = list_split(small_dataset, "train"), list_split(tmp_path / "copy", "train")
+    finally:
+        (small_dataset / "metadata.csv").unlink()
+    assert count == len(original) == len(copied) == 24
+    assert copied == original and copied[0].group == "patient-7"  # same paths, labels and groups
+    assert not (tmp_path / "copy" / "test").exists()
+    for record in copied:
+        with Image.open(tmp_path / "copy" / record.image) as image:
+            assert max(image.size) <= 100 and image.format == "JPEG"
