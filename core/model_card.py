@@ -75,7 +75,7 @@ def render_card(name, config, values, test, localisation, commit) -> str:
         f"- Weights kept: {training.get('weights', 'last step')}.",
         f"- Augmentation: {training.get('augmentation')}.",
         f"- Seed {training.get('seed')}; {training.get('seconds', 0) / 60:.0f} min on {training.get('machine')} "
-        f"(shared with other work); trained from commit `{training.get('commit')}`.",
+        f"(wall-clock time); trained from commit `{training.get('commit')}`.",
         f"- Hold-out after training: {_holdout(training.get('holdout_metrics', {}))}",
         "",
         f"## Results on `{test['split']}` (commit `{commit}`)",
