@@ -55,6 +55,11 @@ def list_split(root: Path, split: str, label_names: list[str] | None = None) -> 
     return records
 
 
+def list_splits(root: Path, splits: list[str] | tuple[str, ...]) -> list[Record]:
+    """list_split() of each split in turn."""
+    return [record for split in splits for record in list_split(root, split)]
+
+
 def _read_groups(root: Path) -> dict[str, str]:
     metadata = root / "metadata.csv"
     if not metadata.is_file():
@@ -115,7 +120,7 @@ def shrink_copy(root: Path, target: Path, splits: list[str], max_side: int = 288
     re-saved as JPEG under the same name (metadata.csv copied), for a size-limited upload.
     Returns the number of images written."""
     count = 0
-    for record in [r for split in splits for r in list_split(root, split)]:
+    for record in list_splits(root, splits):
         out = Path(target) / record.image
         out.parent.mkdir(parents=True, exist_ok=True)
         with Image.open(Path(root) / record.image) as image:

@@ -23,7 +23,7 @@ from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
 from core.checkpoint import CONFIG_FILE, LoadedModel, ModelConfig, create_model, load_checkpoint, save_checkpoint
-from core.dataset import decode_records, grouped_folds, grouped_holdout, list_split
+from core.dataset import decode_records, grouped_folds, grouped_holdout, list_splits
 from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
 from core.preprocess import Preprocessing, to_tensor
 from core.pretrained import IMAGENET_WEIGHTS, imagenet_backbone_for
@@ -130,7 +130,7 @@ class TrainingData:
 def load_training_data(options: TrainOptions) -> TrainingData:
     started = time.time()
     settings = Preprocessing(input_size=options.image_size)
-    records = [r for split in options.splits for r in list_split(options.data, split)]
+    records = list_splits(options.data, options.splits)
     label_names = sorted({r.label for r in records})
     if options.limit:
         records = [r for name in label_names for r in [x for x in records if x.label == name][: options.limit]]
@@ -230,7 +230,8 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     settings = Preprocessing(input_size=options.image_size)
     labels, plain, masked = data.labels, data.plain, data.masked
     device = torch.device(options.device)
-    torch.set_float32_matmul_precision("high")  # TF32 matrix products on a GPU; no effect on a CPU
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matrix products; CPU numerics untouched
     model = _initial_model(options, data.label_names).to(device)
     train_idx = np.flatnonzero(~held)
     counts = np.bincount(labels[train_idx], minlength=len(data.label_names)).astype(np.float64)
