@@ -8,6 +8,7 @@ Skipped with the reason when Chromium/ChromeDriver or selenium are not installed
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -192,11 +193,14 @@ def test_gallery_page_browses_a_dataset_and_moves_the_threshold(browser, app_url
     enter_dataset_folder(browser, wait, gallery_dataset)
     sidebar = browser.find_element(By.CSS_SELECTOR, "[data-testid='stSidebar']")
     wait.until(lambda d: f"Dataset: {gallery_dataset}" in sidebar.text)
-    wait.until(lambda d: "Localisation per class" in d.page_source and images_shown(d) >= 1)
+    wait.until(lambda d: "Localisation per class" in d.page_source)
     assert "12 images; ECE" in browser.page_source  # the 12-image fixture, not the default dataset
+    # A real checkpoint (BROWSER_CHECKPOINTS) may get all three gliomas wrong: then the page says 0.
+    expected = min(1, int(re.search(r"(\d+) TP images for glioma", browser.find_element(By.TAG_NAME, "body").text)[1]))
+    wait.until(lambda d: images_shown(d) >= expected)
     assert_no_error(browser)
     move_slider(browser, wait, 0, Keys.ARROW_LEFT, 4)  # 0.50 -> 0.30
     wait.until(lambda d: "threshold 0.30" in d.page_source)
-    wait.until(lambda d: images_shown(d) >= 1)
+    wait.until(lambda d: images_shown(d) >= expected)
     assert_no_error(browser)
     browser.save_screenshot(str(artifacts / "gallery_dataset.png"))  # dataset images: never commit
