@@ -332,21 +332,30 @@ def _teacher_targets(data: TrainingData, batch: np.ndarray, x: torch.Tensor) -> 
     """The teacher's softened probabilities for this batch: fixed, or scored on the same view."""
     if data.teacher is not None:
         with torch.no_grad():
-            logits = data.teacher.model(to_tensor(x, data.teacher.config.preprocessing))
+            logits = data.teacher.model(model_input(x, data.teacher.config.preprocessing))
         return F.softmax(logits / DISTILL_TEMPERATURE, 1)
     if data.teacher_probs is not None:
         return torch.from_numpy(data.teacher_probs[batch]).float().to(x.device)
     return None
 
 
+def model_input(images: torch.Tensor, settings: Preprocessing) -> torch.Tensor:
+    """(N, S, S) in [0, 1] -> normalised input at the model's own size: a teacher trained at
+    256 px distilling into a 224 px student scores the student's view resized to 256 px."""
+    size = settings.input_size
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images[:, None], size=(size, size), mode="bilinear", antialias=True)[:, 0]
+    return to_tensor(images, settings)
+
+
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: np.ndarray, settings: Preprocessing, batch: int = 64) -> np.ndarray:
-    """Logits for uint8 (N, S, S) prepared images, in eval mode."""
+    """Logits for uint8 (N, S, S) prepared images (resized to the model's input size), in eval mode."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     out = [
-        model(to_tensor(torch.from_numpy(images[i : i + batch]).to(device).float() / 255, settings)).cpu().numpy()
+        model(model_input(torch.from_numpy(images[i : i + batch]).to(device).float() / 255, settings)).cpu().numpy()
         for i in range(0, len(images), batch)
     ]
     model.train(was_training)

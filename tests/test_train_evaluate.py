@@ -236,8 +236,16 @@ def test_consistent_teacher_scores_each_augmented_batch(small_dataset, checkpoin
     fit(options, data, held=np.zeros(len(data.records), dtype=bool))
     assert seen == [(8, 3, 64, 64)] * 3  # one call per training step, on that step's batch
 
+    seen.clear()  # a 48 px student: the 64 px teacher scores each view at its own input size
+    small = load_training_data(replace(options, image_size=48))
+    small.teacher.model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape))
+    fit(replace(options, image_size=48), small, held=np.zeros(len(small.records), dtype=bool))
+    assert seen == [(8, 3, 64, 64)] * 3
+
     fixed = load_training_data(replace(options, consistent_teacher=False))
     assert fixed.teacher is None and fixed.teacher_probs.shape == (24, 4)
+    small = load_training_data(replace(options, consistent_teacher=False, image_size=48))
+    assert np.abs(small.teacher_probs - fixed.teacher_probs).max() < 0.2  # the same images, scored at 64 px
     assert np.allclose(fixed.teacher_probs.sum(axis=1), 1, atol=1e-5)
     with pytest.raises(ValueError, match="needs --teacher"):
         replace(options, teacher=None)
@@ -282,7 +290,7 @@ def _model_inputs(options: TrainOptions, data, monkeypatch) -> tuple[list, list]
 @needs_data
 def test_mixup_blends_pairs_the_student_and_teacher_both_see(small_dataset, checkpoint_root, monkeypatch):
     options = TrainOptions(arch="convnext_atto", data=small_dataset, out=Path("unused"), splits=("train",),
-                           image_size=48, batch_size=8, max_steps=3, teacher=checkpoint_root / "tiny_effnet",
+                           image_size=64, batch_size=8, max_steps=3, teacher=checkpoint_root / "tiny_effnet",
                            consistent_teacher=True, progress=False)  # fmt: skip
     data = load_training_data(options)
     plain, _ = _model_inputs(options, data, monkeypatch)
