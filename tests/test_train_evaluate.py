@@ -244,8 +244,8 @@ def test_consistent_teacher_scores_each_augmented_batch(small_dataset, checkpoin
 
     fixed = load_training_data(replace(options, consistent_teacher=False))
     assert fixed.teacher is None and fixed.teacher_probs.shape == (24, 4)
-    small = load_training_data(replace(options, consistent_teacher=False, image_size=48))
-    assert np.abs(small.teacher_probs - fixed.teacher_probs).max() < 0.2  # the same images, scored at 64 px
+    fixed_small = load_training_data(replace(options, consistent_teacher=False, image_size=48))
+    assert np.abs(fixed_small.teacher_probs - fixed.teacher_probs).max() < 0.2  # the same images, scored at 64 px
     assert np.allclose(fixed.teacher_probs.sum(axis=1), 1, atol=1e-5)
     with pytest.raises(ValueError, match="needs --teacher"):
         replace(options, teacher=None)
