@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         help="grouped k-fold cross-validation of this recipe instead: --out is a JSON report, no checkpoint",
     )
     train.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where batches are trained")
+    train.add_argument(
+        "--bf16", action="store_true", help="forward passes in bfloat16 autocast (faster on CPUs with AVX512-BF16)"
+    )
     train.add_argument("--no-progress", action="store_true")
 
     explain = commands.add_parser("explain", help="heatmaps and overlays for image files")
@@ -142,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 limit=args.limit,
                 max_steps=args.max_steps,
                 device=args.device,
+                bf16=args.bf16,
                 progress=not args.no_progress,
             )
             if args.folds:

@@ -62,6 +62,9 @@ class TrainOptions:
     max_steps: int | None = None
     threads: int = 2
     device: str = "cpu"  # or "cuda": the per-batch work runs there, decoding stays on the CPU
+    # Student and teacher forward passes in bfloat16 autocast (weights, optimiser and hold-out
+    # scoring stay float32): on a CPU with AVX512-BF16 a 224 px ConvNeXt step runs ~1.9x faster.
+    bf16: bool = False
     progress: bool = True
 
     def __post_init__(self):
@@ -271,10 +274,12 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
             if mix is not None:
                 mixed, target = mix(x[:, None], target)  # soft targets, label smoothing included
                 x = mixed[:, 0]
-            logits = model(to_tensor(x, settings))
+            with _autocast(options):
+                logits = model(to_tensor(x, settings))
+                soft = _teacher_targets(data, batch, x)
+            logits = logits.float()
             smoothing = 0.0 if mix is not None else 0.1
             loss = F.cross_entropy(logits, target, weight=class_weights, label_smoothing=smoothing)
-            soft = _teacher_targets(data, batch, x)
             if soft is not None:
                 # Hinton et al. 2015: match the teacher's softened distribution, scaled by T^2.
                 kd = F.kl_div(F.log_softmax(logits / DISTILL_TEMPERATURE, 1), soft, reduction="batchmean")
@@ -328,12 +333,16 @@ def _initial_model(options: TrainOptions, label_names: list[str]) -> torch.nn.Mo
     return start.model
 
 
+def _autocast(options: TrainOptions) -> torch.autocast:
+    return torch.autocast(options.device, dtype=torch.bfloat16, enabled=options.bf16)
+
+
 def _teacher_targets(data: TrainingData, batch: np.ndarray, x: torch.Tensor) -> torch.Tensor | None:
     """The teacher's softened probabilities for this batch: fixed, or scored on the same view."""
     if data.teacher is not None:
         with torch.no_grad():
             logits = data.teacher.model(model_input(x, data.teacher.config.preprocessing))
-        return F.softmax(logits / DISTILL_TEMPERATURE, 1)
+        return F.softmax(logits.float() / DISTILL_TEMPERATURE, 1)
     if data.teacher_probs is not None:
         return torch.from_numpy(data.teacher_probs[batch]).float().to(x.device)
     return None
@@ -382,6 +391,7 @@ def _training_record(options: TrainOptions, started: float, history: list, holdo
         else "last step",
         "augmentation": "affine (+-10 deg, 6 % shift, 0.9-1.1 scale), h-flip, gamma 0.75-1.35, "
         "contrast 0.85-1.15, brightness +-0.05, brain mask on half the images" + _mixing_note(options),
+        "precision": "bfloat16 autocast (forward passes), float32 weights" if options.bf16 else "float32",
         "seed": options.seed,
         "history": history,
         "seconds": round(time.time() - started),

@@ -312,6 +312,38 @@ def test_mixup_blends_pairs_the_student_and_teacher_both_see(small_dataset, chec
         replace(options, mixup_alpha=-0.2)
 
 
+@needs_data
+def test_bf16_autocasts_the_training_forward_passes_only(small_dataset, checkpoint_root, monkeypatch):
+    options = TrainOptions(arch="convnext_atto", data=small_dataset, out=Path("unused"), splits=("train",),
+                           image_size=64, batch_size=8, max_steps=2, teacher=checkpoint_root / "tiny_effnet",
+                           consistent_teacher=True, progress=False)  # fmt: skip
+    data = load_training_data(options)
+    held = np.zeros(len(data.records), dtype=bool)
+    held[::4] = True
+
+    def output_dtypes(bf16: bool) -> tuple[list, list, torch.nn.Module]:
+        student, teacher = [], []
+        hook = data.teacher.model.register_forward_hook(lambda module, inputs, output: teacher.append(output.dtype))
+
+        def create_hooked(arch: str, num_classes: int):
+            model = create_model(arch, num_classes)
+            model.register_forward_hook(lambda module, inputs, output: student.append(output.dtype))
+            return model
+
+        monkeypatch.setattr("core.train.create_model", create_hooked)
+        model, _ = fit(replace(options, bf16=bf16), data, held)
+        hook.remove()
+        return student, teacher, model
+
+    student, teacher, model = output_dtypes(bf16=True)
+    # two training steps in bfloat16, then the hold-out (6 images, one batch) scored in float32
+    assert student == [torch.bfloat16, torch.bfloat16, torch.float32]
+    assert teacher == [torch.bfloat16, torch.bfloat16]
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    student, teacher, _ = output_dtypes(bf16=False)
+    assert student == [torch.float32] * 3 and teacher == [torch.float32] * 2
+
+
 def test_augmentation_draws_per_image_and_repeats_with_the_seed():
     square = torch.zeros(1, 1, 64, 64)
     square[..., 16:48, 16:48] = 0.5
