@@ -74,7 +74,8 @@ def render_card(name, config, values, test, localisation, commit) -> str:
         f"{training.get('loss')}.",
         f"- Weights kept: {training.get('weights', 'last step')}.",
         f"- Augmentation: {training.get('augmentation')}.",
-        f"- Seed {training.get('seed')}; {training.get('seconds', 0) / 60:.0f} min on {training.get('machine')} "
+        f"- Seed {training.get('seed')}; {training.get('precision', 'float32')}; "
+        f"{training.get('seconds', 0) / 60:.0f} min on {training.get('machine')} "
         f"(wall-clock time); trained from commit `{training.get('commit')}`.",
         f"- Hold-out after training: {_holdout(training.get('holdout_metrics', {}))}",
         "",
