@@ -272,19 +272,23 @@ def test_moving_average_weights_are_the_ones_evaluated_and_saved(small_dataset, 
         replace(options, ema_decay=1.5)
 
 
-def _model_inputs(options: TrainOptions, data, monkeypatch) -> tuple[list, list]:
-    """What the student and the (consistent) teacher are fed at each training step."""
+def _fit_watching(options: TrainOptions, data, monkeypatch, held=None, watch=lambda inputs, output: inputs[0].clone()):
+    """Fit, recording watch(inputs, output) at each student and (consistent) teacher forward pass.
+    Returns (student records, teacher records, fitted model)."""
     student, teacher = [], []
-    data.teacher.model.register_forward_hook(lambda module, inputs, output: teacher.append(inputs[0].clone()))
+    hook = data.teacher.model.register_forward_hook(
+        lambda module, inputs, output: teacher.append(watch(inputs, output))
+    )
 
     def create_hooked(arch: str, num_classes: int):
         model = create_model(arch, num_classes)
-        model.register_forward_pre_hook(lambda module, inputs: student.append(inputs[0].clone()))
+        model.register_forward_hook(lambda module, inputs, output: student.append(watch(inputs, output)))
         return model
 
     monkeypatch.setattr("core.train.create_model", create_hooked)
-    fit(options, data, held=np.zeros(len(data.records), dtype=bool))
-    return student, teacher
+    model, _ = fit(options, data, np.zeros(len(data.records), dtype=bool) if held is None else held)
+    hook.remove()
+    return student, teacher, model
 
 
 @needs_data
@@ -293,8 +297,8 @@ def test_mixup_blends_pairs_the_student_and_teacher_both_see(small_dataset, chec
                            image_size=64, batch_size=8, max_steps=3, teacher=checkpoint_root / "tiny_effnet",
                            consistent_teacher=True, progress=False)  # fmt: skip
     data = load_training_data(options)
-    plain, _ = _model_inputs(options, data, monkeypatch)
-    mixed, teacher_saw = _model_inputs(replace(options, mixup_alpha=0.8), data, monkeypatch)
+    plain, _, _ = _fit_watching(options, data, monkeypatch)
+    mixed, teacher_saw, _ = _fit_watching(replace(options, mixup_alpha=0.8), data, monkeypatch)
 
     assert len(mixed) == 3 and all(torch.equal(s, t) for s, t in zip(mixed, teacher_saw))  # teacher sees the mix
     for x, blended in zip(plain, mixed):
@@ -304,7 +308,7 @@ def test_mixup_blends_pairs_the_student_and_teacher_both_see(small_dataset, chec
         assert 0 < lam < 1
         assert torch.allclose(blended, lam * x + (1 - lam) * other, atol=1e-4)
 
-    odd, _ = _model_inputs(replace(options, batch_size=7, max_steps=4, cutmix_alpha=1.0), data, monkeypatch)
+    odd, _, _ = _fit_watching(replace(options, batch_size=7, max_steps=4, cutmix_alpha=1.0), data, monkeypatch)
     assert [len(x) for x in odd] == [6, 6, 6, 2]  # 24 images: odd batches lose one image
     with pytest.raises(ValueError, match="need --consistent-teacher"):
         replace(options, consistent_teacher=False, cutmix_alpha=1.0)
@@ -321,26 +325,16 @@ def test_bf16_autocasts_the_training_forward_passes_only(small_dataset, checkpoi
     held = np.zeros(len(data.records), dtype=bool)
     held[::4] = True
 
-    def output_dtypes(bf16: bool) -> tuple[list, list, torch.nn.Module]:
-        student, teacher = [], []
-        hook = data.teacher.model.register_forward_hook(lambda module, inputs, output: teacher.append(output.dtype))
+    def dtypes(bf16: bool) -> tuple[list, list, torch.nn.Module]:
+        options_here = replace(options, bf16=bf16)
+        return _fit_watching(options_here, data, monkeypatch, held, watch=lambda inputs, output: output.dtype)
 
-        def create_hooked(arch: str, num_classes: int):
-            model = create_model(arch, num_classes)
-            model.register_forward_hook(lambda module, inputs, output: student.append(output.dtype))
-            return model
-
-        monkeypatch.setattr("core.train.create_model", create_hooked)
-        model, _ = fit(replace(options, bf16=bf16), data, held)
-        hook.remove()
-        return student, teacher, model
-
-    student, teacher, model = output_dtypes(bf16=True)
+    student, teacher, model = dtypes(True)
     # two training steps in bfloat16, then the hold-out (6 images, one batch) scored in float32
     assert student == [torch.bfloat16, torch.bfloat16, torch.float32]
     assert teacher == [torch.bfloat16, torch.bfloat16]
     assert {p.dtype for p in model.parameters()} == {torch.float32}
-    student, teacher, _ = output_dtypes(bf16=False)
+    student, teacher, _ = dtypes(False)
     assert student == [torch.float32] * 3 and teacher == [torch.float32] * 2
 
 
