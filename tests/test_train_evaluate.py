@@ -224,11 +224,16 @@ def test_cross_validation_reports_each_epoch_over_folds(small_dataset, tmp_path,
     assert "n_splits=50" in capsys.readouterr().err
 
 
+def _distilling(data: Path, checkpoint_root: Path, max_steps: int) -> TrainOptions:
+    """A few 64 px steps of a ConvNeXt scored by the tiny EfficientNet on each augmented view."""
+    return TrainOptions(arch="convnext_atto", data=data, out=Path("unused"), splits=("train",), image_size=64,
+                        batch_size=8, max_steps=max_steps, teacher=checkpoint_root / "tiny_effnet",
+                        consistent_teacher=True, progress=False)  # fmt: skip
+
+
 @needs_data
 def test_consistent_teacher_scores_each_augmented_batch(small_dataset, checkpoint_root):
-    options = TrainOptions(arch="convnext_atto", data=small_dataset, out=Path("unused"), splits=("train",),
-                           image_size=64, batch_size=8, max_steps=3, teacher=checkpoint_root / "tiny_effnet",
-                           consistent_teacher=True, progress=False)  # fmt: skip
+    options = _distilling(small_dataset, checkpoint_root, max_steps=3)
     data = load_training_data(options)
     assert data.teacher_probs is None
     seen = []
@@ -293,9 +298,7 @@ def _fit_watching(options: TrainOptions, data, monkeypatch, held=None, watch=lam
 
 @needs_data
 def test_mixup_blends_pairs_the_student_and_teacher_both_see(small_dataset, checkpoint_root, monkeypatch):
-    options = TrainOptions(arch="convnext_atto", data=small_dataset, out=Path("unused"), splits=("train",),
-                           image_size=64, batch_size=8, max_steps=3, teacher=checkpoint_root / "tiny_effnet",
-                           consistent_teacher=True, progress=False)  # fmt: skip
+    options = _distilling(small_dataset, checkpoint_root, max_steps=3)
     data = load_training_data(options)
     plain, _, _ = _fit_watching(options, data, monkeypatch)
     mixed, teacher_saw, _ = _fit_watching(replace(options, mixup_alpha=0.8), data, monkeypatch)
@@ -318,9 +321,7 @@ def test_mixup_blends_pairs_the_student_and_teacher_both_see(small_dataset, chec
 
 @needs_data
 def test_bf16_autocasts_the_training_forward_passes_only(small_dataset, checkpoint_root, monkeypatch):
-    options = TrainOptions(arch="convnext_atto", data=small_dataset, out=Path("unused"), splits=("train",),
-                           image_size=64, batch_size=8, max_steps=2, teacher=checkpoint_root / "tiny_effnet",
-                           consistent_teacher=True, progress=False)  # fmt: skip
+    options = _distilling(small_dataset, checkpoint_root, max_steps=2)
     data = load_training_data(options)
     held = np.zeros(len(data.records), dtype=bool)
     held[::4] = True
