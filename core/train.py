@@ -274,7 +274,7 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
             if mix is not None:
                 mixed, target = mix(x[:, None], target)  # soft targets, label smoothing included
                 x = mixed[:, 0]
-            with _autocast(options):
+            with torch.autocast(options.device, dtype=torch.bfloat16, enabled=options.bf16):
                 logits = model(to_tensor(x, settings))
                 soft = _teacher_targets(data, batch, x)
             logits = logits.float()
@@ -331,10 +331,6 @@ def _initial_model(options: TrainOptions, label_names: list[str]) -> torch.nn.Mo
             f"this run trains a {options.arch} for {label_names}."
         )
     return start.model
-
-
-def _autocast(options: TrainOptions) -> torch.autocast:
-    return torch.autocast(options.device, dtype=torch.bfloat16, enabled=options.bf16)
 
 
 def _teacher_targets(data: TrainingData, batch: np.ndarray, x: torch.Tensor) -> torch.Tensor | None:

@@ -232,19 +232,17 @@ def _distilling(data: Path, checkpoint_root: Path, max_steps: int) -> TrainOptio
 
 
 @needs_data
-def test_consistent_teacher_scores_each_augmented_batch(small_dataset, checkpoint_root):
+def test_consistent_teacher_scores_each_augmented_batch(small_dataset, checkpoint_root, monkeypatch):
     options = _distilling(small_dataset, checkpoint_root, max_steps=3)
     data = load_training_data(options)
     assert data.teacher_probs is None
-    seen = []
-    data.teacher.model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape))
-    fit(options, data, held=np.zeros(len(data.records), dtype=bool))
+    shape = lambda inputs, output: inputs[0].shape  # noqa: E731
+    _, seen, _ = _fit_watching(options, data, monkeypatch, watch=shape)
     assert seen == [(8, 3, 64, 64)] * 3  # one call per training step, on that step's batch
 
-    seen.clear()  # a 48 px student: the 64 px teacher scores each view at its own input size
-    small = load_training_data(replace(options, image_size=48))
-    small.teacher.model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape))
-    fit(replace(options, image_size=48), small, held=np.zeros(len(small.records), dtype=bool))
+    # a 48 px student: the 64 px teacher scores each view at its own input size
+    small = replace(options, image_size=48)
+    _, seen, _ = _fit_watching(small, load_training_data(small), monkeypatch, watch=shape)
     assert seen == [(8, 3, 64, 64)] * 3
 
     fixed = load_training_data(replace(options, consistent_teacher=False))
