@@ -92,10 +92,10 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-def create_model(architecture: str, num_classes: int) -> torch.nn.Module:
+def create_model(architecture: str, num_classes: int, **timm_options) -> torch.nn.Module:
     if architecture not in timm.list_models():
         raise CheckpointError(f"Architecture '{architecture}' is not known to timm {timm.__version__}.")
-    return timm.create_model(architecture, pretrained=False, num_classes=num_classes)
+    return timm.create_model(architecture, pretrained=False, num_classes=num_classes, **timm_options)
 
 
 def save_checkpoint(model: torch.nn.Module, config: ModelConfig, directory: Path) -> None:

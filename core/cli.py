@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--ema", type=float, metavar="DECAY", help="save an exponential moving average of the weights")
     train.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="blend image pairs (timm Mixup)")
     train.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="paste a box from another image")
+    train.add_argument(
+        "--drop-path", type=float, default=0.0, metavar="RATE", help="stochastic depth while training (timm)"
+    )
+    train.add_argument("--threads", type=int, default=2, help="CPU threads torch uses")
     train.add_argument("--limit", type=int, help="images per class (smoke runs)")
     train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     train.add_argument(
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
                 ema_decay=args.ema,
                 mixup_alpha=args.mixup,
                 cutmix_alpha=args.cutmix,
+                drop_path=args.drop_path,
+                threads=args.threads,
                 limit=args.limit,
                 max_steps=args.max_steps,
                 device=args.device,

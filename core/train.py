@@ -57,6 +57,9 @@ class TrainOptions:
     # (CutMix), half the batches each when both are set; the ConvNeXt paper's recipe uses 0.8 / 1.0.
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
+    # Stochastic depth (timm drop_path_rate): residual blocks are skipped at random while training,
+    # deeper ones more often (up to this rate), a regulariser for a ConvNeXt trained from scratch.
+    drop_path: float = 0.0
     holdout_fraction: float = 0.15
     limit: int | None = None  # images per class, for smoke runs
     max_steps: int | None = None
@@ -76,6 +79,8 @@ class TrainOptions:
             raise ValueError("--consistent-teacher needs --teacher CHECKPOINT.")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"--ema is a decay between 0 and 1 (e.g. 0.998), not {self.ema_decay}.")
+        if not 0 <= self.drop_path < 1:
+            raise ValueError(f"--drop-path is a probability below 1 (e.g. 0.1), not {self.drop_path}.")
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"--distill-weight is between 0 and 1, not {self.distill_weight}.")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
@@ -317,6 +322,16 @@ def _mixer(options: TrainOptions, num_classes: int) -> Mixup | None:
 
 
 def _initial_model(options: TrainOptions, label_names: list[str]) -> torch.nn.Module:
+    model = _starting_weights(options, label_names)
+    if not options.drop_path:
+        return model
+    # timm builds its DropPath layers only when the rate is set, so rebuild and copy the weights.
+    dropping = create_model(options.arch, len(label_names), drop_path_rate=options.drop_path)
+    dropping.load_state_dict(model.state_dict())
+    return dropping
+
+
+def _starting_weights(options: TrainOptions, label_names: list[str]) -> torch.nn.Module:
     if options.init == "scratch":
         return create_model(options.arch, len(label_names))
     if options.init in IMAGENET_WEIGHTS:
@@ -385,6 +400,7 @@ def _training_record(options: TrainOptions, started: float, history: list, holdo
         "weights": f"exponential moving average (timm ModelEmaV3, warm-up, decay up to {options.ema_decay})"
         if options.ema_decay
         else "last step",
+        "drop_path": options.drop_path,
         "augmentation": "affine (+-10 deg, 6 % shift, 0.9-1.1 scale), h-flip, gamma 0.75-1.35, "
         "contrast 0.85-1.15, brightness +-0.05, brain mask on half the images" + _mixing_note(options),
         "precision": "bfloat16 autocast (forward passes), float32 weights" if options.bf16 else "float32",

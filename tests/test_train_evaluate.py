@@ -283,8 +283,8 @@ def _fit_watching(options: TrainOptions, data, monkeypatch, held=None, watch=lam
         lambda module, inputs, output: teacher.append(watch(inputs, output))
     )
 
-    def create_hooked(arch: str, num_classes: int):
-        model = create_model(arch, num_classes)
+    def create_hooked(arch: str, num_classes: int, **timm_options):
+        model = create_model(arch, num_classes, **timm_options)
         model.register_forward_hook(lambda module, inputs, output: student.append(watch(inputs, output)))
         return model
 
@@ -335,6 +335,33 @@ def test_bf16_autocasts_the_training_forward_passes_only(small_dataset, checkpoi
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     student, teacher, _ = dtypes(False)
     assert student == [torch.float32] * 3 and teacher == [torch.float32] * 2
+
+
+@needs_data
+def test_drop_path_skips_blocks_in_training_only_and_saves_plain_weights(small_dataset, tmp_path):
+    start = tmp_path / "start"
+    options = TrainOptions(arch="convnext_atto", data=small_dataset, out=start, splits=("train",), image_size=48,
+                           batch_size=8, max_steps=1, progress=False)  # fmt: skip
+    train(options)
+    # lr 0: the continued run keeps the starting weights, now inside a model that drops blocks
+    dropping = replace(options, init=str(start), drop_path=0.3, lr=0.0, out=tmp_path / "continued")
+    data = load_training_data(dropping)
+    model, _ = fit(dropping, data, np.zeros(len(data.records), dtype=bool))
+    rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert rates == sorted(rates) and rates[-1] == pytest.approx(0.3)  # timm: rising with depth up to the rate
+    x = torch.rand(4, 3, 48, 48)
+    with torch.no_grad():
+        model.train()
+        assert not torch.allclose(model(x), model(x))  # a different random set of blocks each pass
+        model.eval()
+        assert torch.equal(model(x), model(x))
+    train(dropping)
+    saved = load_checkpoint(tmp_path / "continued")  # loads into timm's plain model, strictly
+    with torch.no_grad():
+        assert torch.allclose(saved.model(x), load_checkpoint(start).model(x))
+    assert json.loads((tmp_path / "continued" / "config.json").read_text())["training"]["drop_path"] == 0.3
+    with pytest.raises(ValueError, match="--drop-path"):
+        replace(options, drop_path=1.0)
 
 
 def test_augmentation_draws_per_image_and_repeats_with_the_seed():
