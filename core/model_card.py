@@ -74,6 +74,11 @@ def render_card(name, config, values, test, localisation, commit) -> str:
         f"{training.get('loss')}.",
         f"- Weights kept: {training.get('weights', 'last step')}.",
         f"- Augmentation: {training.get('augmentation')}.",
+        *(
+            [f"- Stochastic depth (timm drop path), rising with depth up to {training['drop_path']}."]
+            if training.get("drop_path")
+            else []
+        ),
         f"- Seed {training.get('seed')}; {training.get('precision', 'float32')}; "
         f"{training.get('seconds', 0) / 60:.0f} min on {training.get('machine')} "
         f"(wall-clock time); trained from commit `{training.get('commit')}`.",

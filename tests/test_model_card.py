@@ -37,6 +37,7 @@ def test_card_reports_the_measurements(checkpoint_root, tmp_path):
     assert "commit `abc1234`" in card and "not a medical device" in card and "Source bias" in card
     assert "- Weights kept: last step." in card  # no training record says otherwise
     assert "; float32; " in card  # a training record without "precision" predates --bf16
+    assert "Stochastic depth" not in card  # nor "drop_path": trained without it
     assert "| HiResCAM | stages.3 |" in card and "Best IoU: **HiResCAM** at layer `stages.3`" in card
     metrics = json.loads((checkpoint / "config.json").read_text())["metrics"]
     assert metrics["accuracy"] == summary["accuracy"] and metrics["measured_by_commit"] == "abc1234"
@@ -53,7 +54,8 @@ def test_card_includes_the_notes_from_config(checkpoint_root, tmp_path):
              "seconds": 2760, "commit": "aaa1111", "holdout_metrics": {}}  # fmt: skip
     config["training"] = {"epochs": 24, "init": "checkpoints/m", "continued_from": first,
                           "weights": "exponential moving average (decay up to 0.998)", "seed": 0, "seconds": 3000,
-                          "precision": "bfloat16 autocast (forward passes), float32 weights"}  # fmt: skip
+                          "precision": "bfloat16 autocast (forward passes), float32 weights",
+                          "drop_path": 0.1}  # fmt: skip
     (checkpoint / "config.json").write_text(json.dumps(config))
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "e")]) == 0
     assert main(["card", "--checkpoint", str(checkpoint), "--test", str(tmp_path / "e" / "summary.json"),
@@ -63,6 +65,7 @@ def test_card_includes_the_notes_from_config(checkpoint_root, tmp_path):
     assert "- Trained 18 epochs only: the CPU budget ran out." in card
     assert "- Weights kept: exponential moving average (decay up to 0.998)." in card
     assert "- Seed 0; bfloat16 autocast (forward passes), float32 weights; 50 min on" in card
+    assert "- Stochastic depth (timm drop path), rising with depth up to 0.1." in card
     assert ("- Continued from a run of 18 epochs (initialisation: scratch, distilled from `checkpoints/t`; "
             "AdamW lr 0.001; 46 min; commit `aaa1111`; hold-out then: none)." in card)  # fmt: skip
     assert json.loads((checkpoint / "config.json").read_text())["notes"] == config["notes"]
