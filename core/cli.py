@@ -39,6 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument(
         "--drop-path", type=float, default=0.0, metavar="RATE", help="stochastic depth while training (timm)"
     )
+    train.add_argument(
+        "--attention-transfer",
+        type=float,
+        default=0.0,
+        metavar="BETA",
+        help="pull the student's spatial attention towards the consistent teacher's (e.g. 1000)",
+    )
     train.add_argument("--threads", type=int, default=2, help="CPU threads torch uses")
     train.add_argument("--limit", type=int, help="images per class (smoke runs)")
     train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
@@ -147,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 mixup_alpha=args.mixup,
                 cutmix_alpha=args.cutmix,
                 drop_path=args.drop_path,
+                attention_transfer=args.attention_transfer,
                 threads=args.threads,
                 limit=args.limit,
                 max_steps=args.max_steps,

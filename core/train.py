@@ -22,7 +22,16 @@ from timm.data import Mixup
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from core.checkpoint import CONFIG_FILE, LoadedModel, ModelConfig, create_model, load_checkpoint, save_checkpoint
+from core.checkpoint import (
+    CONFIG_FILE,
+    LoadedModel,
+    ModelConfig,
+    create_model,
+    load_checkpoint,
+    read_config,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from core.dataset import decode_records, grouped_folds, grouped_holdout, list_splits
 from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
 from core.preprocess import Preprocessing, to_tensor
@@ -32,6 +41,8 @@ DISTILL_TEMPERATURE = 2.0
 # ConvNeXt's last stage feeds global average pooling, so gradients there are the same at every
 # position; one stage earlier they vary (on `val`, Grad-CAM IoU 0.05 at stages.2 vs 0.02 at stages.3).
 DEFAULT_LAYERS = {"tf_efficientnet_lite": "conv_head", "convnext": "stages.2"}
+# Attention transfer pairs layers by stride: 1/16 and 1/32 of the input in both families.
+ATTENTION_LAYERS = {"tf_efficientnet_lite": ("blocks.4", "bn2"), "convnext": ("stages.2", "stages.3")}
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,9 @@ class TrainOptions:
     # Stochastic depth (timm drop_path_rate): residual blocks are skipped at random while training,
     # deeper ones more often (up to this rate), a regulariser for a ConvNeXt trained from scratch.
     drop_path: float = 0.0
+    # Attention transfer (Zagoruyko & Komodakis 2017): beta of the loss pulling the student's spatial
+    # attention maps towards the teacher's on the same view (the paper uses 1000); 0 turns it off.
+    attention_transfer: float = 0.0
     holdout_fraction: float = 0.15
     limit: int | None = None  # images per class, for smoke runs
     max_steps: int | None = None
@@ -81,6 +95,10 @@ class TrainOptions:
             raise ValueError(f"--ema is a decay between 0 and 1 (e.g. 0.998), not {self.ema_decay}.")
         if not 0 <= self.drop_path < 1:
             raise ValueError(f"--drop-path is a probability below 1 (e.g. 0.1), not {self.drop_path}.")
+        if self.attention_transfer < 0:
+            raise ValueError(f"--attention-transfer is a loss weight >= 0 (e.g. 1000), not {self.attention_transfer}.")
+        if self.attention_transfer and not self.consistent_teacher:
+            raise ValueError("--attention-transfer needs --consistent-teacher (the teacher must see the same view).")
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"--distill-weight is between 0 and 1, not {self.distill_weight}.")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
@@ -90,8 +108,51 @@ class TrainOptions:
 
 
 def default_target_layer(arch: str) -> str:
-    family = next((prefix for prefix in DEFAULT_LAYERS if arch.startswith(prefix)), arch)
-    return DEFAULT_LAYERS[family]
+    return DEFAULT_LAYERS[_family(arch, DEFAULT_LAYERS)]
+
+
+def _family(arch: str, table: dict) -> str:
+    return next((prefix for prefix in table if arch.startswith(prefix)), arch)
+
+
+def attention_layers(arch: str) -> tuple[str, ...]:
+    family = _family(arch, ATTENTION_LAYERS)
+    if family not in ATTENTION_LAYERS:
+        raise ValueError(f"--attention-transfer knows the layers of {', '.join(ATTENTION_LAYERS)}, not {arch}.")
+    return ATTENTION_LAYERS[family]
+
+
+def keep_outputs(model: torch.nn.Module, names: tuple[str, ...]) -> tuple[dict, list]:
+    """Forward hooks that keep the named layers' outputs of the latest forward pass."""
+    modules = dict(model.named_modules())
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [modules[name].register_forward_hook(_keeper(outputs, name)) for name in names]
+    return outputs, handles
+
+
+def _keeper(outputs: dict, name: str):
+    def keep(module, inputs, output):
+        outputs[name] = output
+
+    return keep
+
+
+def attention_map(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Zagoruyko & Komodakis 2017: mean of squared activations over channels, at `size`,
+    flattened and L2-normalised per image, so only where a layer is active counts, not how much."""
+    spatial = features.float().pow(2).mean(1, keepdim=True)
+    if spatial.shape[-2:] != size:
+        spatial = F.interpolate(spatial, size=size, mode="bilinear", align_corners=False)
+    return F.normalize(spatial.flatten(1), dim=1)
+
+
+def attention_transfer_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], beta: float) -> torch.Tensor:
+    """beta/2 times the mean squared difference of paired attention maps, summed over the pairs;
+    the teacher's maps are resized to the student's grid and carry no gradient."""
+    return sum(
+        (attention_map(s, tuple(s.shape[-2:])) - attention_map(t.detach(), tuple(s.shape[-2:]))).pow(2).mean()
+        for s, t in zip(student, teacher, strict=True)
+    ) * (beta / 2)
 
 
 class Augment:
@@ -257,6 +318,12 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     augment = Augment(options.seed)
     rng = np.random.default_rng(options.seed)
     mix = _mixer(options, len(data.label_names))
+    if options.attention_transfer:  # hooks added after the moving average's copy, removed at the end
+        student_layers = attention_layers(options.arch)
+        teacher_layers = attention_layers(data.teacher.config.architecture)
+        student_outputs, handles = keep_outputs(model, student_layers)
+        teacher_outputs, teacher_handles = keep_outputs(data.teacher.model, teacher_layers)
+        handles += teacher_handles
     history, step = [], 0
     for epoch in range(options.epochs):
         model.train()
@@ -289,6 +356,12 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
                 # Hinton et al. 2015: match the teacher's softened distribution, scaled by T^2.
                 kd = F.kl_div(F.log_softmax(logits / DISTILL_TEMPERATURE, 1), soft, reduction="batchmean")
                 loss = (1 - options.distill_weight) * loss + options.distill_weight * kd * DISTILL_TEMPERATURE**2
+            if options.attention_transfer:
+                loss = loss + attention_transfer_loss(
+                    [student_outputs[name] for name in student_layers],
+                    [teacher_outputs[name] for name in teacher_layers],
+                    options.attention_transfer,
+                )
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -306,6 +379,9 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
         print(json.dumps(entry), flush=True)
         if step >= total_steps:
             break
+    if options.attention_transfer:
+        for handle in handles:
+            handle.remove()
     return evaluated, history
 
 
@@ -422,7 +498,13 @@ def _distillation_note(options: TrainOptions) -> str:
     if not options.teacher:
         return ""
     targets = "on the same augmented view" if options.consistent_teacher else "fixed, from the un-augmented image"
-    return f", distillation weight {options.distill_weight} at T={DISTILL_TEMPERATURE:g} (teacher targets {targets})"
+    note = f", distillation weight {options.distill_weight} at T={DISTILL_TEMPERATURE:g} (teacher targets {targets})"
+    if options.attention_transfer:
+        teacher_arch = read_config(resolve_checkpoint(options.teacher)).architecture
+        pairs = zip(attention_layers(options.arch), attention_layers(teacher_arch))
+        layers = ", ".join(f"{student} to {teacher}" for student, teacher in pairs)
+        note += f", attention transfer beta {options.attention_transfer:g} ({layers})"
+    return note
 
 
 def _mixing_note(options: TrainOptions) -> str:
