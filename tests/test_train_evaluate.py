@@ -17,8 +17,18 @@ from PIL import Image
 from core.checkpoint import create_model, load_checkpoint
 from core.cli import main
 from core.dataset import grouped_folds, grouped_holdout, list_split, shrink_copy
-from core.preprocess import Preprocessing
-from core.train import Augment, TrainOptions, fit, load_training_data, predict_logits, train
+from core.preprocess import Preprocessing, to_tensor
+from core.train import (
+    Augment,
+    TrainOptions,
+    attention_layers,
+    attention_transfer_loss,
+    fit,
+    keep_outputs,
+    load_training_data,
+    predict_logits,
+    train,
+)
 from tests.conftest import SHARED_DATA
 
 needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"dataset not found at {SHARED_DATA}")
@@ -275,6 +285,20 @@ def test_moving_average_weights_are_the_ones_evaluated_and_saved(small_dataset, 
         replace(options, ema_decay=1.5)
 
 
+@torch.no_grad()
+def attention_distance(student: torch.nn.Module, teacher, x: torch.Tensor) -> float:
+    """Mean squared distance (beta 2) between a 64 px student's attention maps and the teacher's."""
+    student_layers, teacher_layers = attention_layers("convnext_atto"), attention_layers(teacher.config.architecture)
+    student_outputs, handles = keep_outputs(student.eval(), student_layers)
+    teacher_outputs, more = keep_outputs(teacher.model, teacher_layers)
+    student(to_tensor(x, Preprocessing(input_size=64)))
+    teacher.model(to_tensor(x, teacher.config.preprocessing))
+    for handle in handles + more:
+        handle.remove()
+    return attention_transfer_loss([student_outputs[name] for name in student_layers],
+                                   [teacher_outputs[name] for name in teacher_layers], beta=2).item()  # fmt: skip
+
+
 def _fit_watching(options: TrainOptions, data, monkeypatch, held=None, watch=lambda inputs, output: inputs[0].clone()):
     """Fit, recording watch(inputs, output) at each student and (consistent) teacher forward pass.
     Returns (student records, teacher records, fitted model)."""
@@ -362,6 +386,51 @@ def test_drop_path_skips_blocks_in_training_only_and_saves_plain_weights(small_d
     assert json.loads((tmp_path / "continued" / "config.json").read_text())["training"]["drop_path"] == 0.3
     with pytest.raises(ValueError, match="--drop-path"):
         replace(options, drop_path=1.0)
+
+
+def test_attention_transfer_loss_compares_where_layers_are_active_not_how_much():
+    student = torch.rand(2, 8, 7, 7, requires_grad=True)
+    # more channels and larger activations, but active in the same places: no loss
+    same_places = 3 * student.detach().repeat(1, 2, 1, 1)
+    assert attention_transfer_loss([student], [same_places], beta=1000).item() == pytest.approx(0, abs=1e-6)
+    # a teacher on a finer grid is resized to the student's: uniform maps match at any size
+    assert attention_transfer_loss([torch.ones(2, 8, 7, 7)], [torch.ones(2, 4, 8, 8)], 1000).item() == pytest.approx(0)
+
+    # active in disjoint places: the normalised maps are orthogonal, squared distance 2 per image,
+    # so the mean over 49 positions is 2/49 and the loss beta/2 * 2/49 (summed over the pairs)
+    left, right = torch.zeros(2, 8, 7, 7), torch.zeros(2, 8, 7, 7)
+    left[..., :3], right[..., 4:] = 1.0, 5.0
+    assert attention_transfer_loss([left], [right], 1000).item() == pytest.approx(1000 / 49)
+    assert attention_transfer_loss([left, left], [right, right], 10).item() == pytest.approx(2 * 10 / 49)
+
+    teacher = torch.rand(2, 8, 7, 7, requires_grad=True)
+    attention_transfer_loss([student], [teacher], 1000).backward()
+    assert student.grad.abs().sum() > 0 and teacher.grad is None  # only the student learns
+
+
+@needs_data
+def test_attention_transfer_trains_the_student_through_hooks_it_removes(small_dataset, checkpoint_root, tmp_path):
+    options = _distilling(small_dataset, checkpoint_root, max_steps=2)
+    data = load_training_data(options)
+    everyone = np.zeros(len(data.records), dtype=bool)
+    plain, _ = fit(options, data, everyone)
+    transferring, _ = fit(replace(options, attention_transfer=1000), data, everyone)
+    # same seed and batches: only the attention loss sets the two apart, and it brings the
+    # student's attention maps closer to the teacher's on the training images
+    x = torch.from_numpy(data.plain[:16]).float() / 255
+    assert attention_distance(transferring, data.teacher, x) < 0.9 * attention_distance(plain, data.teacher, x)
+    for model in (transferring, data.teacher.model):
+        assert not any(module._forward_hooks for module in model.modules())
+
+    train(replace(options, attention_transfer=1000, out=tmp_path / "at"))
+    loss = json.loads((tmp_path / "at" / "config.json").read_text())["training"]["loss"]
+    assert "attention transfer beta 1000 (stages.2 to blocks.4, stages.3 to bn2)" in loss
+    with pytest.raises(ValueError, match="needs --consistent-teacher"):
+        replace(options, consistent_teacher=False, attention_transfer=1000)
+    with pytest.raises(ValueError, match=">= 0"):
+        replace(options, attention_transfer=-1)
+    with pytest.raises(ValueError, match="not resnet18"):
+        attention_layers("resnet18")
 
 
 def test_augmentation_draws_per_image_and_repeats_with_the_seed():
