@@ -491,7 +491,8 @@ def _training_record(options: TrainOptions, started: float, history: list, holdo
 def _machine(device: str) -> str:
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} GPU, torch {torch.__version__}"
-    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"{platform.machine()} CPU, {threads} thread{'s' if threads > 1 else ''}, torch {torch.__version__}"
 
 
 def _distillation_note(options: TrainOptions) -> str:
