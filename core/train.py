@@ -146,6 +146,30 @@ def attention_map(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     return F.normalize(spatial.flatten(1), dim=1)
 
 
+class AttentionTransfer:
+    """Hooks on the student's and the teacher's paired layers (ATTENTION_LAYERS) that keep their
+    outputs of the latest forward passes; loss() compares them. remove() takes the hooks off."""
+
+    def __init__(self, student: torch.nn.Module, student_arch: str, teacher: LoadedModel, beta: float):
+        self.beta = beta
+        self.student_layers = attention_layers(student_arch)
+        self.teacher_layers = attention_layers(teacher.config.architecture)
+        self.student_outputs, handles = keep_outputs(student, self.student_layers)
+        self.teacher_outputs, teacher_handles = keep_outputs(teacher.model, self.teacher_layers)
+        self.handles = handles + teacher_handles
+
+    def loss(self) -> torch.Tensor:
+        return attention_transfer_loss(
+            [self.student_outputs[name] for name in self.student_layers],
+            [self.teacher_outputs[name] for name in self.teacher_layers],
+            self.beta,
+        )
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def attention_transfer_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], beta: float) -> torch.Tensor:
     """beta/2 times the mean squared difference of paired attention maps, summed over the pairs;
     the teacher's maps are resized to the student's grid and carry no gradient."""
@@ -318,12 +342,12 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     augment = Augment(options.seed)
     rng = np.random.default_rng(options.seed)
     mix = _mixer(options, len(data.label_names))
-    if options.attention_transfer:  # hooks added after the moving average's copy, removed at the end
-        student_layers = attention_layers(options.arch)
-        teacher_layers = attention_layers(data.teacher.config.architecture)
-        student_outputs, handles = keep_outputs(model, student_layers)
-        teacher_outputs, teacher_handles = keep_outputs(data.teacher.model, teacher_layers)
-        handles += teacher_handles
+    # hooks added after the moving average's copy of the model, removed at the end
+    transfer = (
+        AttentionTransfer(model, options.arch, data.teacher, options.attention_transfer)
+        if options.attention_transfer
+        else None
+    )
     history, step = [], 0
     for epoch in range(options.epochs):
         model.train()
@@ -356,12 +380,8 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
                 # Hinton et al. 2015: match the teacher's softened distribution, scaled by T^2.
                 kd = F.kl_div(F.log_softmax(logits / DISTILL_TEMPERATURE, 1), soft, reduction="batchmean")
                 loss = (1 - options.distill_weight) * loss + options.distill_weight * kd * DISTILL_TEMPERATURE**2
-            if options.attention_transfer:
-                loss = loss + attention_transfer_loss(
-                    [student_outputs[name] for name in student_layers],
-                    [teacher_outputs[name] for name in teacher_layers],
-                    options.attention_transfer,
-                )
+            if transfer is not None:
+                loss = loss + transfer.loss()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -379,9 +399,8 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
         print(json.dumps(entry), flush=True)
         if step >= total_steps:
             break
-    if options.attention_transfer:
-        for handle in handles:
-            handle.remove()
+    if transfer is not None:
+        transfer.remove()
     return evaluated, history
 
 

@@ -19,12 +19,12 @@ from core.cli import main
 from core.dataset import grouped_folds, grouped_holdout, list_split, shrink_copy
 from core.preprocess import Preprocessing, to_tensor
 from core.train import (
+    AttentionTransfer,
     Augment,
     TrainOptions,
     attention_layers,
     attention_transfer_loss,
     fit,
-    keep_outputs,
     load_training_data,
     predict_logits,
     train,
@@ -288,15 +288,11 @@ def test_moving_average_weights_are_the_ones_evaluated_and_saved(small_dataset, 
 @torch.no_grad()
 def attention_distance(student: torch.nn.Module, teacher, x: torch.Tensor) -> float:
     """Mean squared distance (beta 2) between a 64 px student's attention maps and the teacher's."""
-    student_layers, teacher_layers = attention_layers("convnext_atto"), attention_layers(teacher.config.architecture)
-    student_outputs, handles = keep_outputs(student.eval(), student_layers)
-    teacher_outputs, more = keep_outputs(teacher.model, teacher_layers)
+    transfer = AttentionTransfer(student.eval(), "convnext_atto", teacher, beta=2)
     student(to_tensor(x, Preprocessing(input_size=64)))
     teacher.model(to_tensor(x, teacher.config.preprocessing))
-    for handle in handles + more:
-        handle.remove()
-    return attention_transfer_loss([student_outputs[name] for name in student_layers],
-                                   [teacher_outputs[name] for name in teacher_layers], beta=2).item()  # fmt: skip
+    transfer.remove()
+    return transfer.loss().item()
 
 
 def _fit_watching(options: TrainOptions, data, monkeypatch, held=None, watch=lambda inputs, output: inputs[0].clone()):
