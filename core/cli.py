@@ -97,6 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--batch", type=int, default=16)
     bench.add_argument("--out", type=Path, default=Path("bench.json"))
 
+    select = commands.add_parser(
+        "select", help="candidates against a reference checkpoint on the grouped hold-out (never test)"
+    )
+    select.add_argument("checkpoints", nargs="+", help="the reference first, then the candidates")
+    select.add_argument("--data", type=Path, required=True, help="dataset ROOT with SPLIT/<class>/<image>")
+    select.add_argument("--splits", nargs="+", default=["train", "val"], help="the splits trained on")
+    select.add_argument("--holdout-fraction", type=float, default=0.15)
+    select.add_argument("--seed", type=int, default=0, help="the training seed that drew the hold-out")
+    select.add_argument("--placement-split", help="also compare Grad-CAM placement on this split's outlines (val)")
+    select.add_argument("--out", type=Path, help="also write the comparison as JSON")
+
     card = commands.add_parser("card", help="write a checkpoint's model card from evaluation summaries")
     card.add_argument("--checkpoint", required=True)
     card.add_argument("--test", type=Path, required=True, help="summary.json of the test evaluation")
@@ -126,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "compare":
         return _compare(args)
+    if args.command == "select":
+        return _select(args)
     if args.command == "evaluate":
         return _evaluate(args)
     if args.command == "explain":
@@ -264,4 +277,38 @@ def _compare(args: argparse.Namespace) -> int:
     }
     (args.out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
     print(sentence)
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    import json
+
+    from core.checkpoint import CheckpointError
+    from core.dataset import DatasetError
+    from core.selection import compare_checkpoints
+
+    try:
+        comparisons = compare_checkpoints(
+            args.checkpoints, args.data, splits=tuple(args.splits), fraction=args.holdout_fraction,
+            seed=args.seed, placement_split=args.placement_split,
+        )  # fmt: skip
+    except (CheckpointError, DatasetError) as error:
+        print(error, file=sys.stderr)
+        return 2
+    for c in comparisons:
+        line = (
+            f"{c.checkpoint}: hold-out {c.holdout_images} images, accuracy {c.accuracy:.3f}, "
+            f"macro-F1 {c.macro_f1:.3f}, ECE after temperature {c.ece_after_temperature:.3f}"
+        )
+        if c.mcnemar:
+            m = c.mcnemar
+            line += f"; right only here {m.better}, only for the reference {m.worse}, exact McNemar p = {m.p_value:.3g}"
+        print(line)
+        for column, mean in (c.placement or {}).items():
+            t = (c.placement_tests or {}).get(column)
+            versus = f" (better on {t.better}, worse on {t.worse}; Wilcoxon p = {t.p_value:.3g})" if t else ""
+            print(f"    Grad-CAM on {args.placement_split}: {column} {mean:.3f}{versus}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps([c.to_dict() for c in comparisons], indent=2) + "\n")
     return 0
