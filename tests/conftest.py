@@ -81,13 +81,18 @@ def gallery_dataset(tmp_path_factory) -> Path:
     """Three test images per class, with their outlines, copied from the shared dataset."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"dataset not found at {SHARED_DATA}")
-    root = tmp_path_factory.mktemp("gallery_data")
+    return copy_shared_slice(tmp_path_factory.mktemp("gallery_data"), {"test": 3})
+
+
+def copy_shared_slice(root: Path, per_split: dict[str, int]) -> Path:
+    """The first images of each class of each split (with their outlines) copied to ROOT."""
     (root / "annotations").mkdir()
-    for label in LABELS:
-        (root / "test" / label).mkdir(parents=True)
-        for path in sorted((SHARED_DATA / "test" / label).iterdir())[:3]:
-            shutil.copy(path, root / "test" / label / path.name)
-            outline = SHARED_DATA / "annotations" / f"{path.stem}.json"
-            if outline.is_file():
-                shutil.copy(outline, root / "annotations" / outline.name)
+    for split, count in per_split.items():
+        for label in LABELS:
+            (root / split / label).mkdir(parents=True)
+            for path in sorted((SHARED_DATA / split / label).iterdir())[:count]:
+                shutil.copy(path, root / split / label / path.name)
+                outline = SHARED_DATA / "annotations" / f"{path.stem}.json"
+                if outline.is_file():
+                    shutil.copy(outline, root / "annotations" / outline.name)
     return root

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from math import comb
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from core.cli import main
 from core.dataset import grouped_holdout, list_splits
 from core.selection import compare_checkpoints, mcnemar_exact, wilcoxon_paired
-from tests.conftest import LABELS, SHARED_DATA
+from tests.conftest import SHARED_DATA, copy_shared_slice
 
 
 def test_mcnemar_counts_discordant_images_and_gives_the_exact_binomial_p():
@@ -44,17 +43,7 @@ def outlined_dataset(tmp_path_factory) -> Path:
     """Four training and two outlined validation images per class, copied from the shared data."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"dataset not found at {SHARED_DATA}")
-    root = tmp_path_factory.mktemp("selection_data")
-    (root / "annotations").mkdir()
-    for split, count in (("train", 4), ("val", 2)):
-        for label in LABELS:
-            (root / split / label).mkdir(parents=True)
-            for path in sorted((SHARED_DATA / split / label).iterdir())[:count]:
-                shutil.copy(path, root / split / label / path.name)
-                outline = SHARED_DATA / "annotations" / f"{path.stem}.json"
-                if outline.is_file():
-                    shutil.copy(outline, root / "annotations" / outline.name)
-    return root
+    return copy_shared_slice(tmp_path_factory.mktemp("selection_data"), {"train": 4, "val": 2})
 
 
 def test_candidates_are_compared_with_the_reference_on_the_grouped_holdout(checkpoint_root, outlined_dataset, tmp_path):
