@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from scipy.stats import binomtest, wilcoxon
 from core.checkpoint import load_checkpoint
 from core.dataset import decode_records, grouped_holdout, list_split
 from core.evaluate import DEFAULT_CACHE_DIR, HeatmapSettings, cached_evaluation
+from core.gallery import read_evaluation
 from core.metrics import classification_summary, expected_calibration_error, softmax
 from core.train import predict_logits
 
@@ -68,11 +68,11 @@ def wilcoxon_paired(reference: np.ndarray, candidate: np.ndarray, higher_is_bett
     return PairedTest(int((gain > 0).sum()), int((gain < 0).sum()), p_value)
 
 
-def holdout_correctness(
+def holdout_probabilities(
     checkpoint: str | Path, data: Path, splits: tuple[str, ...], fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray, list[str], float]:
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Per-image calibrated probabilities and labels on the grouped hold-out, scored on the
-    un-masked images as `train` scores its hold-out. Returns (probabilities, labels, names, temperature)."""
+    un-masked images as `train` scores its hold-out. Returns (probabilities, labels, class names)."""
     loaded = load_checkpoint(checkpoint)
     names = list(loaded.config.label_names)
     records = [record for split in splits for record in list_split(data, split, names)]  # as `train` lists them
@@ -80,7 +80,7 @@ def holdout_correctness(
     plain, _ = decode_records(data, held, loaded.config.preprocessing, progress=False)
     logits = predict_logits(loaded.model, plain, loaded.config.preprocessing)
     labels = np.array([names.index(record.label) for record in held])
-    return softmax(logits, loaded.config.temperature), labels, names, loaded.config.temperature
+    return softmax(logits, loaded.config.temperature), labels, names
 
 
 def compare_checkpoints(
@@ -99,12 +99,12 @@ def compare_checkpoints(
     Raises:
         CheckpointError, DatasetError: a checkpoint or the data cannot be read.
     """
-    scored = [holdout_correctness(c, data, splits, fraction, seed) for c in checkpoints]
+    scored = [holdout_probabilities(c, data, splits, fraction, seed) for c in checkpoints]
     placements = [_placement(c, data, placement_split, cache_dir) for c in checkpoints] if placement_split else None
-    reference_probs, labels, names, _ = scored[0]
+    reference_probs, labels, names = scored[0]
     reference_correct = reference_probs.argmax(1) == labels
     comparisons = []
-    for index, (checkpoint, (probabilities, labels_i, _, _)) in enumerate(zip(checkpoints, scored)):
+    for index, (checkpoint, (probabilities, labels_i, _)) in enumerate(zip(checkpoints, scored)):
         summary = classification_summary(labels_i, probabilities, names)
         comparison = Comparison(
             checkpoint=str(checkpoint),
@@ -123,8 +123,7 @@ def compare_checkpoints(
 def _placement(checkpoint: str | Path, data: Path, split: str, cache_dir: Path) -> dict[str, dict[str, float]]:
     """Per-image Grad-CAM IoU (outlined tumours) and mass outside the brain (all images)."""
     folder = cached_evaluation(checkpoint, data, split, HeatmapSettings(), cache_dir, progress=False)
-    with (folder / "predictions.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_evaluation(folder).rows
     return {
         column: {row["image"]: float(row[column]) for row in rows if row.get(column) not in (None, "")}
         for column in PLACEMENT_COLUMNS
