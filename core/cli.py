@@ -46,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="BETA",
         help="pull the student's spatial attention towards the consistent teacher's (e.g. 1000)",
     )
+    train.add_argument(
+        "--holdout-fraction",
+        type=float,
+        default=0.15,
+        help="share of each class's groups held out (0: refit on every image; then set the temperature with calibrate)",
+    )
     train.add_argument("--threads", type=int, default=2, help="CPU threads torch uses")
     train.add_argument("--limit", type=int, help="images per class (smoke runs)")
     train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
@@ -168,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 cutmix_alpha=args.cutmix,
                 drop_path=args.drop_path,
                 attention_transfer=args.attention_transfer,
+                holdout_fraction=args.holdout_fraction,
                 threads=args.threads,
                 limit=args.limit,
                 max_steps=args.max_steps,

@@ -101,6 +101,8 @@ class TrainOptions:
             raise ValueError("--attention-transfer needs --consistent-teacher (the teacher must see the same view).")
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"--distill-weight is between 0 and 1, not {self.distill_weight}.")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"--holdout-fraction is from 0 to below 1 (e.g. 0.15), not {self.holdout_fraction}.")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
             raise ValueError("--mixup and --cutmix are Beta-distribution alphas >= 0 (e.g. 0.8 and 1.0).")
         if (self.mixup_alpha or self.cutmix_alpha) and self.teacher and not self.consistent_teacher:
@@ -251,6 +253,8 @@ def train(options: TrainOptions) -> dict:
     data = load_training_data(options)
     held = grouped_holdout(data.records, options.holdout_fraction, options.seed)
     print(f"{held.sum()} images held out by group", flush=True)
+    if not held.any():
+        print("nothing held out: the temperature stays 1.0; set it with `python -m core calibrate`", flush=True)
     model, history = fit(options, data, held)
     labels, label_names = data.labels, data.label_names
 
@@ -482,7 +486,9 @@ def _training_record(options: TrainOptions, started: float, history: list, holdo
         "data": str(options.data),
         "splits": list(options.splits),
         "num_images": n,
-        "holdout": f"{options.holdout_fraction:.0%} of each class's groups (metadata.csv 'group'), seed {options.seed}",
+        "holdout": f"{options.holdout_fraction:.0%} of each class's groups (metadata.csv 'group'), seed {options.seed}"
+        if options.holdout_fraction
+        else "none: refit on every image of the training splits",
         "holdout_metrics": holdout,
         "init": options.init,
         "continued_from": previous_training(options.init),
