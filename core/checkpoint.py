@@ -165,6 +165,33 @@ def read_config(directory: Path) -> ModelConfig:
         raise CheckpointError(f"{directory / CONFIG_FILE} is missing or has a bad field: {error}.") from error
 
 
+def adopt_temperature(target: str | Path, source: str | Path, root: Path | None = None) -> float:
+    """Give a checkpoint refit on every training image (nothing held out) the temperature that
+    `source`, the same recipe run with the grouped hold-out, fitted there; note where it came from."""
+    target_dir, source_dir = resolve_checkpoint(target, root), resolve_checkpoint(source, root)
+    target_config, source_config = read_config(target_dir), read_config(source_dir)
+    if (source_config.architecture, source_config.label_names) != (
+        target_config.architecture,
+        target_config.label_names,
+    ):
+        raise CheckpointError(
+            f"{source} is a {source_config.architecture} for {list(source_config.label_names)}; "
+            f"{target} is a {target_config.architecture} for {list(target_config.label_names)}."
+        )
+    fitted_on = source_config.extra.get("training", {})
+    if not fitted_on.get("holdout_metrics"):
+        raise CheckpointError(f"{source} held nothing out, so its temperature was never fitted; pick a run that did.")
+    values = json.loads((target_dir / CONFIG_FILE).read_text())
+    values["temperature"] = source_config.temperature
+    values.setdefault("training", {})["temperature_from"] = {
+        "checkpoint": str(source),
+        "holdout": fitted_on["holdout"],
+        "holdout_metrics": fitted_on["holdout_metrics"],
+    }
+    (target_dir / CONFIG_FILE).write_text(json.dumps(values, indent=2) + "\n")
+    return source_config.temperature
+
+
 def load_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> LoadedModel:
     """Load a checkpoint for inference (eval mode, CPU).
 

@@ -114,6 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     select.add_argument("--placement-split", help="also compare Grad-CAM placement on this split's outlines (val)")
     select.add_argument("--out", type=Path, help="also write the comparison as JSON")
 
+    calibrate = commands.add_parser(
+        "calibrate", help="give a run refit without a hold-out the temperature its hold-out twin fitted"
+    )
+    calibrate.add_argument("--checkpoint", required=True, help="the run trained with --holdout-fraction 0")
+    calibrate.add_argument("--temperature-from", required=True, help="the same recipe, run with the hold-out")
+
     card = commands.add_parser("card", help="write a checkpoint's model card from evaluation summaries")
     card.add_argument("--checkpoint", required=True)
     card.add_argument("--test", type=Path, required=True, help="summary.json of the test evaluation")
@@ -128,6 +134,16 @@ def main(argv: list[str] | None = None) -> int:
 
         summaries = [json.loads(p.read_text()) for p in args.localisation]
         print(write_model_card(args.checkpoint, json.loads(args.test.read_text()), summaries, args.commit))
+        return 0
+    if args.command == "calibrate":
+        from core.checkpoint import CheckpointError, adopt_temperature
+
+        try:
+            temperature = adopt_temperature(args.checkpoint, args.temperature_from)
+        except CheckpointError as error:
+            print(error, file=sys.stderr)
+            return 2
+        print(f"{args.checkpoint}: temperature {temperature:.3f}, fitted on {args.temperature_from}'s hold-out")
         return 0
     if args.command == "bench":
         from core.bench import run_bench

@@ -53,8 +53,8 @@ def render_card(name, config, values, test, localisation, commit) -> str:
         "## Data and split",
         f"- Trained on `{', '.join(training.get('splits', []))}` of `brain-tumor-mri` "
         f"({training.get('num_images')} images: {', '.join(config.label_names)}).",
-        f"- Grouped hold-out inside the training splits: {training.get('holdout')}. It gives the per-epoch log "
-        "and the temperature; nothing was selected on `test`. The final epoch is kept (no early stopping).",
+        f"- Grouped hold-out inside the training splits: {training.get('holdout')}. {_holdout_role(training)} "
+        "Nothing was selected on `test`. The final epoch is kept (no early stopping).",
         f"- Reported below: `{test['split']}` ({test['num_images']} images), never used for any choice.",
         "",
         "## Architecture and preprocessing",
@@ -88,7 +88,8 @@ def render_card(name, config, values, test, localisation, commit) -> str:
         f"- Accuracy **{test['accuracy']:.4f}** ({round(test['accuracy'] * test['num_images'])} of "
         f"{test['num_images']} right{accuracy_verdict}), macro-F1 **{test['macro_f1']:.4f}**{f1_verdict}.",
         f"- ECE (15 bins) {ece['before_temperature']:.4f} before and **{ece['after_temperature']:.4f}** after "
-        f"temperature scaling (T = {ece['temperature']:.3f}, fitted on the hold-out{ece_verdict}).",
+        f"temperature scaling (T = {ece['temperature']:.3f}, fitted on {_temperature_source(training)}"
+        f"{ece_verdict}).",
         "",
         "| class | precision | recall | F1 | ROC AUC (one-vs-rest) | images |",
         "|---|---|---|---|---|---|",
@@ -124,6 +125,20 @@ def render_card(name, config, values, test, localisation, commit) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _holdout_role(training: dict) -> str:
+    source = training.get("temperature_from")
+    if not source:
+        return "It gives the per-epoch log and the temperature."
+    return (f"A twin run of the same recipe (`{source['checkpoint']}`, not shipped) held out {source['holdout']}; "
+            f"that hold-out checks the recipe ({_holdout(source['holdout_metrics']).rstrip('.')}) "
+            "and gives the temperature.")  # fmt: skip
+
+
+def _temperature_source(training: dict) -> str:
+    source = training.get("temperature_from")
+    return "the twin run's hold-out" if source else "the hold-out"
 
 
 def _lineage(previous: dict | None) -> list[str]:

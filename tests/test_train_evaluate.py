@@ -466,3 +466,36 @@ def test_shrunk_copy_keeps_names_labels_and_groups_with_smaller_images(small_dat
     for record in copied:
         with Image.open(tmp_path / "copy" / record.image) as image:
             assert max(image.size) <= 100 and image.format == "JPEG"
+
+
+@needs_data
+def test_refit_without_a_holdout_takes_the_temperature_of_its_holdout_twin(small_dataset, tmp_path, capsys):
+    args = ["train", "--arch", "convnext_atto", "--data", str(small_dataset), "--splits", "train", "--epochs", "1",
+            "--image-size", "48", "--batch-size", "8", "--max-steps", "2", "--no-progress"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "twin")]) == 0
+    assert main([*args, "--out", str(tmp_path / "refit"), "--holdout-fraction", "0"]) == 0
+    assert "0 images held out" in capsys.readouterr().out
+    refit = json.loads((tmp_path / "refit" / "config.json").read_text())
+    assert refit["temperature"] == 1.0 and refit["training"]["holdout_metrics"] == {}
+    assert refit["training"]["holdout"] == "none: refit on every image of the training splits"
+
+    twin = json.loads((tmp_path / "twin" / "config.json").read_text())
+    assert twin["training"]["holdout_metrics"]["num_images"] > 0 and twin["temperature"] != 1.0
+    calibrate = ["calibrate", "--checkpoint", str(tmp_path / "refit"), "--temperature-from", str(tmp_path / "twin")]
+    assert main(calibrate) == 0
+    calibrated = load_checkpoint(tmp_path / "refit")
+    assert calibrated.config.temperature == twin["temperature"]
+    source = calibrated.config.extra["training"]["temperature_from"]
+    assert source["checkpoint"] == str(tmp_path / "twin")
+    assert source["holdout_metrics"] == twin["training"]["holdout_metrics"]
+
+    # A run that held nothing out has no fitted temperature to give.
+    capsys.readouterr()
+    assert main(["calibrate", "--checkpoint", calibrate[4], "--temperature-from", calibrate[2]]) == 2
+    assert "held nothing out" in capsys.readouterr().err
+    assert json.loads((tmp_path / "twin" / "config.json").read_text()) == twin
+
+
+def test_holdout_fraction_must_leave_something_to_train_on():
+    with pytest.raises(ValueError, match="--holdout-fraction"):
+        TrainOptions(arch="convnext_atto", data=Path("d"), out=Path("o"), holdout_fraction=1.0)
