@@ -38,6 +38,7 @@ from core.preprocess import Preprocessing, to_tensor
 from core.pretrained import IMAGENET_WEIGHTS, imagenet_backbone_for
 
 DISTILL_TEMPERATURE = 2.0
+NO_HOLDOUT = "none: refit on every image of the training splits"  # training.holdout of --holdout-fraction 0
 # ConvNeXt's last stage feeds global average pooling, so gradients there are the same at every
 # position; one stage earlier they vary (on `val`, Grad-CAM IoU 0.05 at stages.2 vs 0.02 at stages.3).
 DEFAULT_LAYERS = {"tf_efficientnet_lite": "conv_head", "convnext": "stages.2"}
@@ -488,7 +489,7 @@ def _training_record(options: TrainOptions, started: float, history: list, holdo
         "num_images": n,
         "holdout": f"{options.holdout_fraction:.0%} of each class's groups (metadata.csv 'group'), seed {options.seed}"
         if options.holdout_fraction
-        else "none: refit on every image of the training splits",
+        else NO_HOLDOUT,
         "holdout_metrics": holdout,
         "init": options.init,
         "continued_from": previous_training(options.init),

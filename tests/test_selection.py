@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from math import comb
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from core.cli import main
 from core.dataset import grouped_holdout, list_splits
 from core.selection import compare_checkpoints, mcnemar_exact, wilcoxon_paired
+from core.train import NO_HOLDOUT
 from tests.conftest import SHARED_DATA, copy_shared_slice
 
 
@@ -84,3 +86,14 @@ def test_select_command_prints_and_writes_the_comparison(checkpoint_root, outlin
 
     assert main(["select", *names, "--data", str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_a_checkpoint_refit_on_the_holdout_is_refused(checkpoint_root, outlined_dataset, tmp_path, capsys):
+    refit = tmp_path / "refit"
+    shutil.copytree(checkpoint_root / "tiny_convnext", refit)
+    config = json.loads((refit / "config.json").read_text())
+    config["training"] = {"holdout": NO_HOLDOUT, "holdout_metrics": {}}
+    (refit / "config.json").write_text(json.dumps(config))
+    names = [str(checkpoint_root / "tiny_convnext"), str(refit)]
+    assert main(["select", *names, "--data", str(outlined_dataset), "--holdout-fraction", "0.5"]) == 2
+    assert "refit on every training image" in capsys.readouterr().err
