@@ -178,6 +178,8 @@ def adopt_temperature(target: str | Path, source: str | Path, root: Path | None 
             f"{source} is a {source_config.architecture} for {list(source_config.label_names)}; "
             f"{target} is a {target_config.architecture} for {list(target_config.label_names)}."
         )
+    if target_config.extra.get("training", {}).get("holdout_metrics"):
+        raise CheckpointError(f"{target} kept a hold-out and fitted its own temperature there; leave it as it is.")
     fitted_on = source_config.extra.get("training", {})
     if not fitted_on.get("holdout_metrics"):
         raise CheckpointError(f"{source} held nothing out, so its temperature was never fitted; pick a run that did.")

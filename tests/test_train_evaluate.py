@@ -491,8 +491,11 @@ def test_refit_without_a_holdout_takes_the_temperature_of_its_holdout_twin(small
 
     # A run that held nothing out has no fitted temperature to give.
     capsys.readouterr()
-    assert main(["calibrate", "--checkpoint", calibrate[4], "--temperature-from", calibrate[2]]) == 2
+    assert main(["calibrate", "--checkpoint", calibrate[2], "--temperature-from", calibrate[2]]) == 2
     assert "held nothing out" in capsys.readouterr().err
+    # Nor does a run that fitted its own temperature take another's.
+    assert main(["calibrate", "--checkpoint", calibrate[4], "--temperature-from", calibrate[4]]) == 2
+    assert "fitted its own temperature" in capsys.readouterr().err
     assert json.loads((tmp_path / "twin" / "config.json").read_text()) == twin
 
 
