@@ -24,6 +24,7 @@ DEFAULT_CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
 ROOT_VARIABLE = "BRAIN_XAI_CHECKPOINTS"  # overrides where checkpoint names are looked up
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+NO_HOLDOUT = "none: refit on every image of the training splits"  # training.holdout of --holdout-fraction 0
 
 
 class CheckpointError(RuntimeError):
@@ -40,6 +41,11 @@ class ModelConfig:
     default_target_layer: str
     temperature: float = 1.0
     extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def refit_without_holdout(self) -> bool:
+        """Trained with --holdout-fraction 0: it saw the hold-out and fitted no temperature."""
+        return self.extra.get("training", {}).get("holdout") == NO_HOLDOUT
 
     def to_dict(self) -> dict:
         size = self.preprocessing.input_size
@@ -178,8 +184,11 @@ def adopt_temperature(target: str | Path, source: str | Path, root: Path | None 
             f"{source} is a {source_config.architecture} for {list(source_config.label_names)}; "
             f"{target} is a {target_config.architecture} for {list(target_config.label_names)}."
         )
-    if target_config.extra.get("training", {}).get("holdout_metrics"):
-        raise CheckpointError(f"{target} kept a hold-out and fitted its own temperature there; leave it as it is.")
+    if not target_config.refit_without_holdout:
+        raise CheckpointError(
+            f"{target} was not refit with --holdout-fraction 0; a run that kept a hold-out fitted its own "
+            "temperature there, so it stays."
+        )
     fitted_on = source_config.extra.get("training", {})
     if not fitted_on.get("holdout_metrics"):
         raise CheckpointError(f"{source} held nothing out, so its temperature was never fitted; pick a run that did.")

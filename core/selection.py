@@ -20,7 +20,7 @@ from core.dataset import decode_records, grouped_holdout, list_split
 from core.evaluate import DEFAULT_CACHE_DIR, HeatmapSettings, cached_evaluation
 from core.gallery import read_evaluation
 from core.metrics import classification_summary, expected_calibration_error, softmax
-from core.train import NO_HOLDOUT, predict_logits
+from core.train import predict_logits
 
 PLACEMENT_COLUMNS = ("iou", "mass_outside_brain")
 
@@ -74,7 +74,7 @@ def holdout_probabilities(
     """Per-image calibrated probabilities and labels on the grouped hold-out, scored on the
     un-masked images as `train` scores its hold-out. Returns (probabilities, labels, class names)."""
     loaded = load_checkpoint(checkpoint)
-    if loaded.config.extra.get("training", {}).get("holdout") == NO_HOLDOUT:
+    if loaded.config.refit_without_holdout:
         raise CheckpointError(
             f"{checkpoint} was refit on every training image, the hold-out included, so the hold-out cannot judge it; "
             "compare its twin run instead (the one that kept the hold-out aside and gave it its temperature)."

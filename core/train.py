@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from core.checkpoint import (
     CONFIG_FILE,
+    NO_HOLDOUT,
     LoadedModel,
     ModelConfig,
     create_model,
@@ -38,7 +39,6 @@ from core.preprocess import Preprocessing, to_tensor
 from core.pretrained import IMAGENET_WEIGHTS, imagenet_backbone_for
 
 DISTILL_TEMPERATURE = 2.0
-NO_HOLDOUT = "none: refit on every image of the training splits"  # training.holdout of --holdout-fraction 0
 # ConvNeXt's last stage feeds global average pooling, so gradients there are the same at every
 # position; one stage earlier they vary (on `val`, Grad-CAM IoU 0.05 at stages.2 vs 0.02 at stages.3).
 DEFAULT_LAYERS = {"tf_efficientnet_lite": "conv_head", "convnext": "stages.2"}

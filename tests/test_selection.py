@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.checkpoint import NO_HOLDOUT
 from core.cli import main
 from core.dataset import grouped_holdout, list_splits
 from core.selection import compare_checkpoints, mcnemar_exact, wilcoxon_paired
-from core.train import NO_HOLDOUT
 from tests.conftest import SHARED_DATA, copy_shared_slice
 
 
