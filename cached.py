@@ -1,4 +1,4 @@
-"""Streamlit cache wrappers around core, keyed by names and bytes (never by objects).
+"""Streamlit cache wrappers around core, keyed by names, bytes and settings (never by objects).
 
 Models are shared singletons (`st.cache_resource`), each carrying the lock explain() takes;
 results are copied per session (`st.cache_data`).
@@ -6,11 +6,15 @@ results are copied per session (`st.cache_data`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import streamlit as st
 
-from core.checkpoint import LoadedModel, list_checkpoints, load_checkpoint
-from core.explain import Explanation, explain
-from core.gallery import Evaluation, at_threshold, read_evaluation
+from core import evaluate
+from core.checkpoint import LoadedModel, checkpoint_stamp, list_checkpoints, load_checkpoint
+from core.evaluation_store import Evaluation, at_threshold, cache_dir, read_evaluation
+from core.explain import ExplainSettings, Explanation, explain
 from core.image_input import LoadedImage, load_image
 
 
@@ -30,34 +34,30 @@ def image(data: bytes, filename: str, slice_index: int | None, axis: int) -> Loa
 
 @st.cache_data(max_entries=64, show_spinner="Computing the heatmap...")
 def explanation(
-    checkpoint: str,
-    data: bytes,
-    filename: str,
-    slice_index: int | None,
-    axis: int,
-    method: str,
-    target: str | None,
-    target_layer: str | None,
-    mask_input: bool,
-    mask_heatmap: bool,
+    checkpoint: str, data: bytes, filename: str, slice_index: int | None, axis: int, settings: ExplainSettings
 ) -> Explanation:
-    pixels = image(data, filename, slice_index, axis).pixels
-    return explain(
-        model(checkpoint),
-        pixels,
-        method=method,
-        target=target,
-        target_layer=target_layer,
-        mask_input=mask_input,
-        mask_heatmap=mask_heatmap,
-    )
+    return explain(model(checkpoint), image(data, filename, slice_index, axis).pixels, settings)
+
+
+def evaluation_folder(
+    checkpoint: str, root: Path, split: str, settings: ExplainSettings, on_progress: Callable[[int, int], None]
+) -> str:
+    """The evaluation's cache folder, computed on first use with progress. Its key is cached
+    by the checkpoint's size-and-time stamp, so a rerun does not hash 13 MB of weights."""
+    folder = Path(_evaluation_folder(checkpoint, checkpoint_stamp(checkpoint), str(root), split, settings))
+    evaluate.cached_evaluation(checkpoint, root, split, cache_dir(), settings=settings, folder=folder, progress=False,
+                      on_progress=on_progress)  # fmt: skip
+    return str(folder)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _evaluation_folder(checkpoint: str, stamp: tuple, root: str, split: str, settings: ExplainSettings) -> str:
+    return str(evaluate.evaluation_folder(checkpoint, Path(root), split, cache_dir(), settings=settings))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def evaluation(folder: str) -> Evaluation:
     """A finished evaluation read from its cache folder (the folder name is its content key)."""
-    from pathlib import Path
-
     return read_evaluation(Path(folder))
 
 

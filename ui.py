@@ -9,12 +9,13 @@ import streamlit as st
 
 import cached
 from core.checkpoint import CheckpointError, LoadedModel
-from core.explain import ExplainError
+from core.dataset import DatasetError
+from core.explain import ExplainError, ExplainSettings, Explanation
 from core.image_input import MAX_FILE_BYTES, ImageInputError, LoadedImage
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_images"
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom", "nii", "gz"]
-USER_ERRORS = (ImageInputError, ExplainError, CheckpointError)
+USER_ERRORS = (ImageInputError, ExplainError, CheckpointError, DatasetError)
 NOTUMOR_CAVEAT = (
     "Caution: every no-tumour training image came from a different source and MRI sequence than the "
     "tumour images, so 'notumor' may reflect the image's sequence or contrast rather than its anatomy."
@@ -59,7 +60,7 @@ def load_model(name: str) -> LoadedModel:
 
 
 def model_caption(loaded: LoadedModel) -> str:
-    metrics = loaded.config.extra.get("metrics")
+    metrics = loaded.config.metrics
     if not metrics:
         return "No test metrics recorded for this model."
     images = metrics["num_images"]
@@ -68,6 +69,24 @@ def model_caption(loaded: LoadedModel) -> str:
         f"Test accuracy {metrics['accuracy']:.2%} ({round(metrics['accuracy'] * images)} of {images} images of the "
         f"`{metrics['split']}` split), macro-F1 {metrics['macro_f1']:.3f} (see checkpoints/{loaded.name}/README.md)."
     )
+
+
+PREDICTED_CLASS = "predicted class"
+
+
+def target_picker(labels: list[str], label: str = "Explain class", key: str | None = None) -> str | None:
+    """Which class to explain: None for the predicted class, else a class name."""
+    choice = st.selectbox(label, [PREDICTED_CLASS, *labels], key=key)
+    return None if choice == PREDICTED_CLASS else choice
+
+
+def explanation(scan: Scan, checkpoint: str, settings: ExplainSettings) -> Explanation:
+    """The cached explanation of the scan, or a plain error that stops the page."""
+    try:
+        return cached.explanation(checkpoint, scan.data, scan.filename, scan.slice_index, scan.axis, settings)
+    except USER_ERRORS as error:
+        st.error(str(error))
+        st.stop()
 
 
 def pick_scan(key: str) -> Scan | None:

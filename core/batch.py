@@ -15,9 +15,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from core.checkpoint import load_checkpoint
-from core.explain import ExplainError, explain
+from core.explain import ExplainError, ExplainSettings, explain
 from core.image_input import SUPPORTED_SUFFIXES, ImageInputError, load_image
-from core.render import heatmap_rgb, overlay, png_bytes
+from core.render import explanation_panels, png_bytes
 
 
 def expand_inputs(paths: list[Path]) -> list[tuple[Path, Path]]:
@@ -43,10 +43,8 @@ def explain_files(
     paths: list[Path],
     checkpoint: str | Path,
     out: Path,
+    settings: ExplainSettings = ExplainSettings(),
     *,
-    method: str = "Grad-CAM",
-    target: str | None = None,
-    brain_mask: bool = True,
     progress: bool = True,
 ) -> list[dict]:
     """Explain every image; returns one dict per input (also in results.json / summary.csv)."""
@@ -57,8 +55,7 @@ def explain_files(
         entry = {"image": str(path)}
         try:
             image = load_image(path.read_bytes(), path.name).pixels
-            result = explain(loaded, image, method=method, target=target,
-                             mask_input=brain_mask, mask_heatmap=brain_mask)  # fmt: skip
+            result = explain(loaded, image, settings)
         except (ImageInputError, ExplainError, OSError) as error:
             message = error.strerror if isinstance(error, OSError) else str(error)
             tqdm.write(f"{path}: {message}", file=sys.stderr)
@@ -66,14 +63,15 @@ def explain_files(
             continue
         (out / stem).parent.mkdir(parents=True, exist_ok=True)
         overlay_path, heatmap_path = (out / f"{stem}_overlay.png", out / f"{stem}_heatmap.png")
-        overlay_path.write_bytes(png_bytes(overlay(image, result.heatmap)))
-        heatmap_path.write_bytes(png_bytes(heatmap_rgb(result.heatmap)))
+        pictures = explanation_panels(image, result.heatmap)
+        overlay_path.write_bytes(png_bytes(pictures.overlay))
+        heatmap_path.write_bytes(png_bytes(pictures.heatmap))
         entry.update(result.summary(), overlay=str(overlay_path.relative_to(out)),
                      heatmap=str(heatmap_path.relative_to(out)))  # fmt: skip
         results.append(entry)
-    run = {"checkpoint": loaded.name, "method": method, "images": results}
+    run = {"checkpoint": loaded.name, "method": settings.method, "images": results}
     (out / "results.json").write_text(json.dumps(run, indent=2) + "\n")
-    _write_summary_csv(out / "summary.csv", results, loaded.config.label_names, method)
+    _write_summary_csv(out / "summary.csv", results, loaded.config.label_names, settings.method)
     return results
 
 

@@ -23,8 +23,14 @@ SCHEMA_VERSION = 1
 DEFAULT_CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
 ROOT_VARIABLE = "BRAIN_XAI_CHECKPOINTS"  # overrides where checkpoint names are looked up
 WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-NO_HOLDOUT = "none: refit on every image of the training splits"  # training.holdout of --holdout-fraction 0
+CONFIG_FILE = "config.json"  # what inference needs
+TRAINING_FILE = "training.json"  # how the weights were made: recipe, history, lineage, notes
+# The training record's hold-out sentence of a --holdout-fraction 0 run, in configs written
+# before config.json carried the boolean refit_without_holdout.
+LEGACY_NO_HOLDOUT = "none: refit on every image of the training splits"
+# Keys older config.json files carried that are now elsewhere: the preprocessing block holds
+# input size, mean and std once, and the training record lives in training.json.
+LEGACY_KEYS = {"num_classes", "input_size", "mean", "std", "training", "notes"}
 
 
 class CheckpointError(RuntimeError):
@@ -33,57 +39,46 @@ class CheckpointError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The parts of config.json the engine needs; the rest is kept in `extra`."""
+    """config.json: what inference needs, and the test metrics the model card measured."""
 
     architecture: str
     label_names: tuple[str, ...]
     preprocessing: Preprocessing
     default_target_layer: str
     temperature: float = 1.0
-    extra: dict = field(default_factory=dict, compare=False)
-
-    @property
-    def refit_without_holdout(self) -> bool:
-        """Trained with --holdout-fraction 0: it saw the hold-out and fitted no temperature."""
-        return self.extra.get("training", {}).get("holdout") == NO_HOLDOUT
+    # Trained with --holdout-fraction 0: it saw the hold-out and fitted no temperature of its own.
+    refit_without_holdout: bool = False
+    metrics: dict = field(default_factory=dict, compare=False)  # written by core.model_card
+    extra: dict = field(default_factory=dict, compare=False)  # keys this version does not know, kept
 
     def to_dict(self) -> dict:
-        size = self.preprocessing.input_size
-        return {
+        values = {
             "schema_version": SCHEMA_VERSION,
             "architecture": self.architecture,
-            "num_classes": len(self.label_names),
             "label_names": list(self.label_names),
-            "input_size": [3, size, size],
-            "mean": [self.preprocessing.mean] * 3,
-            "std": [self.preprocessing.std] * 3,
             "preprocessing": self.preprocessing.to_dict(),
             "default_target_layer": self.default_target_layer,
             "temperature": self.temperature,
-            **self.extra,
+            "refit_without_holdout": self.refit_without_holdout,
         }
+        if self.metrics:
+            values["metrics"] = self.metrics
+        return {**values, **self.extra}
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
-        known = {
-            "schema_version",
-            "architecture",
-            "num_classes",
-            "label_names",
-            "input_size",
-            "mean",
-            "std",
-            "preprocessing",
-            "default_target_layer",
-            "temperature",
-        }
+        known = {"schema_version", "architecture", "label_names", "preprocessing", "default_target_layer",
+                 "temperature", "refit_without_holdout", "metrics"}  # fmt: skip
+        legacy_refit = (values.get("training") or {}).get("holdout") == LEGACY_NO_HOLDOUT
         return cls(
             architecture=values["architecture"],
             label_names=tuple(values["label_names"]),
             preprocessing=Preprocessing.from_dict(values["preprocessing"]),
             default_target_layer=values["default_target_layer"],
             temperature=float(values.get("temperature", 1.0)),
-            extra={k: v for k, v in values.items() if k not in known},
+            refit_without_holdout=bool(values.get("refit_without_holdout", legacy_refit)),
+            metrics=dict(values.get("metrics") or {}),
+            extra={k: v for k, v in values.items() if k not in known | LEGACY_KEYS},
         )
 
 
@@ -104,11 +99,49 @@ def create_model(architecture: str, num_classes: int, **timm_options) -> torch.n
     return timm.create_model(architecture, pretrained=False, num_classes=num_classes, **timm_options)
 
 
-def save_checkpoint(model: torch.nn.Module, config: ModelConfig, directory: Path) -> None:
+def save_checkpoint(model: torch.nn.Module, config: ModelConfig, directory: Path, training: dict | None = None) -> None:
+    """Write model.safetensors and config.json (and training.json, given a training record)."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
-    (directory / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    write_config(directory, config)
+    if training is not None:
+        write_training_record(directory, training)
+
+
+def write_config(directory: Path, config: ModelConfig) -> None:
+    (Path(directory) / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def read_training_record(directory: Path) -> dict:
+    """training.json (recipe, history, lineage, notes), or the "training" and "notes" that
+    older config.json files carried; {} when the checkpoint has neither."""
+    path = Path(directory) / TRAINING_FILE
+    if path.is_file():
+        return json.loads(path.read_text())
+    try:
+        values = json.loads((Path(directory) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    record = dict(values.get("training") or {})
+    if values.get("notes"):
+        record["notes"] = values["notes"]
+    return record
+
+
+def write_training_record(directory: Path, record: dict) -> None:
+    (Path(directory) / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def migrate_checkpoint(directory: Path) -> None:
+    """Rewrite an older checkpoint's config.json in today's shape, moving its training record
+    and notes to training.json; the weights are not touched."""
+    directory = Path(directory)
+    record = read_training_record(directory)
+    config = read_config(directory)
+    write_config(directory, config)
+    if record:
+        write_training_record(directory, record)
 
 
 def checkpoint_root() -> Path:
@@ -121,24 +154,6 @@ def list_checkpoints(root: Path | None = None) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / WEIGHTS_FILE).is_file() and (p / CONFIG_FILE).is_file())
-
-
-def preferred_checkpoint(names: list[str], root: Path | None = None) -> int:
-    """Index of the checkpoint with the best recorded test accuracy (the first when none has one).
-
-    Pages open on it, so a user sees the strongest installed model unless they choose another.
-    """
-    root = root or checkpoint_root()
-
-    def accuracy(name: str) -> float:
-        try:
-            metrics = json.loads((root / name / CONFIG_FILE).read_text()).get("metrics") or {}
-            return float(metrics.get("accuracy", -1.0))
-        except (OSError, ValueError, TypeError, AttributeError):
-            return -1.0
-
-    scores = [accuracy(name) for name in names]
-    return scores.index(max(scores)) if names else 0
 
 
 def resolve_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> Path:
@@ -169,38 +184,6 @@ def read_config(directory: Path) -> ModelConfig:
         return ModelConfig.from_dict(values)
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{directory / CONFIG_FILE} is missing or has a bad field: {error}.") from error
-
-
-def adopt_temperature(target: str | Path, source: str | Path, root: Path | None = None) -> float:
-    """Give a checkpoint refit on every training image (nothing held out) the temperature that
-    `source`, the same recipe run with the grouped hold-out, fitted there; note where it came from."""
-    target_dir, source_dir = resolve_checkpoint(target, root), resolve_checkpoint(source, root)
-    target_config, source_config = read_config(target_dir), read_config(source_dir)
-    if (source_config.architecture, source_config.label_names) != (
-        target_config.architecture,
-        target_config.label_names,
-    ):
-        raise CheckpointError(
-            f"{source} is a {source_config.architecture} for {list(source_config.label_names)}; "
-            f"{target} is a {target_config.architecture} for {list(target_config.label_names)}."
-        )
-    if not target_config.refit_without_holdout:
-        raise CheckpointError(
-            f"{target} was not refit with --holdout-fraction 0; a run that kept a hold-out fitted its own "
-            "temperature there, so it stays."
-        )
-    fitted_on = source_config.extra.get("training", {})
-    if not fitted_on.get("holdout_metrics"):
-        raise CheckpointError(f"{source} held nothing out, so its temperature was never fitted; pick a run that did.")
-    values = json.loads((target_dir / CONFIG_FILE).read_text())
-    values["temperature"] = source_config.temperature
-    values.setdefault("training", {})["temperature_from"] = {
-        "checkpoint": str(source),
-        "holdout": fitted_on["holdout"],
-        "holdout_metrics": fitted_on["holdout_metrics"],
-    }
-    (target_dir / CONFIG_FILE).write_text(json.dumps(values, indent=2) + "\n")
-    return source_config.temperature
 
 
 def load_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> LoadedModel:
@@ -252,6 +235,20 @@ def checkpoint_sha256(name_or_dir: str | Path, root: Path | None = None) -> str:
         except FileNotFoundError as error:
             raise CheckpointError(f"{directory} has no {name}; it is not a complete checkpoint.") from error
     return digest.hexdigest()
+
+
+def checkpoint_stamp(name_or_dir: str | Path, root: Path | None = None) -> tuple:
+    """A cheap fingerprint of a checkpoint's files (size and modification time, no hashing):
+    it changes whenever the weights or config.json are rewritten, for keying caches."""
+    directory = resolve_checkpoint(name_or_dir, root)
+    stamp = []
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        try:
+            status = (directory / name).stat()
+        except FileNotFoundError as error:
+            raise CheckpointError(f"{directory} has no {name}; it is not a complete checkpoint.") from error
+        stamp.append((name, status.st_size, status.st_mtime_ns))
+    return tuple(stamp)
 
 
 def _check_layer(model: torch.nn.Module, layer: str) -> None:

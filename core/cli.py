@@ -1,261 +1,156 @@
-"""Argument parsing for `python -m core`; each command calls one core function."""
+"""`python -m core`: each subcommand registers its parser and the handler that runs it.
+
+The train flags are built from core.training.options.TrainOptions, so each default lives once.
+Errors a user can fix (a missing checkpoint, a bad file or folder, an unknown method) print
+one line and exit with status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import sys
+import types
+import typing
+from dataclasses import MISSING, fields
 from pathlib import Path
+
+from core.checkpoint import CheckpointError
+from core.dataset import DatasetError
+from core.evaluation_store import cache_dir
+from core.explain import CAM_METHODS, ExplainError, ExplainSettings
+from core.image_input import ImageInputError
+from core.training.options import TrainOptions
+
+USER_ERRORS = (CheckpointError, DatasetError, ExplainError, ImageInputError)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m core", description="Brain-MRI explainability: " + __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="train a classifier and write a checkpoint")
-    train.add_argument("--arch", required=True, help="timm architecture, e.g. convnext_atto")
-    train.add_argument("--data", type=Path, required=True, help="dataset ROOT with SPLIT/<class>/<image>")
-    train.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
-    train.add_argument("--splits", nargs="+", default=["train", "val"])
-    train.add_argument("--epochs", type=int, default=12)
-    train.add_argument("--image-size", type=int, default=192)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument(
-        "--init",
-        default="scratch",
-        help="scratch, imagenet-lite0 (-lite1, -lite2), or a checkpoint folder of the same architecture to go on from",
-    )
-    train.add_argument("--teacher", type=Path, help="checkpoint to distil from")
-    train.add_argument("--distill-weight", type=float, default=0.5, help="share of the loss given to the teacher")
-    train.add_argument(
-        "--consistent-teacher",
-        action="store_true",
-        help="the teacher scores each augmented view the student sees, not the un-augmented image once",
-    )
-    train.add_argument("--ema", type=float, metavar="DECAY", help="save an exponential moving average of the weights")
-    train.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="blend image pairs (timm Mixup)")
-    train.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="paste a box from another image")
-    train.add_argument(
-        "--drop-path", type=float, default=0.0, metavar="RATE", help="stochastic depth while training (timm)"
-    )
-    train.add_argument(
-        "--attention-transfer",
-        type=float,
-        default=0.0,
-        metavar="BETA",
-        help="pull the student's spatial attention towards the consistent teacher's (e.g. 1000)",
-    )
-    train.add_argument(
-        "--holdout-fraction",
-        type=float,
-        default=0.15,
-        help="share of each class's groups held out (0: refit on every image; then set the temperature with calibrate)",
-    )
-    train.add_argument("--threads", type=int, default=2, help="CPU threads torch uses")
-    train.add_argument("--limit", type=int, help="images per class (smoke runs)")
-    train.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
-    train.add_argument(
-        "--folds",
-        type=int,
-        help="grouped k-fold cross-validation of this recipe instead: --out is a JSON report, no checkpoint",
-    )
-    train.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where batches are trained")
-    train.add_argument(
-        "--bf16", action="store_true", help="forward passes in bfloat16 autocast (faster on CPUs with AVX512-BF16)"
-    )
-    train.add_argument("--no-progress", action="store_true")
-
-    explain = commands.add_parser("explain", help="heatmaps and overlays for image files")
-    explain.add_argument("images", nargs="+", type=Path)
-    explain.add_argument("--checkpoint", required=True, help="name under checkpoints/ or a folder")
-    explain.add_argument("--method", default="Grad-CAM")
-    explain.add_argument("--target", help="class name to explain (default: predicted)")
-    explain.add_argument("--no-brain-mask", action="store_true")
-    explain.add_argument("--out", type=Path, required=True)
-
-    evaluate = commands.add_parser("evaluate", help="accuracy, F1, AUC and calibration on a split")
-    evaluate.add_argument("--checkpoint", required=True, help="name under checkpoints/ or a folder")
-    evaluate.add_argument("--data", type=Path, required=True, help="dataset ROOT with SPLIT/<class>/<image>")
-    evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--out", type=Path, required=True)
-    evaluate.add_argument("--no-brain-mask", action="store_true", help="no masking of input or heatmap")
-    evaluate.add_argument("--method", help="also compute heatmaps with this CAM method, and localisation metrics")
-    evaluate.add_argument("--threshold", type=float, default=0.5, help="relative heatmap threshold for IoU")
-    evaluate.add_argument("--layer", help="target layer (default: the checkpoint's)")
-    evaluate.add_argument("--cache", action="store_true", help="reuse/store the result in the gallery's disk cache")
-
-    compare = commands.add_parser("compare", help="two models on one image: figure and agreement JSON")
-    compare.add_argument("image", type=Path)
-    compare.add_argument("--checkpoints", nargs=2, required=True, metavar=("A", "B"))
-    compare.add_argument("--method", default="Grad-CAM")
-    compare.add_argument("--threshold", type=float, default=0.5)
-    compare.add_argument("--no-brain-mask", action="store_true")
-    compare.add_argument("--out", type=Path, required=True)
-
-    serve = commands.add_parser("serve", help="HTTP API (FastAPI): POST /predict, GET /models, /health")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-
-    bench = commands.add_parser("bench", help="latency, re-render, throughput and cold start (prints ratios)")
-    bench.add_argument("--checkpoints", nargs="*", help="default: every installed checkpoint")
-    bench.add_argument("--repeats", type=int, default=20)
-    bench.add_argument("--batch", type=int, default=16)
-    bench.add_argument("--out", type=Path, default=Path("bench.json"))
-
-    select = commands.add_parser(
-        "select", help="candidates against a reference checkpoint on the grouped hold-out (never test)"
-    )
-    select.add_argument("checkpoints", nargs="+", help="the reference first, then the candidates")
-    select.add_argument("--data", type=Path, required=True, help="dataset ROOT with SPLIT/<class>/<image>")
-    select.add_argument("--splits", nargs="+", default=["train", "val"], help="the splits trained on")
-    select.add_argument("--holdout-fraction", type=float, default=0.15)
-    select.add_argument("--seed", type=int, default=0, help="the training seed that drew the hold-out")
-    select.add_argument("--placement-split", help="also compare Grad-CAM placement on this split's outlines (val)")
-    select.add_argument("--out", type=Path, help="also write the comparison as JSON")
-
-    calibrate = commands.add_parser(
-        "calibrate", help="give a run refit without a hold-out the temperature its hold-out twin fitted"
-    )
-    calibrate.add_argument("--checkpoint", required=True, help="the run trained with --holdout-fraction 0")
-    calibrate.add_argument("--temperature-from", required=True, help="the same recipe, run with the hold-out")
-
-    card = commands.add_parser("card", help="write a checkpoint's model card from evaluation summaries")
-    card.add_argument("--checkpoint", required=True)
-    card.add_argument("--test", type=Path, required=True, help="summary.json of the test evaluation")
-    card.add_argument("--localisation", type=Path, nargs="*", default=[], help="summary.json files with heatmaps")
-    card.add_argument("--commit", required=True, help="commit that produced the measurements")
-
+    for register in (_train, _explain, _evaluate, _compare, _serve, _bench, _select, _calibrate, _card):
+        register(commands)
     args = parser.parse_args(argv)
-    if args.command == "card":
-        import json
+    try:
+        return args.run(args) or 0
+    except USER_ERRORS as error:
+        print(error, file=sys.stderr)
+        return 2
 
-        from core.model_card import write_model_card
 
-        summaries = [json.loads(p.read_text()) for p in args.localisation]
-        print(write_model_card(args.checkpoint, json.loads(args.test.read_text()), summaries, args.commit))
-        return 0
-    if args.command == "calibrate":
-        from core.checkpoint import CheckpointError, adopt_temperature
+# --- options built from a dataclass -------------------------------------------------------
 
-        try:
-            temperature = adopt_temperature(args.checkpoint, args.temperature_from)
-        except CheckpointError as error:
-            print(error, file=sys.stderr)
-            return 2
-        print(f"{args.checkpoint}: temperature {temperature:.3f}, fitted on {args.temperature_from}'s hold-out")
-        return 0
-    if args.command == "bench":
-        from core.bench import run_bench
 
-        run_bench(args.checkpoints, args.repeats, args.batch, args.out)
-        return 0
-    if args.command == "serve":
-        import uvicorn
+def add_dataclass_options(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of `cls` (see core.training.options.option): its type, default and
+    help come from the field, so the command line never repeats a default."""
+    hints = typing.get_type_hints(cls)
+    for spec in fields(cls):
+        kind, meta = hints[spec.name], spec.metadata
+        flag = meta.get("flag") or "--" + spec.name.replace("_", "-")
+        extra = dict(meta.get("cli", {}))
+        if kind is bool:
+            action = "store_false" if spec.default else "store_true"
+            parser.add_argument(flag, dest=spec.name, action=action, help=meta.get("help"))
+            continue
+        if spec.default is MISSING:
+            extra["required"] = True
+        else:
+            extra["default"] = spec.default
+        if typing.get_origin(kind) is tuple:
+            extra["nargs"] = "+"
+            kind = typing.get_args(kind)[0]
+        elif isinstance(kind, types.UnionType):
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+        parser.add_argument(flag, dest=spec.name, type=kind, help=meta.get("help"), **extra)
 
-        from core.service import create_app
 
-        uvicorn.run(create_app(), host=args.host, port=args.port)
-        return 0
-    if args.command == "compare":
-        return _compare(args)
-    if args.command == "select":
-        return _select(args)
-    if args.command == "evaluate":
-        return _evaluate(args)
-    if args.command == "explain":
-        return _explain(args)
-    if args.command == "train":
-        from core.checkpoint import CheckpointError
-        from core.train import TrainOptions, cross_validate
-        from core.train import train as run_training
+def dataclass_from_args(cls, args: argparse.Namespace):
+    return cls(**{spec.name: getattr(args, spec.name) for spec in fields(cls)})
 
-        try:
-            options = TrainOptions(
-                arch=args.arch,
-                data=args.data,
-                out=args.out,
-                splits=tuple(args.splits),
-                epochs=args.epochs,
-                image_size=args.image_size,
-                batch_size=args.batch_size,
-                lr=args.lr,
-                seed=args.seed,
-                init=args.init,
-                teacher=args.teacher,
-                distill_weight=args.distill_weight,
-                consistent_teacher=args.consistent_teacher,
-                ema_decay=args.ema,
-                mixup_alpha=args.mixup,
-                cutmix_alpha=args.cutmix,
-                drop_path=args.drop_path,
-                attention_transfer=args.attention_transfer,
-                holdout_fraction=args.holdout_fraction,
-                threads=args.threads,
-                limit=args.limit,
-                max_steps=args.max_steps,
-                device=args.device,
-                bf16=args.bf16,
-                progress=not args.no_progress,
-            )
-            if args.folds:
-                cross_validate(options, args.folds)
-            else:
-                run_training(options)
-        except (CheckpointError, ValueError) as error:
-            print(error, file=sys.stderr)
-            return 2
+
+# --- explanation settings shared by explain, evaluate and compare ----------------------------
+
+
+def _add_explain_options(parser: argparse.ArgumentParser, method_default: str | None = "Grad-CAM") -> None:
+    parser.add_argument("--method", default=method_default, help=f"CAM method: {', '.join(CAM_METHODS)}")
+    parser.add_argument("--layer", help="target layer, a dotted module name (default: the checkpoint's)")
+    parser.add_argument("--no-brain-mask", action="store_true", help="no masking of input or heatmap")
+
+
+def _explain_settings(args: argparse.Namespace) -> ExplainSettings:
+    mask = not args.no_brain_mask
+    return ExplainSettings(args.method or "Grad-CAM", getattr(args, "target", None), args.layer, mask, mask)
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+
+def _train(commands) -> None:
+    parser = commands.add_parser("train", help="train a classifier and write a checkpoint")
+    add_dataclass_options(parser, TrainOptions)
+    parser.add_argument(
+        "--folds", type=int, help="grouped k-fold cross-validation of this recipe instead: --out is a JSON report"
+    )
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from core.training.loop import cross_validate, train
+
+    try:
+        options = dataclass_from_args(TrainOptions, args)
+        cross_validate(options, args.folds) if args.folds else train(options)
+    except ValueError as error:  # options that do not fit together, too many folds
+        print(error, file=sys.stderr)
+        return 2
     return 0
 
 
-def _explain(args: argparse.Namespace) -> int:
-    from core.batch import explain_files
-    from core.checkpoint import CheckpointError
-    from core.explain import CAM_METHODS
+def _explain(commands) -> None:
+    parser = commands.add_parser("explain", help="heatmaps and overlays for image files")
+    parser.add_argument("images", nargs="+", type=Path)
+    parser.add_argument("--checkpoint", required=True, help="name under checkpoints/ or a folder")
+    parser.add_argument("--target", help="class name to explain (default: predicted)")
+    _add_explain_options(parser)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.set_defaults(run=_run_explain)
 
-    if args.method not in CAM_METHODS:
-        print(f"Unknown method '{args.method}'. Choose one of: {', '.join(CAM_METHODS)}.", file=sys.stderr)
-        return 2
-    try:
-        results = explain_files(
-            args.images,
-            args.checkpoint,
-            args.out,
-            method=args.method,
-            target=args.target,
-            brain_mask=not args.no_brain_mask,
-        )
-    except CheckpointError as error:
-        print(error, file=sys.stderr)
-        return 2
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from core.batch import explain_files
+
+    results = explain_files(args.images, args.checkpoint, args.out, _explain_settings(args))
     failed = sum("error" in r for r in results)
     print(f"{len(results) - failed} of {len(results)} images explained; results in {args.out / 'results.json'}")
     return 1 if failed else 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    import json
-    import shutil
+def _evaluate(commands) -> None:
+    parser = commands.add_parser("evaluate", help="accuracy, F1, AUC and calibration on a split")
+    parser.add_argument("--checkpoint", required=True, help="name under checkpoints/ or a folder")
+    parser.add_argument("--data", type=Path, required=True, help="dataset ROOT with SPLIT/<class>/<image>")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out", type=Path, required=True)
+    _add_explain_options(parser, method_default=None)
+    parser.add_argument("--threshold", type=float, default=0.5, help="relative heatmap threshold for IoU")
+    parser.add_argument("--cache", action="store_true", help="reuse/store the result in the gallery's disk cache")
+    parser.epilog = "With --method, every image also gets a heatmap and localisation metrics against its outline."
+    parser.set_defaults(run=_run_evaluate)
 
-    from core.checkpoint import CheckpointError
-    from core.dataset import DatasetError
-    from core.evaluate import DEFAULT_CACHE_DIR, HeatmapSettings, cached_evaluation, evaluate
-    from core.explain import ExplainError
 
-    mask = not args.no_brain_mask
-    heatmaps = HeatmapSettings(args.method, mask, mask, args.threshold, args.layer) if args.method else None
-    try:
-        if args.cache:
-            folder = cached_evaluation(
-                args.checkpoint, args.data, args.split, heatmaps, DEFAULT_CACHE_DIR, mask_input=mask
-            )
-            shutil.copytree(folder, args.out, dirs_exist_ok=True)
-            summary = json.loads((args.out / "summary.json").read_text())
-        else:
-            summary = evaluate(args.checkpoint, args.data, args.split, args.out, heatmaps=heatmaps, mask_input=mask)
-    except (CheckpointError, DatasetError, ExplainError) as error:
-        print(error, file=sys.stderr)
-        return 2
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from core.evaluate import cached_evaluation, evaluate
+
+    settings, heatmaps = _explain_settings(args), args.method is not None
+    options = {"settings": settings, "heatmaps": heatmaps, "threshold": args.threshold}
+    if args.cache:
+        folder = cached_evaluation(args.checkpoint, args.data, args.split, cache_dir(), **options)
+        shutil.copytree(folder, args.out, dirs_exist_ok=True)
+        summary = json.loads((args.out / "summary.json").read_text())
+    else:
+        summary = evaluate(args.checkpoint, args.data, args.split, args.out, **options)
     ece = summary["ece_15_bins"]
     print(
         f"{summary['num_images']} images: accuracy {summary['accuracy']:.3f}, macro-F1 {summary['macro_f1']:.3f}, "
@@ -268,23 +163,32 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(args: argparse.Namespace) -> int:
-    import json
+def _compare(commands) -> None:
+    parser = commands.add_parser("compare", help="two models on one image: figure and agreement JSON")
+    parser.add_argument("image", type=Path)
+    parser.add_argument("--checkpoints", nargs=2, required=True, metavar=("A", "B"))
+    _add_explain_options(parser)
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.set_defaults(run=_run_compare)
 
-    from core.checkpoint import CheckpointError, load_checkpoint
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from core.checkpoint import load_checkpoint
     from core.compare import heatmap_agreement, side_by_side, verdict
-    from core.explain import ExplainError, explain
-    from core.image_input import ImageInputError, load_image
+    from core.explain import explain
+    from core.image_input import load_image
     from core.render import png_bytes
 
     try:
-        loaded = load_image(args.image.read_bytes(), args.image.name)
-        models = [load_checkpoint(name) for name in args.checkpoints]
-        mask = not args.no_brain_mask
-        results = [explain(m, loaded.pixels, method=args.method, mask_input=mask, mask_heatmap=mask) for m in models]
-    except (ImageInputError, CheckpointError, ExplainError, OSError) as error:
-        print(getattr(error, "strerror", None) or error, file=sys.stderr)
+        data = args.image.read_bytes()
+    except OSError as error:
+        print(f"{args.image}: {error.strerror}", file=sys.stderr)
         return 2
+    loaded = load_image(data, args.image.name)
+    models = [load_checkpoint(name) for name in args.checkpoints]
+    settings = _explain_settings(args)
+    results = [explain(model, loaded.pixels, settings) for model in models]
     names = (models[0].name, models[1].name)
     agree, sentence = verdict(names, *results)
     agreement = heatmap_agreement(results[0].heatmap, results[1].heatmap, args.threshold, loaded.pixel_spacing_mm)
@@ -303,21 +207,59 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _select(args: argparse.Namespace) -> int:
-    import json
+def _serve(commands) -> None:
+    parser = commands.add_parser("serve", help="HTTP API (FastAPI): POST /predict, GET /models, /health")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.set_defaults(run=_run_serve)
 
-    from core.checkpoint import CheckpointError
-    from core.dataset import DatasetError
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from core.service import create_app
+
+    uvicorn.run(create_app(), host=args.host, port=args.port)
+    return 0
+
+
+def _bench(commands) -> None:
+    parser = commands.add_parser("bench", help="latency, re-render, throughput and cold start (prints ratios)")
+    parser.add_argument("--checkpoints", nargs="*", help="default: every installed checkpoint")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    parser.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from core.bench import run_bench
+
+    run_bench(args.checkpoints, args.repeats, args.batch, args.out)
+    return 0
+
+
+def _select(commands) -> None:
+    parser = commands.add_parser(
+        "select", help="candidates against a reference checkpoint on the grouped hold-out (never test)"
+    )
+    parser.add_argument("checkpoints", nargs="+", help="the reference first, then the candidates")
+    parser.add_argument("--data", type=Path, required=True, help="dataset ROOT with SPLIT/<class>/<image>")
+    parser.add_argument("--splits", nargs="+", default=["train", "val"], help="the splits trained on")
+    parser.add_argument("--holdout-fraction", type=float, default=0.15)
+    parser.add_argument("--seed", type=int, default=0, help="the training seed that drew the hold-out")
+    parser.add_argument("--placement-split", help="also compare Grad-CAM placement on this split's outlines (val)")
+    parser.add_argument("--out", type=Path, help="also write the comparison as JSON")
+    parser.set_defaults(run=_run_select)
+
+
+def _run_select(args: argparse.Namespace) -> int:
     from core.selection import compare_checkpoints
 
-    try:
-        comparisons = compare_checkpoints(
-            args.checkpoints, args.data, splits=tuple(args.splits), fraction=args.holdout_fraction,
-            seed=args.seed, placement_split=args.placement_split,
-        )  # fmt: skip
-    except (CheckpointError, DatasetError) as error:
-        print(error, file=sys.stderr)
-        return 2
+    comparisons = compare_checkpoints(
+        args.checkpoints, args.data, splits=tuple(args.splits), fraction=args.holdout_fraction,
+        seed=args.seed, placement_split=args.placement_split,
+    )  # fmt: skip
     for c in comparisons:
         line = (
             f"{c.checkpoint}: hold-out {c.holdout_images} images, accuracy {c.accuracy:.3f}, "
@@ -334,4 +276,38 @@ def _select(args: argparse.Namespace) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps([c.to_dict() for c in comparisons], indent=2) + "\n")
+    return 0
+
+
+def _calibrate(commands) -> None:
+    parser = commands.add_parser(
+        "calibrate", help="give a run refit without a hold-out the temperature its hold-out twin fitted"
+    )
+    parser.add_argument("--checkpoint", required=True, help="the run trained with --holdout-fraction 0")
+    parser.add_argument("--temperature-from", required=True, help="the same recipe, run with the hold-out")
+    parser.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from core.training.calibrate import adopt_temperature
+
+    temperature = adopt_temperature(args.checkpoint, args.temperature_from)
+    print(f"{args.checkpoint}: temperature {temperature:.3f}, fitted on {args.temperature_from}'s hold-out")
+    return 0
+
+
+def _card(commands) -> None:
+    parser = commands.add_parser("card", help="write a checkpoint's model card from evaluation summaries")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--test", type=Path, required=True, help="summary.json of the test evaluation")
+    parser.add_argument("--localisation", type=Path, nargs="*", default=[], help="summary.json files with heatmaps")
+    parser.add_argument("--commit", required=True, help="commit that produced the measurements")
+    parser.set_defaults(run=_run_card)
+
+
+def _run_card(args: argparse.Namespace) -> int:
+    from core.model_card import write_model_card
+
+    summaries = [json.loads(p.read_text()) for p in args.localisation]
+    print(write_model_card(args.checkpoint, json.loads(args.test.read_text()), summaries, args.commit))
     return 0

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from core.explain import Explanation
-from core.render import grey_to_rgb, heatmap_rgb, overlay
+from core.render import explanation_panels
 
 
 @dataclass(frozen=True)
@@ -81,11 +81,8 @@ def side_by_side(
     """One row per model: original | heatmap | overlay, with a title bar; uint8 RGB."""
     bars = []
     for name, result in rows:
-        tiles = [
-            np.uint8(grey_to_rgb(image) * 255),
-            heatmap_rgb(result.heatmap),
-            overlay(image, result.heatmap, opacity),
-        ]
+        pictures = explanation_panels(image, result.heatmap, opacity=opacity)
+        tiles = [pictures.original, pictures.heatmap, pictures.overlay]
         tiles = [cv2.resize(t, (tile, tile), interpolation=cv2.INTER_AREA) for t in tiles]
         title = np.full((28, tile * 3, 3), 255, dtype=np.uint8)
         text = f"{name}: {result.predicted_label} {result.confidence:.0%} ({result.method}, {result.target_label})"

@@ -8,9 +8,7 @@ and the CAM is zeroed outside the head after it.
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,8 +27,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from core.brain_mask import BrainMask
 from core.checkpoint import LoadedModel
+from core.inference import prepare_slices
 from core.metrics import softmax
-from core.preprocess import heatmap_to_slice, prepare_for_model, to_tensor
+from core.preprocess import heatmap_to_slice, to_tensor
 
 CAM_METHODS = {
     "Grad-CAM": GradCAM,
@@ -44,11 +43,40 @@ CAM_METHODS = {
 SLOW_METHODS = {"Score-CAM"}  # one forward pass per activation channel
 
 
+class ExplainError(ValueError):
+    """Bad settings for explain(): unknown method, class or layer."""
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """What to explain and how: one request, shared by the pages, the CLI, the API and the cache.
+
+    method: a key of CAM_METHODS. target: class index or name to explain (None: the predicted
+    class). target_layer: dotted module name (None: the checkpoint's default). mask_input: zero
+    the background before the model. mask_heatmap: zero the heatmap outside the head after it.
+    """
+
+    method: str = "Grad-CAM"
+    target: int | str | None = None
+    target_layer: str | None = None
+    mask_input: bool = True
+    mask_heatmap: bool = True
+
+    def __post_init__(self):
+        if self.method not in CAM_METHODS:
+            raise ExplainError(f"Unknown method '{self.method}'. Choose one of: {', '.join(CAM_METHODS)}.")
+
+    @property
+    def slow(self) -> bool:
+        return self.method in SLOW_METHODS
+
+
 @dataclass(frozen=True)
 class Explanation:
     """What the model predicted for one slice, and where its evidence lies."""
 
-    probabilities: np.ndarray  # temperature-scaled, one per class
+    logits: np.ndarray  # the model's raw scores, one per class
+    probabilities: np.ndarray  # softmax of logits / temperature
     predicted_index: int
     target_index: int
     label_names: tuple[str, ...]
@@ -90,84 +118,55 @@ class Explanation:
         }
 
 
-class ExplainError(ValueError):
-    """Bad settings for explain(): unknown method, class or layer."""
-
-
-def explain(
-    loaded: LoadedModel,
-    image: np.ndarray,
-    *,
-    method: str = "Grad-CAM",
-    target: int | str | None = None,
-    target_layer: str | None = None,
-    mask_input: bool = True,
-    mask_heatmap: bool = True,
-) -> Explanation:
+def explain(loaded: LoadedModel, image: np.ndarray, settings: ExplainSettings = ExplainSettings()) -> Explanation:
     """Predict a slice's class and compute a class activation map for it.
 
     Args:
         loaded: a LoadedModel from core.checkpoint.load_checkpoint.
         image: 2-D float32 slice in [0, 1] (core.image_input.load_image(...).pixels).
-        method: a key of CAM_METHODS.
-        target: class index or name to explain; default the predicted class.
-        target_layer: dotted module name; default the checkpoint's.
-        mask_input: zero the background before the CAM.
-        mask_heatmap: zero the heatmap outside the head after the CAM.
+        settings: method, class, layer and masking.
 
     Returns:
         Explanation with the heatmap at the slice's resolution.
 
     Raises:
-        ExplainError: unknown method, class or layer.
+        ExplainError: a class or layer the model does not have.
     """
-    return explain_batch(
-        loaded, [image], method=method, target=target, target_layer=target_layer,
-        mask_input=mask_input, mask_heatmap=mask_heatmap,
-    )[0]  # fmt: skip
+    return explain_batch(loaded, [image], settings)[0]
 
 
 def explain_batch(
-    loaded: LoadedModel,
-    images: list[np.ndarray],
-    *,
-    method: str = "Grad-CAM",
-    target: int | str | None = None,
-    target_layer: str | None = None,
-    mask_input: bool = True,
-    mask_heatmap: bool = True,
+    loaded: LoadedModel, images: list[np.ndarray], settings: ExplainSettings = ExplainSettings()
 ) -> list[Explanation]:
     """explain() for several slices in one forward/backward pass; timings are per slice."""
     started = time.perf_counter()
     config = loaded.config
-    cam_class = _cam_class(method)
-    layer_name = target_layer or config.default_target_layer
+    layer_name = settings.target_layer or config.default_target_layer
     layer = _resolve_layer(loaded.model, layer_name)
-    target_index = None if target is None else _class_index(target, config.label_names)
+    target_index = None if settings.target is None else _class_index(settings.target, config.label_names)
 
-    prepared = _prepare_all(images, config.preprocessing, mask_input)
+    prepared = prepare_slices(images, config.preprocessing, settings.mask_input)
     tensor = to_tensor(np.stack([p.square for p in prepared]), config.preprocessing)
     preprocess_ms = _ms_since(started)
 
     step = time.perf_counter()
     with loaded.lock:
         targets = None if target_index is None else [ClassifierOutputTarget(target_index)] * len(images)
-        with _backpropagate_only_above(layer), cam_class(model=loaded.model, target_layers=[layer]) as cam:
-            if method in SLOW_METHODS:
-                cam.batch_size = 32
-            cam_squares = cam(input_tensor=tensor, targets=targets)
-            logits = cam.outputs.detach().numpy()
+        with _backpropagate_only_above(layer):
+            cam_squares, logits = _run_cam(CAM_METHODS[settings.method], loaded.model, layer, tensor, targets)
     model_ms = _ms_since(step)
 
     results = []
     all_probabilities = softmax(logits, config.temperature).astype(np.float32)
-    for image, ready, cam_square, probabilities in zip(images, prepared, cam_squares, all_probabilities):
+    for image, ready, cam_square, scores, probabilities in zip(
+        images, prepared, cam_squares, logits, all_probabilities
+    ):
         step = time.perf_counter()
         predicted = int(np.argmax(probabilities))
         explained = predicted if target_index is None else target_index
         cam_square, warning = _clean_cam(cam_square, config.label_names[explained])
         heatmap = heatmap_to_slice(cam_square, ready.box, image.shape)
-        if mask_heatmap:
+        if settings.mask_heatmap:
             heatmap = apply_brain_mask(heatmap, ready.brain.mask)
         timings = {
             "preprocess": preprocess_ms / len(images),
@@ -177,22 +176,39 @@ def explain_batch(
         timings["total"] = sum(timings.values())
         results.append(
             Explanation(
+                logits=scores.astype(np.float32),
                 probabilities=probabilities,
                 predicted_index=predicted,
                 target_index=explained,
                 label_names=tuple(config.label_names),
                 heatmap=heatmap.astype(np.float32),
                 brain_mask=ready.brain.mask,
-                brain_mask_note=_mask_note(ready.brain, mask_input, mask_heatmap),
+                brain_mask_note=_mask_note(ready.brain, settings.mask_input, settings.mask_heatmap),
                 masked_input=ready.masked,
-                masked_heatmap=ready.brain.found and mask_heatmap,
-                method=method,
+                masked_heatmap=ready.brain.found and settings.mask_heatmap,
+                method=settings.method,
                 target_layer=layer_name,
                 timings_ms={k: round(v, 1) for k, v in timings.items()},
                 warning=warning,
             )
         )
     return results
+
+
+def _run_cam(cam_class, model: torch.nn.Module, layer: torch.nn.Module, tensor: torch.Tensor, targets):
+    """(CAMs at the model's input size, logits) from pytorch-grad-cam, hooks released after.
+
+    Not `with cam:` — BaseCAM.__exit__ swallows IndexError, which would hide the real error
+    behind an unset result; here every exception propagates and the hooks still go.
+    """
+    cam = cam_class(model=model, target_layers=[layer])
+    try:
+        if cam_class is ScoreCAM:
+            cam.batch_size = 32
+        squares = cam(input_tensor=tensor, targets=targets)
+        return squares, cam.outputs.detach().numpy()
+    finally:
+        cam.activations_and_grads.release()
 
 
 @contextmanager
@@ -216,14 +232,6 @@ def _backpropagate_only_above(layer: torch.nn.Module):
         handle.remove()
 
 
-def _prepare_all(images: list[np.ndarray], settings, mask_input: bool) -> list:
-    """prepare_for_model() for each slice, on all cores: OpenCV and NumPy release the GIL."""
-    if len(images) == 1:
-        return [prepare_for_model(images[0], settings, mask_input)]
-    with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda image: prepare_for_model(image, settings, mask_input), images))
-
-
 def apply_brain_mask(heatmap: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """Zero the heatmap outside the head and rescale its maximum back to 1 (no-op without a mask)."""
     if mask is None:
@@ -240,13 +248,6 @@ def layer_names(model: torch.nn.Module) -> list[str]:
         for name, module in model.named_modules()
         if name and (isinstance(module, torch.nn.Conv2d) or name.count(".") <= 1)
     ]
-
-
-def _cam_class(method: str):
-    try:
-        return CAM_METHODS[method]
-    except KeyError:
-        raise ExplainError(f"Unknown method '{method}'. Choose one of: {', '.join(CAM_METHODS)}.") from None
 
 
 def _resolve_layer(model: torch.nn.Module, name: str) -> torch.nn.Module:

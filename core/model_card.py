@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from pathlib import Path
 
-from core.checkpoint import CONFIG_FILE, create_model, read_config, resolve_checkpoint
-from core.evaluate import LOCALISATION_COLUMNS
+from core.checkpoint import (
+    CheckpointError,
+    ModelConfig,
+    checkpoint_root,
+    create_model,
+    migrate_checkpoint,
+    read_config,
+    read_training_record,
+    resolve_checkpoint,
+    write_config,
+)
+from core.evaluation_store import LOCALISATION_COLUMNS
 
 TARGETS = {"efficientnet": (0.93, 0.91), "convnext": (0.88, 0.85)}  # accuracy, macro-F1 on test
 ECE_TARGET = 0.05
@@ -15,10 +25,9 @@ ECE_TARGET = 0.05
 def write_model_card(checkpoint: str | Path, test_summary: dict, localisation: list[dict], commit: str) -> Path:
     """Update config.json["metrics"] and write README.md; returns the card's path."""
     directory = resolve_checkpoint(checkpoint)
-    config = read_config(directory)
-    values = json.loads((directory / CONFIG_FILE).read_text())
+    migrate_checkpoint(directory)  # an older config.json's training record moves to training.json first
     ece = test_summary["ece_15_bins"]
-    values["metrics"] = {
+    metrics = {
         "split": test_summary["split"],
         "num_images": test_summary["num_images"],
         "accuracy": test_summary["accuracy"],
@@ -27,8 +36,9 @@ def write_model_card(checkpoint: str | Path, test_summary: dict, localisation: l
         "ece_after_temperature": ece["after_temperature"],
         "measured_by_commit": commit,
     }
-    (directory / CONFIG_FILE).write_text(json.dumps(values, indent=2) + "\n")
-    card = render_card(directory.name, config, values, test_summary, localisation, commit)
+    config = replace(read_config(directory), metrics=metrics)
+    write_config(directory, config)
+    card = render_card(directory.name, config, read_training_record(directory), test_summary, localisation, commit)
     (directory / "README.md").write_text(card)
     return directory / "README.md"
 
@@ -37,8 +47,26 @@ def _target(architecture: str) -> tuple[float, float] | None:
     return next((t for key, t in TARGETS.items() if key in architecture), None)
 
 
-def render_card(name, config, values, test, localisation, commit) -> str:
-    training = values.get("training", {})
+def preferred_checkpoint(names: list[str], root: Path | None = None) -> int:
+    """Index of the checkpoint with the best recorded test accuracy (the first when none has one).
+
+    Pages and the API open on it, so a user sees the strongest installed model by default.
+    """
+    root = root or checkpoint_root()
+
+    def accuracy(name: str) -> float:
+        try:
+            return float(read_config(root / name).metrics.get("accuracy", -1.0))
+        except (CheckpointError, TypeError, ValueError):
+            return -1.0
+
+    scores = [accuracy(name) for name in names]
+    return scores.index(max(scores)) if names else 0
+
+
+def render_card(
+    name: str, config: ModelConfig, training: dict, test: dict, localisation: list[dict], commit: str
+) -> str:
     parameters = sum(p.numel() for p in create_model(config.architecture, len(config.label_names)).parameters())
     ece = test["ece_15_bins"]
     accuracy_target, f1_target = _target(config.architecture) or (None, None)
@@ -105,8 +133,8 @@ def render_card(name, config, values, test, localisation, commit) -> str:
         lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
     if localisation:
         lines += _localisation_section(localisation, config.default_target_layer)
-    if values.get("notes"):  # free text in config.json: what was tried, why a target was missed
-        lines += ["", "## What was tried, and what was not", "", *(f"- {note}" for note in values["notes"])]
+    if training.get("notes"):  # free text in training.json: what was tried, why a target was missed
+        lines += ["", "## What was tried, and what was not", "", *(f"- {note}" for note in training["notes"])]
     lines += [
         "",
         "Reproduce: `python -m core evaluate --checkpoint " + name + " --data ../shared/data/brain-tumor-mri "

@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import plotly.graph_objects as go
 
+from core.brain_mask import mask_outline
+
 COLORMAPS = {
     "Jet": cv2.COLORMAP_JET,
     "Inferno": cv2.COLORMAP_INFERNO,
@@ -29,6 +31,49 @@ class Region:
     mask: np.ndarray
     contours: tuple[np.ndarray, ...]
     area_fraction: float
+
+
+@dataclass(frozen=True)
+class Panels:
+    """The pictures of one explanation, uint8 RGB at the slice's resolution."""
+
+    original: np.ndarray  # the slice, with the head outline when one was given
+    heatmap: np.ndarray  # the heatmap alone, colour-mapped
+    overlay: np.ndarray  # the heatmap over the slice, with the outlines asked for
+    region: Region | None  # heatmap >= threshold, when a threshold was given
+
+
+def explanation_panels(
+    image: np.ndarray,
+    heatmap: np.ndarray,
+    *,
+    threshold: float | None = None,
+    opacity: float = 0.4,
+    colormap: str = "Jet",
+    head_mask: np.ndarray | None = None,
+    tumour_mask: np.ndarray | None = None,
+    region_rgb: tuple[int, int, int] = OUTLINE_RGB,
+) -> Panels:
+    """Original, heatmap and overlay of one slice: the single place that turns threshold,
+    opacity, colour map and outlines into pictures (pages, Gallery, CLI, API).
+
+    Args:
+        image: 2-D slice in [0, 1]. heatmap: same shape, in [0, 1].
+        threshold: outline the region heatmap >= threshold on the overlay (None: no outline).
+        head_mask: drawn on the original (cyan). tumour_mask: drawn on the overlay (green).
+        region_rgb: colour of the thresholded region's outline.
+    """
+    original = np.uint8(grey_to_rgb(image) * 255)
+    if head_mask is not None:
+        original = draw_contours(original, mask_outline(head_mask), MASK_RGB)
+    blended = overlay(image, heatmap, opacity, colormap)
+    region = None
+    if threshold is not None:
+        region = threshold_region(heatmap, threshold)
+        blended = draw_contours(blended, region.contours, region_rgb)
+    if tumour_mask is not None:
+        blended = draw_contours(blended, mask_outline(tumour_mask), OUTLINE_RGB)
+    return Panels(original, heatmap_rgb(heatmap, colormap), blended, region)
 
 
 def grey_to_rgb(image: np.ndarray) -> np.ndarray:

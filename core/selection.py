@@ -17,10 +17,10 @@ from scipy.stats import binomtest, wilcoxon
 
 from core.checkpoint import CheckpointError, load_checkpoint
 from core.dataset import decode_records, grouped_holdout, list_split
-from core.evaluate import DEFAULT_CACHE_DIR, HeatmapSettings, cached_evaluation
-from core.gallery import read_evaluation
+from core.evaluate import cached_evaluation
+from core.evaluation_store import cache_dir, read_evaluation
+from core.inference import batched_logits
 from core.metrics import classification_summary, expected_calibration_error, softmax
-from core.train import predict_logits
 
 PLACEMENT_COLUMNS = ("iou", "mass_outside_brain")
 
@@ -83,7 +83,7 @@ def holdout_probabilities(
     records = [record for split in splits for record in list_split(data, split, names)]  # as `train` lists them
     held = [record for record, is_held in zip(records, grouped_holdout(records, fraction, seed)) if is_held]
     plain, _ = decode_records(data, held, loaded.config.preprocessing, progress=False)
-    logits = predict_logits(loaded.model, plain, loaded.config.preprocessing)
+    logits = batched_logits(loaded.model, plain, loaded.config.preprocessing)
     labels = np.array([names.index(record.label) for record in held])
     return softmax(logits, loaded.config.temperature), labels, names
 
@@ -96,7 +96,7 @@ def compare_checkpoints(
     fraction: float = 0.15,
     seed: int = 0,
     placement_split: str | None = None,
-    cache_dir: Path = DEFAULT_CACHE_DIR,
+    cache: Path | None = None,
 ) -> list[Comparison]:
     """Each checkpoint against the first (the reference), on the hold-out and, given
     `placement_split`, on that split's outlined tumours with Grad-CAM at each default layer.
@@ -105,7 +105,9 @@ def compare_checkpoints(
         CheckpointError, DatasetError: a checkpoint or the data cannot be read.
     """
     scored = [holdout_probabilities(c, data, splits, fraction, seed) for c in checkpoints]
-    placements = [_placement(c, data, placement_split, cache_dir) for c in checkpoints] if placement_split else None
+    placements = (
+        [_placement(c, data, placement_split, cache or cache_dir()) for c in checkpoints] if placement_split else None
+    )
     reference_probs, labels, names = scored[0]
     reference_correct = reference_probs.argmax(1) == labels
     comparisons = []
@@ -125,12 +127,11 @@ def compare_checkpoints(
     return comparisons
 
 
-def _placement(checkpoint: str | Path, data: Path, split: str, cache_dir: Path) -> dict[str, dict[str, float]]:
+def _placement(checkpoint: str | Path, data: Path, split: str, cache: Path) -> dict[str, dict[str, float]]:
     """Per-image Grad-CAM IoU (outlined tumours) and mass outside the brain (all images)."""
-    folder = cached_evaluation(checkpoint, data, split, HeatmapSettings(), cache_dir, progress=False)
-    rows = read_evaluation(folder).rows
+    rows = read_evaluation(cached_evaluation(checkpoint, data, split, cache, progress=False)).rows
     return {
-        column: {row["image"]: float(row[column]) for row in rows if row.get(column) not in (None, "")}
+        column: {row.image: getattr(row, column) for row in rows if getattr(row, column) is not None}
         for column in PLACEMENT_COLUMNS
     }
 

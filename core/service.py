@@ -16,18 +16,12 @@ from functools import lru_cache
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
-from core.checkpoint import (
-    CheckpointError,
-    LoadedModel,
-    list_checkpoints,
-    load_checkpoint,
-    preferred_checkpoint,
-    read_config,
-)
+from core.checkpoint import CheckpointError, LoadedModel, list_checkpoints, load_checkpoint, read_config
 from core.checkpoint import resolve_checkpoint as resolve
-from core.explain import CAM_METHODS, ExplainError, explain
+from core.explain import CAM_METHODS, ExplainError, ExplainSettings, explain
 from core.image_input import MAX_FILE_BYTES, SUPPORTED_SUFFIXES, ImageInputError, load_image
-from core.render import heatmap_rgb, overlay, png_bytes
+from core.model_card import preferred_checkpoint
+from core.render import explanation_panels, png_bytes
 
 # The methods as an enum, so the OpenAPI schema lists them and FastAPI validates them.
 MethodName = Enum("MethodName", {name: name for name in CAM_METHODS}, type=str)
@@ -93,7 +87,7 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
                     "name": name,
                     "architecture": config.architecture,
                     "label_names": list(config.label_names),
-                    "metrics": config.extra.get("metrics", {}),
+                    "metrics": config.metrics,
                 }
             )
         return entries
@@ -119,15 +113,14 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
             raise HTTPException(404, f"No checkpoint '{checkpoint}'. Installed: {', '.join(installed) or 'none'}.")
         try:
             image = load_image(data, name).pixels
-            result = explain(model(checkpoint), image, method=method.value, target=target,
-                             mask_input=brain_mask, mask_heatmap=brain_mask)  # fmt: skip
+            settings = ExplainSettings(method.value, target, None, brain_mask, brain_mask)
+            result = explain(model(checkpoint), image, settings)
         except (ImageInputError, ExplainError) as error:
             raise HTTPException(422, str(error)) from error
         except CheckpointError as error:
             raise HTTPException(503, str(error)) from error
-        key = app.state.store.put(
-            {"heatmap": png_bytes(heatmap_rgb(result.heatmap)), "overlay": png_bytes(overlay(image, result.heatmap))}
-        )
+        pictures = explanation_panels(image, result.heatmap)
+        key = app.state.store.put({"heatmap": png_bytes(pictures.heatmap), "overlay": png_bytes(pictures.overlay)})
         summary = result.summary()
         return {
             "checkpoint": checkpoint,

@@ -4,14 +4,12 @@ import json
 
 import streamlit as st
 
-import cached
 import ui
 from core import render
-from core.brain_mask import mask_outline
-from core.checkpoint import preferred_checkpoint
-from core.explain import CAM_METHODS, SLOW_METHODS, layer_names
+from core.explain import CAM_METHODS, ExplainSettings, layer_names
+from core.model_card import preferred_checkpoint
 
-st.set_page_config(page_title="Explain", layout="wide")
+st.set_page_config(page_title="Explain a scan", layout="wide")
 st.title("Explain a scan")
 
 names = ui.require_models()
@@ -21,7 +19,7 @@ with st.sidebar:
     st.caption(ui.model_caption(loaded))
     labels = list(loaded.config.label_names)
     method = st.selectbox("Method", list(CAM_METHODS), help="Score-CAM is slow (many forward passes).")
-    target = st.selectbox("Explain class", ["predicted class", *labels])
+    target = ui.target_picker(labels)
     layers = layer_names(loaded.model)
     layer = st.selectbox("Layer", layers, index=layers.index(loaded.config.default_target_layer))
     mask_input = st.toggle("Mask background before the CAM", value=True)
@@ -35,48 +33,24 @@ with st.sidebar:
 scan = ui.pick_scan("explain")
 if scan is None:
     st.stop()
-if method in SLOW_METHODS:
+settings = ExplainSettings(method, target, layer, mask_input, mask_heatmap)
+if settings.slow:
     st.caption(f"{method} runs one forward pass per feature map: expect several seconds.")
-try:
-    result = cached.explanation(
-        checkpoint,
-        scan.data,
-        scan.filename,
-        scan.slice_index,
-        scan.axis,
-        method,
-        None if target == "predicted class" else target,
-        layer,
-        mask_input,
-        mask_heatmap,
-    )
-except ui.USER_ERRORS as error:
-    st.error(str(error))
-    st.stop()
+result = ui.explanation(scan, checkpoint, settings)
 
 pixels = scan.image.pixels
-region = render.threshold_region(result.heatmap, threshold)
-original = render.grey_to_rgb(pixels)
-if show_outline and result.brain_mask is not None:
-    original = render.draw_contours(original, mask_outline(result.brain_mask), render.MASK_RGB)
-overlay = render.draw_contours(render.overlay(pixels, result.heatmap, opacity, colormap), region.contours)
-
+panels = render.explanation_panels(
+    pixels, result.heatmap, threshold=threshold, opacity=opacity, colormap=colormap,
+    head_mask=result.brain_mask if show_outline else None,
+)  # fmt: skip
 left, middle, right = st.columns(3)
 # "stretch": the three panels share one size even when the scan is smaller than a column.
-left.image(
-    original,
-    caption=f"Original ({scan.image.file_format}, {pixels.shape[1]}x{pixels.shape[0]})",
-    clamp=True,
-    width="stretch",
-)
-middle.image(
-    render.heatmap_rgb(result.heatmap, colormap),
-    caption=f"{result.method} for '{result.target_label}'",
-    width="stretch",
-)
+left.image(panels.original, caption=f"Original ({scan.image.file_format}, {pixels.shape[1]}x{pixels.shape[0]})",
+           width="stretch")  # fmt: skip
+middle.image(panels.heatmap, caption=f"{result.method} for '{result.target_label}'", width="stretch")
 right.image(
-    overlay,
-    caption=f"Overlay; green outline: heatmap >= {threshold:.2f} ({region.area_fraction:.1%} of the image)",
+    panels.overlay,
+    caption=f"Overlay; green outline: heatmap >= {threshold:.2f} ({panels.region.area_fraction:.1%} of the image)",
     width="stretch",
 )
 st.caption(ui.DISCLAIMER)
@@ -105,8 +79,8 @@ summary = {
     "model": checkpoint,
     **result.summary(),
     "threshold": threshold,
-    "region_area_fraction": region.area_fraction,
+    "region_area_fraction": panels.region.area_fraction,
 }
 down_png, down_json = st.columns(2)
-down_png.download_button("Download overlay (PNG)", render.png_bytes(overlay), "overlay.png", "image/png")
+down_png.download_button("Download overlay (PNG)", render.png_bytes(panels.overlay), "overlay.png", "image/png")
 down_json.download_button("Download result (JSON)", json.dumps(summary, indent=2), "result.json", "application/json")

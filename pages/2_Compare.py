@@ -2,11 +2,10 @@
 
 import streamlit as st
 
-import cached
 import ui
 from core import render
 from core.compare import heatmap_agreement, verdict
-from core.explain import CAM_METHODS
+from core.explain import CAM_METHODS, ExplainSettings
 
 st.set_page_config(page_title="Compare models", layout="wide")
 st.title("Compare two models")
@@ -21,8 +20,7 @@ with st.sidebar:
     model_a = st.selectbox("Model A", names, index=default_a)
     model_b = st.selectbox("Model B", names, index=default_b)
     method = st.selectbox("Method (both)", list(CAM_METHODS))
-    labels = list(ui.load_model(model_a).config.label_names)
-    target = st.selectbox("Explain class (both)", ["predicted class", *labels])
+    target = ui.target_picker(list(ui.load_model(model_a).config.label_names), "Explain class (both)")
     brain_mask = st.toggle("Brain masking (input and heatmap)", value=True)
     threshold = st.slider("Threshold (relative to each heatmap's maximum)", 0.0, 1.0, 0.5, 0.05)
     opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05)
@@ -30,17 +28,8 @@ with st.sidebar:
 scan = ui.pick_scan("compare")
 if scan is None:
     st.stop()
-results = {}
-try:
-    for name in (model_a, model_b):
-        results[name] = cached.explanation(
-            name, scan.data, scan.filename, scan.slice_index, scan.axis, method,
-            None if target == "predicted class" else target, None, brain_mask, brain_mask,
-        )  # fmt: skip
-except ui.USER_ERRORS as error:
-    st.error(str(error))
-    st.stop()
-
+settings = ExplainSettings(method, target, None, brain_mask, brain_mask)
+results = {name: ui.explanation(scan, name, settings) for name in (model_a, model_b)}
 first, second = results[model_a], results[model_b]
 agree, sentence = verdict((model_a, model_b), first, second)
 (st.success if agree else st.warning)(sentence)
@@ -48,17 +37,12 @@ agree, sentence = verdict((model_a, model_b), first, second)
 pixels = scan.image.pixels
 for name, result in results.items():
     st.subheader(name)
-    region = render.threshold_region(result.heatmap, threshold)
+    panels = render.explanation_panels(pixels, result.heatmap, threshold=threshold, opacity=opacity)
     columns = st.columns([3, 3, 3, 2])
-    columns[0].image(render.grey_to_rgb(pixels), caption="Original", clamp=True, width="stretch")
-    columns[1].image(
-        render.heatmap_rgb(result.heatmap), caption=f"{result.method} for '{result.target_label}'", width="stretch"
-    )
-    columns[2].image(
-        render.draw_contours(render.overlay(pixels, result.heatmap, opacity), region.contours),
-        caption=f"Overlay; outline >= {threshold:.2f} ({region.area_fraction:.1%})",
-        width="stretch",
-    )
+    columns[0].image(panels.original, caption="Original", width="stretch")
+    columns[1].image(panels.heatmap, caption=f"{result.method} for '{result.target_label}'", width="stretch")
+    columns[2].image(panels.overlay, caption=f"Overlay; outline >= {threshold:.2f} ({panels.region.area_fraction:.1%})",
+                     width="stretch")  # fmt: skip
     columns[3].caption("Prediction")  # a subheader wraps a long class name; st.metric would cut it
     columns[3].subheader(result.predicted_label, anchor=False)
     columns[3].markdown(f"{result.confidence:.1%} confidence")
@@ -81,11 +65,6 @@ grid_model = st.selectbox("Model for the method grid", [model_a, model_b], key="
 if st.toggle("Run every method on this image (Score-CAM takes a while)", key="run_grid"):
     columns = st.columns(4)
     for i, grid_method in enumerate(CAM_METHODS):
-        result = cached.explanation(
-            grid_model, scan.data, scan.filename, scan.slice_index, scan.axis, grid_method,
-            None if target == "predicted class" else target, None, brain_mask, brain_mask,
-        )  # fmt: skip
-        columns[i % 4].image(
-            render.overlay(pixels, result.heatmap, opacity),
-            caption=f"{grid_method}: {result.timings_ms['model_and_cam']:.0f} ms",
-        )
+        result = ui.explanation(scan, grid_model, ExplainSettings(grid_method, target, None, brain_mask, brain_mask))
+        panels = render.explanation_panels(pixels, result.heatmap, opacity=opacity)
+        columns[i % 4].image(panels.overlay, caption=f"{grid_method}: {result.timings_ms['model_and_cam']:.0f} ms")

@@ -1,8 +1,6 @@
 """Gallery: true positives, false positives and false negatives against tumour outlines."""
 
 import json
-import os
-from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
@@ -10,12 +8,12 @@ import streamlit as st
 
 import cached
 import ui
-from core.checkpoint import preferred_checkpoint
-from core.evaluate import DEFAULT_CACHE_DIR, HeatmapSettings, cached_evaluation
-from core.explain import CAM_METHODS
+from core.evaluate import DEFAULT_THRESHOLD, cached_evaluation
+from core.evaluation_store import cache_dir, cached_summaries
+from core.explain import CAM_METHODS, ExplainSettings
 from core.gallery import OUTCOMES, SORTS, find_dataset, method_table, panels, select, splits_in
+from core.model_card import preferred_checkpoint
 
-CACHE_DIR = Path(os.environ.get("BRAIN_XAI_CACHE", DEFAULT_CACHE_DIR))
 PAGE_SIZE = 12
 
 st.set_page_config(page_title="Gallery", layout="wide")
@@ -41,20 +39,20 @@ with st.sidebar:
     threshold = st.slider("Threshold (relative to each heatmap's maximum)", 0.05, 0.95, 0.5, 0.05)
 
 # Evaluated once at the default threshold; the slider re-reads stored per-image IoU curves.
-settings = HeatmapSettings(method, brain_mask, brain_mask)
+settings = ExplainSettings(method, None, None, brain_mask, brain_mask)
 bar = st.progress(0.0, text="Preparing the evaluation (cached on disk after the first run)...")
 try:
-    folder = cached_evaluation(
-        checkpoint, root, split, settings, CACHE_DIR, progress=False,
-        on_progress=lambda done, total: bar.progress(done / total, text=f"Explaining image {done} of {total}..."),
+    folder = cached.evaluation_folder(
+        checkpoint, root, split, settings,
+        lambda done, total: bar.progress(done / total, text=f"Explaining image {done} of {total}..."),
     )  # fmt: skip
-except ui.USER_ERRORS + (ValueError,) as error:
+except ui.USER_ERRORS as error:
     bar.empty()
     st.error(str(error))
     st.stop()
 bar.empty()
-result = cached.evaluation_at_threshold(str(folder), threshold)
-labels = list(result.summary["per_class"])
+result = cached.evaluation_at_threshold(folder, threshold)
+labels = result.label_names
 
 filters = st.columns(3)
 label = filters[0].selectbox("Class", labels)
@@ -69,24 +67,23 @@ if chosen:
     page = st.number_input("Page", 1, pages, 1) if pages > 1 else 1
     columns = st.columns(4)
     for i, row in enumerate(chosen[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]):
-        card = panels(root, row, result.heatmaps[row["image"]], threshold)
-        iou = f", IoU {float(row['iou']):.2f}" if row.get("iou") not in (None, "") else ""
+        card = panels(root, row, result.heatmaps[row.image], threshold)
+        iou = f", IoU {row.iou:.2f}" if row.iou is not None else ""
         with columns[i % 4]:
-            st.image(card.overlay, caption=f"true {row['label']}, predicted {row['predicted']} "
-                                           f"({float(row['confidence']):.0%}){iou}")  # fmt: skip
-            if st.button("Open", key=f"open_{row['image']}"):
-                st.session_state["gallery_selected"] = row["image"]
+            st.image(card.overlay, caption=f"true {row.label}, predicted {row.predicted} ({row.confidence:.0%}){iou}")
+            if st.button("Open", key=f"open_{row.image}"):
+                st.session_state["gallery_selected"] = row.image
 
-selected = next((r for r in result.rows if r["image"] == st.session_state.get("gallery_selected")), None)
+selected = next((r for r in result.rows if r.image == st.session_state.get("gallery_selected")), None)
 if selected:
-    st.subheader(f"{selected['image']}")
-    view = panels(root, selected, result.heatmaps[selected["image"]], threshold)
-    iou = f"IoU {float(selected['iou']):.2f}" if selected.get("iou") not in (None, "") else "no outline"
+    st.subheader(selected.image)
+    view = panels(root, selected, result.heatmaps[selected.image], threshold)
+    iou = f"IoU {selected.iou:.2f}" if selected.iou is not None else "no outline"
     four = st.columns(4)
-    four[0].image(view.original, caption=f"Original (true: {selected['label']})")
+    four[0].image(view.original, caption=f"Original (true: {selected.label})")
     four[1].image(view.annotation, caption="Radiologist's outline" if view.has_outline else "No annotation")
     four[2].image(view.heatmap, caption=f"{method} heatmap")
-    four[3].image(view.overlay, caption=f"Predicted {selected['predicted']}; green: tumour, white: heatmap >= "
+    four[3].image(view.overlay, caption=f"Predicted {selected.predicted}; green: tumour, white: heatmap >= "
                                         f"{threshold:.2f}; {iou}")  # fmt: skip
 st.caption(ui.DISCLAIMER + " The no-tumour images come from another source and MRI sequence: heat on the "
            "skull or background of those images is a sign of shortcut learning.")  # fmt: skip
@@ -112,19 +109,16 @@ per_class = {
 }  # fmt: skip
 st.dataframe(pd.DataFrame(per_class).T)
 
-st.subheader(f"Every method on this split (IoU at threshold {HeatmapSettings().threshold})")
-computed = [json.loads(p.read_text()) for p in sorted(CACHE_DIR.glob("*/summary.json"))]
-computed = [s for s in computed if s.get("split") == split and s.get("data") == str(root)
-            and s.get("heatmaps", {}).get("threshold") == HeatmapSettings().threshold]  # fmt: skip
-st.dataframe(pd.DataFrame(method_table(computed)).round(3))
+st.subheader(f"Every method on this split (IoU at threshold {DEFAULT_THRESHOLD})")
+st.dataframe(pd.DataFrame(method_table(cached_summaries(cache_dir(), root, split, DEFAULT_THRESHOLD))).round(3))
 if st.button("Compute the missing methods for this model (a few minutes)"):
     for other in CAM_METHODS:
         if other != "Score-CAM":
-            cached_evaluation(checkpoint, root, split, HeatmapSettings(other, brain_mask, brain_mask), CACHE_DIR,
-                              progress=False)  # fmt: skip
+            other_settings = ExplainSettings(other, None, None, brain_mask, brain_mask)
+            cached_evaluation(checkpoint, root, split, cache_dir(), settings=other_settings, progress=False)
     st.rerun()
 
-filtered = pd.DataFrame(chosen)
+filtered = pd.DataFrame([row.columns(labels) for row in chosen])
 export = st.columns(2)
 export[0].download_button("Download the filtered table (CSV)", filtered.to_csv(index=False), "gallery.csv", "text/csv")
 export[1].download_button("Download the summary (JSON)", json.dumps(summary, indent=2), "summary.json")

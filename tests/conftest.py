@@ -21,6 +21,8 @@ torch.set_num_threads(1)
 
 LABELS = ("glioma", "meningioma", "notumor", "pituitary")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-tumor-mri"
+CLASSES = LABELS
+needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"dataset not found at {SHARED_DATA}")
 TINY_MODELS = {"tiny_convnext": ("convnext_atto", "stages.3"), "tiny_effnet": ("tf_efficientnet_lite0", "conv_head")}
 
 
@@ -95,4 +97,18 @@ def copy_shared_slice(root: Path, per_split: dict[str, int]) -> Path:
                 outline = SHARED_DATA / "annotations" / f"{path.stem}.json"
                 if outline.is_file():
                     shutil.copy(outline, root / "annotations" / outline.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> Path:
+    """Six training and three test images per class, copied from the shared dataset (never committed)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"dataset not found at {SHARED_DATA}")
+    root = tmp_path_factory.mktemp("data")
+    for split, count in (("train", 6), ("test", 3)):
+        for label in LABELS:
+            (root / split / label).mkdir(parents=True)
+            for path in sorted((SHARED_DATA / split / label).iterdir())[:count]:
+                shutil.copy(path, root / split / label / path.name)
     return root

@@ -6,7 +6,17 @@ import shutil
 import pytest
 import torch
 
-from core.checkpoint import CheckpointError, checkpoint_sha256, list_checkpoints, load_checkpoint
+from core.checkpoint import (
+    DEFAULT_CHECKPOINT_ROOT,
+    LEGACY_NO_HOLDOUT,
+    CheckpointError,
+    checkpoint_sha256,
+    checkpoint_stamp,
+    list_checkpoints,
+    load_checkpoint,
+    migrate_checkpoint,
+    read_training_record,
+)
 
 
 def test_round_trip_keeps_weights_and_config(checkpoint_root, tiny_model):
@@ -100,17 +110,44 @@ def test_checkpoint_fingerprint_covers_weights_and_config(copy):
         checkpoint_sha256(copy)
 
 
-def test_pages_open_on_the_most_accurate_checkpoint(tmp_path):
-    import json
+def test_an_older_config_still_loads_and_migrates_without_touching_the_weights(copy):
+    config = json.loads((copy / "config.json").read_text())
+    del config["refit_without_holdout"]
+    size = config["preprocessing"]["input_size"]
+    record = {"holdout": LEGACY_NO_HOLDOUT, "holdout_metrics": {}, "epochs": 3}
+    old = {**config, "num_classes": 4, "input_size": [3, size, size], "mean": [0.5] * 3, "std": [0.5] * 3,
+           "training": record, "notes": ["tried once"]}  # fmt: skip
+    (copy / "config.json").write_text(json.dumps(old))
+    weights = (copy / "model.safetensors").read_bytes()
 
-    from core.checkpoint import preferred_checkpoint
+    loaded = load_checkpoint(copy)
+    assert loaded.config.refit_without_holdout and loaded.config.extra == {}
+    assert read_training_record(copy) == {**record, "notes": ["tried once"]}
 
-    for name, accuracy in (("a_weak", 0.7), ("b_strong", 0.9), ("c_unmeasured", None)):
-        (tmp_path / name).mkdir()
-        values = {"metrics": {"accuracy": accuracy}} if accuracy is not None else {}
-        (tmp_path / name / "config.json").write_text(json.dumps(values))
-    assert preferred_checkpoint(["a_weak", "b_strong", "c_unmeasured"], tmp_path) == 1
-    assert preferred_checkpoint(["c_unmeasured", "a_weak"], tmp_path) == 1
-    assert preferred_checkpoint(["c_unmeasured"], tmp_path) == 0
-    (tmp_path / "a_weak" / "config.json").write_text("{broken")
-    assert preferred_checkpoint(["a_weak", "c_unmeasured"], tmp_path) == 0
+    migrate_checkpoint(copy)
+    migrated = json.loads((copy / "config.json").read_text())
+    assert not {"training", "notes", "input_size", "mean", "std", "num_classes"} & set(migrated)
+    assert migrated["refit_without_holdout"] is True
+    assert json.loads((copy / "training.json").read_text()) == {**record, "notes": ["tried once"]}
+    assert (copy / "model.safetensors").read_bytes() == weights
+    assert load_checkpoint(copy).config == loaded.config
+
+
+def test_shipped_configs_hold_only_what_inference_needs():
+    for name in list_checkpoints(DEFAULT_CHECKPOINT_ROOT):
+        directory = DEFAULT_CHECKPOINT_ROOT / name
+        values = json.loads((directory / "config.json").read_text())
+        assert "training" not in values and "notes" not in values
+        assert (directory / "config.json").stat().st_size < 2048
+        assert read_training_record(directory)["epochs"] > 0
+
+
+def test_stamp_changes_when_a_file_is_rewritten(copy):
+    before = checkpoint_stamp(copy)
+    assert checkpoint_stamp(copy) == before
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "temperature": 2.5}))
+    assert checkpoint_stamp(copy) != before
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="has no model.safetensors"):
+        checkpoint_stamp(copy)

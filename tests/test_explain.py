@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import core.explain as engine
 from core.checkpoint import load_checkpoint
-from core.explain import CAM_METHODS, ExplainError, explain, explain_batch, layer_names
+from core.explain import CAM_METHODS, ExplainError, ExplainSettings, explain, explain_batch, layer_names
 from tests.conftest import LABELS, head_phantom
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -26,7 +26,7 @@ def hook_count(model) -> int:
 @pytest.mark.parametrize("method", list(CAM_METHODS))
 def test_every_method_gives_a_heatmap_at_input_resolution(tiny_model, method):
     image = head_phantom(100)
-    result = explain(tiny_model, image, method=method)
+    result = explain(tiny_model, image, ExplainSettings(method=method))
     assert result.heatmap.shape == (100, 100) and result.heatmap.dtype == np.float32
     assert 0.0 <= result.heatmap.min() and result.heatmap.max() <= 1.0
     assert result.method == method and result.target_layer == "stages.3"
@@ -56,9 +56,9 @@ def test_masked_heatmap_is_zero_outside_the_head(tiny_model, size, seed):
 @given(target=st.integers(0, len(LABELS) - 1))
 def test_any_class_can_be_explained(tiny_model, target):
     image = head_phantom(96)
-    by_index = explain(tiny_model, image, target=target, method="HiResCAM")
-    by_name = explain(tiny_model, image, target=LABELS[target], method="HiResCAM")
-    default = explain(tiny_model, image, method="HiResCAM")
+    by_index = explain(tiny_model, image, ExplainSettings(target=target, method="HiResCAM"))
+    by_name = explain(tiny_model, image, ExplainSettings(target=LABELS[target], method="HiResCAM"))
+    default = explain(tiny_model, image, ExplainSettings(method="HiResCAM"))
     assert by_index.target_index == target and by_index.target_label == LABELS[target]
     np.testing.assert_array_equal(by_index.heatmap, by_name.heatmap)
     # The prediction does not depend on which class is explained.
@@ -68,10 +68,10 @@ def test_any_class_can_be_explained(tiny_model, target):
 
 def test_masking_switches(tiny_model):
     image = head_phantom(128)
-    off = explain(tiny_model, image, mask_input=False, mask_heatmap=False)
+    off = explain(tiny_model, image, ExplainSettings(mask_input=False, mask_heatmap=False))
     assert not off.masked_input and not off.masked_heatmap and off.summary()["brain_masked"] is False
     assert "off" in off.brain_mask_note
-    input_only = explain(tiny_model, image, mask_heatmap=False)
+    input_only = explain(tiny_model, image, ExplainSettings(mask_heatmap=False))
     assert input_only.masked_input and not input_only.masked_heatmap
 
 
@@ -85,7 +85,7 @@ def test_fallback_to_full_image_is_reported(tiny_model):
 def test_other_layers_by_dotted_name(tiny_model):
     names = layer_names(tiny_model.model)
     assert "stages.2" in names and "stages.3" in names
-    result = explain(tiny_model, head_phantom(96), target_layer="stages.2")
+    result = explain(tiny_model, head_phantom(96), ExplainSettings(target_layer="stages.2"))
     assert result.target_layer == "stages.2"
 
 
@@ -101,7 +101,7 @@ def test_other_layers_by_dotted_name(tiny_model):
 )
 def test_bad_settings(tiny_model, kwargs, message):
     with pytest.raises(ExplainError, match=message):
-        explain(tiny_model, head_phantom(64), **kwargs)
+        explain(tiny_model, head_phantom(64), ExplainSettings(**kwargs))
 
 
 def test_empty_cam_gives_a_warning_not_garbage(tiny_model, monkeypatch):
@@ -110,7 +110,7 @@ def test_empty_cam_gives_a_warning_not_garbage(tiny_model, monkeypatch):
             return np.zeros(super().get_cam_weights(*args, **kwargs).shape, dtype=np.float32)
 
     monkeypatch.setitem(engine.CAM_METHODS, "Zero", ZeroCAM)
-    result = explain(tiny_model, head_phantom(64), method="Zero")
+    result = explain(tiny_model, head_phantom(64), ExplainSettings(method="Zero"))
     assert result.warning and "empty" in result.warning
     assert result.heatmap.max() == 0.0
 
@@ -119,7 +119,7 @@ def test_no_hooks_left_after_100_calls(tiny_model):
     image = head_phantom(64)
     before = hook_count(tiny_model.model)
     for i in range(100):
-        explain(tiny_model, image, method=["Grad-CAM", "HiResCAM", "Eigen-CAM"][i % 3])
+        explain(tiny_model, image, ExplainSettings(method=["Grad-CAM", "HiResCAM", "Eigen-CAM"][i % 3]))
     assert hook_count(tiny_model.model) == before == 0
 
 
@@ -141,9 +141,9 @@ GRADIENT_METHODS = [m for m in CAM_METHODS if m not in {"Eigen-CAM", "Score-CAM"
 def test_cutting_the_graph_at_the_target_layer_changes_nothing(checkpoint_root, monkeypatch, name, layer):
     loaded = load_checkpoint(checkpoint_root / name)
     image = head_phantom(96, 3)
-    cut = [explain(loaded, image, method=m, target_layer=layer, target=1) for m in GRADIENT_METHODS]
+    cut = [explain(loaded, image, ExplainSettings(method=m, target_layer=layer, target=1)) for m in GRADIENT_METHODS]
     monkeypatch.setattr(engine, "_backpropagate_only_above", lambda layer: contextlib.nullcontext())
-    full = [explain(loaded, image, method=m, target_layer=layer, target=1) for m in GRADIENT_METHODS]
+    full = [explain(loaded, image, ExplainSettings(method=m, target_layer=layer, target=1)) for m in GRADIENT_METHODS]
     for a, b in zip(cut, full):
         np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-5)
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=1e-6)
@@ -158,9 +158,9 @@ def test_cam_leaves_no_gradients_below_the_target_layer(tiny_model):
 def test_a_batch_gives_what_single_calls_give_in_the_same_order(tiny_model):
     noise = np.random.default_rng(0).random((50, 70)).astype(np.float32)
     images = [head_phantom(64 + 16 * i, i) for i in range(6)] + [noise]
-    batch = explain_batch(tiny_model, images, method="HiResCAM")
+    batch = explain_batch(tiny_model, images, ExplainSettings(method="HiResCAM"))
     for image, result in zip(images, batch):
-        single = explain(tiny_model, image, method="HiResCAM")
+        single = explain(tiny_model, image, ExplainSettings(method="HiResCAM"))
         assert result.heatmap.shape == image.shape
         np.testing.assert_allclose(result.heatmap, single.heatmap, atol=1e-4)
         np.testing.assert_allclose(result.probabilities, single.probabilities, atol=1e-5)

@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
+import pytest
+
+from core.checkpoint import read_config, read_training_record, write_config
 from core.cli import main
-from core.model_card import _verdict
+from core.model_card import _verdict, preferred_checkpoint
 from tests.conftest import LABELS, encode, head_phantom
 
 
@@ -44,11 +48,12 @@ def test_card_reports_the_measurements(checkpoint_root, tmp_path):
     assert metrics["num_images"] == 8
 
 
-def test_card_includes_the_notes_from_config(checkpoint_root, tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["training.json", "record inside an old config.json"])
+def test_card_includes_the_training_record_and_notes(checkpoint_root, tmp_path, legacy):
     data = phantom_dataset(tmp_path / "data")
     checkpoint = tmp_path / "model"
     shutil.copytree(checkpoint_root / "tiny_convnext", checkpoint)
-    config = json.loads((checkpoint / "config.json").read_text())
+    config = {}
     config["notes"] = ["Trained 18 epochs only: the CPU budget ran out."]
     first = {"epochs": 18, "init": "scratch", "teacher": "checkpoints/t", "optimiser": "AdamW lr 0.001",
              "seconds": 2760, "commit": "aaa1111", "holdout_metrics": {}}  # fmt: skip
@@ -60,7 +65,11 @@ def test_card_includes_the_notes_from_config(checkpoint_root, tmp_path):
                                                "holdout_metrics": {"num_images": 40, "accuracy": 0.9,
                                                                    "macro_f1": 0.85, "ece_before_temperature": 0.06,
                                                                    "ece_after_temperature": 0.04}}}  # fmt: skip
-    (checkpoint / "config.json").write_text(json.dumps(config))
+    if legacy:  # config.json as it was before training.json: the record and notes inside it
+        old = json.loads((checkpoint / "config.json").read_text())
+        (checkpoint / "config.json").write_text(json.dumps({**old, **config}))
+    else:
+        (checkpoint / "training.json").write_text(json.dumps({**config["training"], "notes": config["notes"]}))
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "e")]) == 0
     assert main(["card", "--checkpoint", str(checkpoint), "--test", str(tmp_path / "e" / "summary.json"),
                  "--commit", "abc1234"]) == 0  # fmt: skip
@@ -77,7 +86,7 @@ def test_card_includes_the_notes_from_config(checkpoint_root, tmp_path):
             "the recipe (40 images, accuracy 0.900, macro-F1 0.850, ECE 0.060 -> 0.040) and gives the temperature."
             in card)  # fmt: skip
     assert "fitted on the twin run's hold-out" in card
-    assert json.loads((checkpoint / "config.json").read_text())["notes"] == config["notes"]
+    assert read_training_record(checkpoint)["notes"] == config["notes"]
 
 
 def test_verdict_is_exact_where_rounding_would_hide_a_miss():
@@ -86,3 +95,16 @@ def test_verdict_is_exact_where_rounding_would_hide_a_miss():
     assert _verdict(0.0499, 0.05, at_least=False, wrap=True) == " (target <= 0.05: met)"
     assert _verdict(0.0501, 0.05, at_least=False) == "; target <= 0.05: NOT met"
     assert _verdict(0.99, None, at_least=True) == ""
+
+
+def test_pages_open_on_the_most_accurate_checkpoint(checkpoint_root, tmp_path):
+    for name, accuracy in (("a_weak", 0.7), ("b_strong", 0.9), ("c_unmeasured", None)):
+        shutil.copytree(checkpoint_root / "tiny_convnext", tmp_path / name)
+        if accuracy is not None:
+            config = read_config(tmp_path / name)
+            write_config(tmp_path / name, replace(config, metrics={"accuracy": accuracy}))
+    assert preferred_checkpoint(["a_weak", "b_strong", "c_unmeasured"], tmp_path) == 1
+    assert preferred_checkpoint(["c_unmeasured", "a_weak"], tmp_path) == 1
+    assert preferred_checkpoint(["c_unmeasured"], tmp_path) == 0
+    (tmp_path / "a_weak" / "config.json").write_text("{broken")
+    assert preferred_checkpoint(["a_weak", "c_unmeasured"], tmp_path) == 0

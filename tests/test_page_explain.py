@@ -84,8 +84,8 @@ def test_model_caption_does_not_round_accuracy_up_to_a_target():
     import ui
 
     metrics = {"accuracy": 714 / 768, "macro_f1": 0.93021, "num_images": 768, "split": "test"}
-    loaded = SimpleNamespace(name="effnet", config=SimpleNamespace(extra={"metrics": metrics}))
+    loaded = SimpleNamespace(name="effnet", config=SimpleNamespace(metrics=metrics))
     caption = ui.model_caption(loaded)
     assert caption.startswith("Test accuracy 92.97% (714 of 768 images of the `test` split), macro-F1 0.930")
     assert "checkpoints/effnet/README.md" in caption
-    assert ui.model_caption(SimpleNamespace(name="x", config=SimpleNamespace(extra={}))).startswith("No test metrics")
+    assert ui.model_caption(SimpleNamespace(name="x", config=SimpleNamespace(metrics={}))).startswith("No test metrics")

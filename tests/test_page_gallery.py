@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
-
-from core.gallery import select
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "3_Gallery.py")
 
@@ -50,37 +47,3 @@ def test_missing_dataset_explains_the_layout(use_tiny_checkpoints, tmp_path, mon
     at = AppTest.from_file(PAGE).run()
     assert not at.exception
     assert "ROOT/SPLIT/<class>/<image>" in at.warning[0].value
-
-
-def test_select_outcomes_and_sorting():
-    rows = [
-        {"image": "a", "label": "glioma", "predicted": "glioma", "confidence": "0.9", "iou": "0.1"},
-        {"image": "b", "label": "glioma", "predicted": "glioma", "confidence": "0.6", "iou": "0.5"},
-        {"image": "c", "label": "glioma", "predicted": "notumor", "confidence": "0.7", "iou": ""},
-        {"image": "d", "label": "notumor", "predicted": "glioma", "confidence": "0.8", "iou": ""},
-    ]
-    assert [r["image"] for r in select(rows, "glioma", "TP", "confidence, high first")] == ["a", "b"]
-    assert [r["image"] for r in select(rows, "glioma", "TP", "IoU, high first")] == ["b", "a"]
-    assert [r["image"] for r in select(rows, "glioma", "TP", "confidence, low first")] == ["b", "a"]
-    assert [r["image"] for r in select(rows, "glioma", "FN", "confidence, high first")] == ["c"]
-    assert [r["image"] for r in select(rows, "glioma", "FP", "confidence, high first")] == ["d"]
-    with pytest.raises(ValueError):
-        select(rows, "glioma", "TN", "confidence, high first")
-
-
-def test_find_dataset_order(tmp_path, monkeypatch):
-    import core.gallery
-    from core.gallery import find_dataset, splits_in
-
-    field, env = tmp_path / "field", tmp_path / "env"
-    for root in (field, env):
-        (root / "test" / "glioma").mkdir(parents=True)
-    (env / "annotations").mkdir()
-    monkeypatch.setattr(core.gallery, "DEFAULT_DATA_ROOTS", ())
-    monkeypatch.setenv("BRAIN_XAI_DATA", str(env))
-    assert find_dataset(str(field)) == field.resolve()
-    assert find_dataset("") == env.resolve()
-    assert find_dataset(str(tmp_path / "missing")) == env.resolve()
-    monkeypatch.delenv("BRAIN_XAI_DATA")
-    assert find_dataset("") is None
-    assert splits_in(env) == ["test"]

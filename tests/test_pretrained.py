@@ -11,7 +11,8 @@ import torch
 from skimage import data
 
 from core.pretrained import imagenet_model, load_package_state_dict, map_package_to_timm
-from core.train import TrainOptions, _initial_model
+from core.training.loop import _initial_model
+from core.training.options import TrainOptions
 
 EGYPTIAN_CAT, TABBY, TIGER_CAT, ESPRESSO = 285, 281, 282, 967
 

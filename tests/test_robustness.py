@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core.explain import explain
+from core.explain import ExplainSettings, explain
 from core.image_input import MAX_FILE_BYTES, ImageInputError, load_image
 from tests.conftest import encode, head_phantom
 from tests.test_explain import hook_count
@@ -102,10 +102,10 @@ def test_fuzz_mutated_valid_files(which, position, junk, cut):
 
 def test_eight_threads_share_one_model(tiny_model):
     images = [head_phantom(80, seed) for seed in range(5)]
-    serial = [explain(tiny_model, image, method="HiResCAM").heatmap for image in images]
+    serial = [explain(tiny_model, image, ExplainSettings(method="HiResCAM")).heatmap for image in images]
 
     def call(i: int):
-        return i % 5, explain(tiny_model, images[i % 5], method="HiResCAM").heatmap
+        return i % 5, explain(tiny_model, images[i % 5], ExplainSettings(method="HiResCAM")).heatmap
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(call, range(8 * 25)))
@@ -123,10 +123,10 @@ def resident_mb() -> float:
 def test_memory_is_stable_over_1000_calls(tiny_model):
     image = head_phantom(64)
     for _ in range(50):  # warm up allocator caches
-        explain(tiny_model, image, method="HiResCAM")
+        explain(tiny_model, image, ExplainSettings(method="HiResCAM"))
     before = resident_mb()
     for _ in range(1000):
-        explain(tiny_model, image, method="HiResCAM")
+        explain(tiny_model, image, ExplainSettings(method="HiResCAM"))
     growth = resident_mb() - before
     assert growth < 50, f"resident memory grew by {growth:.1f} MB"
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0

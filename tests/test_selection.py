@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.checkpoint import NO_HOLDOUT
 from core.cli import main
 from core.dataset import grouped_holdout, list_splits
 from core.selection import compare_checkpoints, mcnemar_exact, wilcoxon_paired
@@ -55,7 +54,7 @@ def test_candidates_are_compared_with_the_reference_on_the_grouped_holdout(check
     held = grouped_holdout(records, 0.5, seed=0)
 
     same, other = compare_checkpoints(
-        [reference, candidate], outlined_dataset, fraction=0.5, placement_split="val", cache_dir=tmp_path
+        [reference, candidate], outlined_dataset, fraction=0.5, placement_split="val", cache=tmp_path
     )
     assert same.holdout_images == other.holdout_images == held.sum()
     assert same.mcnemar is None and same.placement_tests is None
@@ -92,7 +91,7 @@ def test_a_checkpoint_refit_on_the_holdout_is_refused(checkpoint_root, outlined_
     refit = tmp_path / "refit"
     shutil.copytree(checkpoint_root / "tiny_convnext", refit)
     config = json.loads((refit / "config.json").read_text())
-    config["training"] = {"holdout": NO_HOLDOUT, "holdout_metrics": {}}
+    config["refit_without_holdout"] = True
     (refit / "config.json").write_text(json.dumps(config))
     names = [str(checkpoint_root / "tiny_convnext"), str(refit)]
     assert main(["select", *names, "--data", str(outlined_dataset), "--holdout-fraction", "0.5"]) == 2

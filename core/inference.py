@@ -1,0 +1,57 @@
+"""The one way a slice reaches a model: prepare it, normalise it, score it in batches.
+
+Training (hold-out, teacher targets), selection, evaluation and explanation all call these,
+so every number the app reports comes from the same input the model was trained on.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.checkpoint import LoadedModel
+from core.preprocess import PreparedSlice, Preprocessing, prepare_for_model, to_tensor
+
+
+def prepare_slices(images: list[np.ndarray], settings: Preprocessing, mask_input: bool) -> list[PreparedSlice]:
+    """prepare_for_model() for each slice, on all cores: OpenCV and NumPy release the GIL."""
+    if len(images) == 1:
+        return [prepare_for_model(images[0], settings, mask_input)]
+    with ThreadPoolExecutor(max_workers=min(len(images), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda image: prepare_for_model(image, settings, mask_input), images))
+
+
+def model_input(images: torch.Tensor, settings: Preprocessing) -> torch.Tensor:
+    """(N, S, S) in [0, 1] -> normalised input at the model's own size: a teacher trained at
+    256 px distilling into a 224 px student scores the student's view resized to 256 px."""
+    size = settings.input_size
+    if images.shape[-2:] != (size, size):
+        images = F.interpolate(images[:, None], size=(size, size), mode="bilinear", antialias=True)[:, 0]
+    return to_tensor(images, settings)
+
+
+@torch.no_grad()
+def batched_logits(model: torch.nn.Module, squares: np.ndarray, settings: Preprocessing, batch: int = 64) -> np.ndarray:
+    """Logits for prepared squares (N, S, S): uint8 (as training stores them) or float in [0, 1].
+    Scored in eval mode on the model's device; the model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    scale = 255.0 if squares.dtype == np.uint8 else 1.0
+    out = []
+    for start in range(0, len(squares), batch):
+        chunk = torch.from_numpy(squares[start : start + batch]).to(device).float()
+        out.append(model(model_input(chunk / scale if scale != 1.0 else chunk, settings)).cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def slice_logits(loaded: LoadedModel, images: list[np.ndarray], mask_input: bool = True) -> np.ndarray:
+    """Logits for decoded slices (core.image_input pixels), prepared as the checkpoint says."""
+    settings = loaded.config.preprocessing
+    squares = np.stack([prepared.square for prepared in prepare_slices(images, settings, mask_input)])
+    return batched_logits(loaded.model, squares, settings)

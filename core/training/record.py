@@ -1,0 +1,88 @@
+"""The training record a run writes to training.json: recipe, hold-out, history, lineage,
+machine and commit. The model card reads it (core.model_card)."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from core.checkpoint import read_config, read_training_record, resolve_checkpoint
+from core.training.augmentation import AUGMENTATION_NOTE, mixing_note
+from core.training.distillation import DISTILL_TEMPERATURE, attention_layers
+from core.training.options import TrainOptions
+
+NO_HOLDOUT = "none: refit on every image of the training splits"
+
+
+def training_record(options: TrainOptions, started: float, history: list, holdout: dict, num_images: int) -> dict:
+    return {
+        "data": str(options.data),
+        "splits": list(options.splits),
+        "num_images": num_images,
+        "holdout": f"{options.holdout_fraction:.0%} of each class's groups (metadata.csv 'group'), seed {options.seed}"
+        if options.holdout_fraction
+        else NO_HOLDOUT,
+        "holdout_metrics": holdout,
+        "init": options.init,
+        "continued_from": previous_training(options.init),
+        "teacher": str(options.teacher) if options.teacher else None,
+        "epochs": options.epochs,
+        "image_size": options.image_size,
+        "batch_size": options.batch_size,
+        "optimiser": f"AdamW lr {options.lr} wd {options.weight_decay}, one-cycle",
+        "loss": "class-weighted cross-entropy, label smoothing 0.1" + _distillation_note(options),
+        "weights": f"exponential moving average (timm ModelEmaV3, warm-up, decay up to {options.ema_decay})"
+        if options.ema_decay
+        else "last step",
+        "drop_path": options.drop_path,
+        "augmentation": AUGMENTATION_NOTE + mixing_note(options),
+        "precision": "bfloat16 autocast (forward passes), float32 weights" if options.bf16 else "float32",
+        "seed": options.seed,
+        "history": history,
+        "seconds": round(time.time() - started),
+        "machine": _machine(options.device),
+        "commit": _git_commit(),
+    }
+
+
+def previous_training(init: str) -> dict | None:
+    """The training record of the checkpoint a run continues from, so lineage survives."""
+    path = Path(init)
+    if not path.is_dir():
+        return None
+    record = read_training_record(path)
+    record.pop("notes", None)
+    return record or None
+
+
+def _machine(device: str) -> str:
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} GPU, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"{platform.machine()} CPU, {threads} thread{'s' if threads > 1 else ''}, torch {torch.__version__}"
+
+
+def _distillation_note(options: TrainOptions) -> str:
+    if not options.teacher:
+        return ""
+    targets = "on the same augmented view" if options.consistent_teacher else "fixed, from the un-augmented image"
+    note = f", distillation weight {options.distill_weight} at T={DISTILL_TEMPERATURE:g} (teacher targets {targets})"
+    if options.attention_transfer:
+        teacher_arch = read_config(resolve_checkpoint(options.teacher)).architecture
+        pairs = zip(attention_layers(options.arch), attention_layers(teacher_arch))
+        layers = ", ".join(f"{student} to {teacher}" for student, teacher in pairs)
+        note += f", attention transfer beta {options.attention_transfer:g} ({layers})"
+    return note
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
