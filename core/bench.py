@@ -146,6 +146,6 @@ def _print_table(report: dict) -> None:
             report["cold_start_s"][row["model"]],
         )))  # fmt: skip
     render = report["render"]
-    print(f"re-render 512x512 (threshold + overlay + outline), CAM-like: p50 {render['rerender_512_p50_ms']} ms, "
+    print(f"re-render 512x512 (the three panels), CAM-like: p50 {render['rerender_512_p50_ms']} ms, "
           f"p95 {render['rerender_512_p95_ms']} ms (target <= 15 ms); noise heatmap (worst case): "
           f"p50 {render['rerender_512_noise_p50_ms']} ms, p95 {render['rerender_512_noise_p95_ms']} ms")  # fmt: skip

@@ -182,7 +182,7 @@ def test_gallery_page_without_data_explains_layout(browser, app_url, artifacts):
     browser.get(f"{app_url}/Gallery")
     wait = WebDriverWait(browser, 120)
     enter_dataset_folder(browser, wait, REPO / "no-such-folder")
-    time.sleep(3)
+    wait.until(lambda d: "ROOT/SPLIT/<class>/<image>" in d.find_element(By.TAG_NAME, "body").text)
     assert_no_error(browser)
     browser.save_screenshot(str(artifacts / "gallery.png"))
 

@@ -75,3 +75,31 @@ def test_explain_folder_mirrors_tree_and_writes_csv(use_tiny_checkpoints, tmp_pa
     assert rows[2]["error"] and not rows[0]["error"]
     assert rows[0]["prediction"] and float(rows[0]["confidence"]) > 0 and rows[0]["p_glioma"]
     assert {r["method"] for r in rows} == {"Grad-CAM"}
+
+
+def test_train_flags_come_from_the_options_with_their_defaults():
+    import argparse
+    from dataclasses import fields
+
+    from core.cli import add_dataclass_options, dataclass_from_args
+    from core.training.options import TrainOptions
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_options(parser, TrainOptions)
+    required = ["--arch", "convnext_atto", "--data", "d", "--out", "o"]
+    parsed = dataclass_from_args(TrainOptions, parser.parse_args(required))
+    assert parsed == TrainOptions(arch="convnext_atto", data=Path("d"), out=Path("o"))
+    changed = parser.parse_args([*required, "--ema", "0.99", "--mixup", "0.8", "--no-progress", "--bf16",
+                                 "--splits", "train", "--limit", "3", "--drop-path", "0.1"])  # fmt: skip
+    options = dataclass_from_args(TrainOptions, changed)
+    assert (options.ema_decay, options.mixup_alpha, options.progress, options.bf16) == (0.99, 0.8, False, True)
+    assert (options.splits, options.limit, options.drop_path) == (("train",), 3, 0.1)
+    assert all(spec.metadata.get("help") for spec in fields(TrainOptions))  # every flag explains itself
+    with pytest.raises(SystemExit):
+        parser.parse_args(required[:4])  # --out is required
+
+
+def test_evaluate_with_an_unknown_method_says_so(use_tiny_checkpoints, tmp_path, capsys):
+    assert main(["evaluate", "--checkpoint", "tiny_convnext", "--data", str(tmp_path), "--method", "Magic",
+                 "--out", str(tmp_path / "o")]) == 2  # fmt: skip
+    assert "Unknown method 'Magic'" in capsys.readouterr().err

@@ -165,3 +165,26 @@ def test_a_batch_gives_what_single_calls_give_in_the_same_order(tiny_model):
         np.testing.assert_allclose(result.heatmap, single.heatmap, atol=1e-4)
         np.testing.assert_allclose(result.probabilities, single.probabilities, atol=1e-5)
         assert result.brain_mask_note == single.brain_mask_note
+
+
+def test_an_error_inside_the_cam_reaches_the_caller_and_the_hooks_go(tiny_model, monkeypatch):
+    """pytorch-grad-cam's BaseCAM.__exit__ swallows IndexError; the real error must not be lost."""
+
+    class BrokenCAM(engine.GradCAM):
+        def get_cam_weights(self, *args, **kwargs):
+            raise IndexError("the real cause")
+
+    monkeypatch.setitem(engine.CAM_METHODS, "Broken", BrokenCAM)
+    with pytest.raises(IndexError, match="the real cause"):
+        explain(tiny_model, head_phantom(64), ExplainSettings(method="Broken"))
+    assert hook_count(tiny_model.model) == 0
+
+
+def test_settings_are_checked_once_and_the_logits_kept(tiny_model):
+    with pytest.raises(ExplainError, match="Unknown method 'Magic'"):
+        ExplainSettings(method="Magic")
+    assert ExplainSettings("Score-CAM").slow and not ExplainSettings().slow
+    result = explain(tiny_model, head_phantom(64))
+    assert result.logits.shape == (4,) and result.logits.dtype == np.float32
+    scaled = np.exp(result.logits / tiny_model.config.temperature)
+    np.testing.assert_allclose(result.probabilities, scaled / scaled.sum(), atol=1e-6)

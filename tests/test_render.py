@@ -50,11 +50,3 @@ def test_figures_carry_values_and_colour_bar():
     assert np.asarray(trace.z).shape == (256, 256)
     bars = probability_figure(["a", "b"], [0.25, 0.75], highlight=1)
     assert list(bars.data[0].x) == [0.25, 0.75]
-
-
-def test_bench_render_reports_both_heatmaps():
-    from core.bench import bench_render
-
-    report = bench_render(repeats=3)
-    for name in ("rerender_512", "rerender_512_noise"):
-        assert 0 < report[f"{name}_p50_ms"] <= report[f"{name}_p95_ms"]

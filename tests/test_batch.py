@@ -1,0 +1,46 @@
+"""Explaining files and folders: mirrored output names, the same pictures as the app."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+
+from core.batch import expand_inputs, explain_files
+from core.checkpoint import load_checkpoint
+from core.explain import ExplainSettings, explain
+from core.image_input import load_image
+from core.render import explanation_panels
+from tests.conftest import encode, head_phantom
+
+
+def test_folders_are_searched_and_repeated_names_numbered(tmp_path):
+    (tmp_path / "scans" / "deep").mkdir(parents=True)
+    for path in ("scans/a.png", "scans/deep/b.nii.gz", "scans/notes.txt", "a.png"):
+        (tmp_path / path).write_bytes(b"x")
+    pairs = [(file.relative_to(tmp_path).as_posix(), stem.as_posix()) for file, stem in
+             expand_inputs([tmp_path / "scans", tmp_path / "a.png", tmp_path / "a.png"])]  # fmt: skip
+    assert pairs == [("scans/a.png", "scans/a"), ("scans/deep/b.nii.gz", "scans/deep/b"), ("a.png", "a"),
+                     ("a.png", "a_2")]  # fmt: skip
+
+
+def test_pictures_are_the_apps_panels_and_rows_say_what_failed(checkpoint_root, tmp_path):
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(encode(head_phantom(96), "PNG"))
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
+    settings = ExplainSettings("HiResCAM", target="glioma")
+    results = explain_files([scan, tmp_path / "bad.png"], checkpoint_root / "tiny_convnext", tmp_path / "out",
+                            settings, progress=False)  # fmt: skip
+    assert results[0]["target_class"] == "glioma" and results[0]["method"] == "HiResCAM"
+    assert "error" in results[1] and "prediction" not in results[1]
+
+    image = load_image(scan.read_bytes(), scan.name).pixels
+    expected = explanation_panels(image, explain(load_checkpoint(checkpoint_root / "tiny_convnext"), image,
+                                                 settings).heatmap)  # fmt: skip
+    written = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "scan_overlay.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(written, expected.overlay)
+    rows = list(csv.DictReader((tmp_path / "out" / "summary.csv").open()))
+    assert [r["prediction"] != "" for r in rows] == [True, False] and rows[1]["error"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["images"] == results
