@@ -25,9 +25,9 @@ ROOT_VARIABLE = "BRAIN_XAI_CHECKPOINTS"  # overrides where checkpoint names are 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"  # what inference needs
 TRAINING_FILE = "training.json"  # how the weights were made: recipe, history, lineage, notes
-# The training record's hold-out sentence of a --holdout-fraction 0 run, in configs written
-# before config.json carried the boolean refit_without_holdout.
-LEGACY_NO_HOLDOUT = "none: refit on every image of the training splits"
+# The training record's "holdout" of a --holdout-fraction 0 run; configs written before
+# config.json carried the boolean refit_without_holdout are recognised by it.
+NO_HOLDOUT_RECORD = "none: refit on every image of the training splits"
 # Keys older config.json files carried that are now elsewhere: the preprocessing block holds
 # input size, mean and std once, and the training record lives in training.json.
 LEGACY_KEYS = {"num_classes", "input_size", "mean", "std", "training", "notes"}
@@ -69,7 +69,7 @@ class ModelConfig:
     def from_dict(cls, values: dict) -> ModelConfig:
         known = {"schema_version", "architecture", "label_names", "preprocessing", "default_target_layer",
                  "temperature", "refit_without_holdout", "metrics"}  # fmt: skip
-        legacy_refit = (values.get("training") or {}).get("holdout") == LEGACY_NO_HOLDOUT
+        legacy_refit = (values.get("training") or {}).get("holdout") == NO_HOLDOUT_RECORD
         return cls(
             architecture=values["architecture"],
             label_names=tuple(values["label_names"]),

@@ -22,8 +22,13 @@ REGION_RGB = (255, 255, 255)  # the thresholded heatmap; the tumour outline is g
 
 
 def find_dataset(field: str = "") -> Path | None:
-    """The first existing dataset root: the sidebar field, $BRAIN_XAI_DATA, then the defaults."""
-    candidates = [field, os.environ.get(DATA_VARIABLE, ""), *map(str, DEFAULT_DATA_ROOTS)]
+    """The dataset root: the sidebar field when one is typed (None when that folder does not
+    exist: never silently another dataset), else the first existing of $BRAIN_XAI_DATA and
+    the defaults."""
+    if field.strip():
+        typed = Path(field.strip()).expanduser()
+        return typed.resolve() if typed.is_dir() else None
+    candidates = [os.environ.get(DATA_VARIABLE, ""), *map(str, DEFAULT_DATA_ROOTS)]
     for candidate in candidates:
         if candidate and Path(candidate).expanduser().is_dir():
             return Path(candidate).expanduser().resolve()

@@ -21,10 +21,12 @@ st.title("Gallery: where the model looks, against the radiologists' outlines")
 
 names = ui.require_models()
 with st.sidebar:
-    root = find_dataset(st.text_input("Dataset folder", key="gallery_root", placeholder="default: auto-detect"))
+    typed = st.text_input("Dataset folder", key="gallery_root", placeholder="default: auto-detect")
+    root = find_dataset(typed)
 if root is None:
     st.warning(
-        "No dataset found. Enter a folder in the sidebar, set BRAIN_XAI_DATA, or place it at "
+        (f"There is no folder `{typed.strip()}`. " if typed.strip() else "No dataset found. ")
+        + "Enter a folder in the sidebar, set BRAIN_XAI_DATA, or place it at "
         "`./data/brain-tumor-mri`. Expected layout: `ROOT/SPLIT/<class>/<image>` (for example "
         "`ROOT/test/glioma/001.jpg`), with optional LabelMe outlines in `ROOT/annotations/<image stem>.json`."
     )

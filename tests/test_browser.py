@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SHARED_DATA, copy_shared_slice
+
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
@@ -47,6 +49,10 @@ def app_url(checkpoint_root, tmp_path_factory):
         "BRAIN_XAI_CHECKPOINTS": os.environ.get("BROWSER_CHECKPOINTS") or str(checkpoint_root),
         "BRAIN_XAI_CACHE": str(tmp_path_factory.mktemp("evaluations")),
     }
+    if SHARED_DATA.is_dir():
+        # The Gallery opens on the auto-detected dataset: a 12-image slice, not the 768-image
+        # test split, whose first evaluation would keep the server busy while the tests type.
+        env["BRAIN_XAI_DATA"] = str(copy_shared_slice(tmp_path_factory.mktemp("default_data"), {"test": 3}))
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -183,6 +189,7 @@ def test_gallery_page_without_data_explains_layout(browser, app_url, artifacts):
     wait = WebDriverWait(browser, 120)
     enter_dataset_folder(browser, wait, REPO / "no-such-folder")
     wait.until(lambda d: "ROOT/SPLIT/<class>/<image>" in d.find_element(By.TAG_NAME, "body").text)
+    assert "There is no folder" in browser.find_element(By.TAG_NAME, "body").text
     assert_no_error(browser)
     browser.save_screenshot(str(artifacts / "gallery.png"))
 

@@ -8,7 +8,7 @@ import torch
 
 from core.checkpoint import (
     DEFAULT_CHECKPOINT_ROOT,
-    LEGACY_NO_HOLDOUT,
+    NO_HOLDOUT_RECORD,
     CheckpointError,
     checkpoint_sha256,
     checkpoint_stamp,
@@ -114,7 +114,7 @@ def test_an_older_config_still_loads_and_migrates_without_touching_the_weights(c
     config = json.loads((copy / "config.json").read_text())
     del config["refit_without_holdout"]
     size = config["preprocessing"]["input_size"]
-    record = {"holdout": LEGACY_NO_HOLDOUT, "holdout_metrics": {}, "epochs": 3}
+    record = {"holdout": NO_HOLDOUT_RECORD, "holdout_metrics": {}, "epochs": 3}
     old = {**config, "num_classes": 4, "input_size": [3, size, size], "mean": [0.5] * 3, "std": [0.5] * 3,
            "training": record, "notes": ["tried once"]}  # fmt: skip
     (copy / "config.json").write_text(json.dumps(old))

@@ -41,7 +41,7 @@ def test_find_dataset_order(tmp_path, monkeypatch):
     monkeypatch.setenv("BRAIN_XAI_DATA", str(env))
     assert find_dataset(str(field)) == field.resolve()
     assert find_dataset("") == env.resolve()
-    assert find_dataset(str(tmp_path / "missing")) == env.resolve()
+    assert find_dataset(str(tmp_path / "missing")) is None  # a typed folder is never swapped for another
     monkeypatch.delenv("BRAIN_XAI_DATA")
     assert find_dataset("") is None
     assert splits_in(env) == ["test"]

@@ -47,3 +47,11 @@ def test_missing_dataset_explains_the_layout(use_tiny_checkpoints, tmp_path, mon
     at = AppTest.from_file(PAGE).run()
     assert not at.exception
     assert "ROOT/SPLIT/<class>/<image>" in at.warning[0].value
+
+
+def test_a_typed_folder_that_does_not_exist_is_named_not_replaced(use_tiny_checkpoints, tmp_path):
+    at = AppTest.from_file(PAGE)
+    at.session_state["gallery_root"] = str(tmp_path / "typo")
+    at.run()
+    assert not at.exception
+    assert f"There is no folder `{tmp_path / 'typo'}`" in at.warning[0].value

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import read_config, read_training_record, resolve_checkpoint
+from core.checkpoint import NO_HOLDOUT_RECORD, read_config, read_training_record, resolve_checkpoint
 from core.training.augmentation import AUGMENTATION_NOTE, mixing_note
 from core.training.distillation import DISTILL_TEMPERATURE, attention_layers
 from core.training.options import TrainOptions
-
-NO_HOLDOUT = "none: refit on every image of the training splits"
 
 
 def training_record(options: TrainOptions, started: float, history: list, holdout: dict, num_images: int) -> dict:
@@ -25,7 +23,7 @@ def training_record(options: TrainOptions, started: float, history: list, holdou
         "num_images": num_images,
         "holdout": f"{options.holdout_fraction:.0%} of each class's groups (metadata.csv 'group'), seed {options.seed}"
         if options.holdout_fraction
-        else NO_HOLDOUT,
+        else NO_HOLDOUT_RECORD,
         "holdout_metrics": holdout,
         "init": options.init,
         "continued_from": previous_training(options.init),
