@@ -15,7 +15,9 @@ from core import evaluate
 from core.checkpoint import LoadedModel, checkpoint_stamp, list_checkpoints, load_checkpoint
 from core.evaluation_store import Evaluation, at_threshold, cache_dir, read_evaluation
 from core.explain import ExplainSettings, Explanation, explain
+from core.faithfulness import FaithfulnessCheck, check_heatmap
 from core.image_input import LoadedImage, load_image
+from core.sweep import baseline_summary
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading model...")
@@ -39,6 +41,15 @@ def explanation(
     return explain(model(checkpoint), image(data, filename, slice_index, axis).pixels, settings)
 
 
+@st.cache_data(max_entries=32, show_spinner="Removing and revealing the hottest pixels...")
+def faithfulness(
+    checkpoint: str, data: bytes, filename: str, slice_index: int | None, axis: int, settings: ExplainSettings
+) -> FaithfulnessCheck:
+    pixels = image(data, filename, slice_index, axis).pixels
+    result = explanation(checkpoint, data, filename, slice_index, axis, settings)
+    return check_heatmap(model(checkpoint), pixels, result, settings)
+
+
 def evaluation_folder(
     checkpoint: str, root: Path, split: str, settings: ExplainSettings, on_progress: Callable[[int, int], None]
 ) -> str:
@@ -53,6 +64,11 @@ def evaluation_folder(
 @st.cache_data(max_entries=64, show_spinner=False)
 def _evaluation_folder(checkpoint: str, stamp: tuple, root: str, split: str, settings: ExplainSettings) -> str:
     return str(evaluate.evaluation_folder(checkpoint, Path(root), split, cache_dir(), settings=settings))
+
+
+@st.cache_data(max_entries=8, show_spinner="Scoring the trivial baselines on this split...")
+def baselines(root: str, split: str) -> list[dict]:
+    return baseline_summary(Path(root), split)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

@@ -10,7 +10,8 @@ import streamlit as st
 import cached
 from core.checkpoint import CheckpointError, LoadedModel
 from core.dataset import DatasetError
-from core.explain import ExplainError, ExplainSettings, Explanation
+from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, layer_names
+from core.faithfulness import FaithfulnessCheck
 from core.image_input import MAX_FILE_BYTES, ImageInputError, LoadedImage
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_images"
@@ -72,6 +73,25 @@ def model_caption(loaded: LoadedModel) -> str:
 
 
 PREDICTED_CLASS = "predicted class"
+EACH_DEFAULT = "each model's default"
+METHOD_HELP = (
+    "Each model opens on the method and layer that placed its heatmaps best on the validation "
+    "split's tumour outlines (see its model card). Score-CAM is slow: one forward pass per feature map."
+)
+
+
+def layer_choices(loaded: LoadedModel) -> list[str]:
+    """The layers a CAM can hook, with the checkpoint's default first when it fuses several."""
+    layers = layer_names(loaded.model)
+    default = loaded.config.default_target_layer
+    return layers if default in layers else [default, *layers]
+
+
+def heatmap_caption(result: Explanation) -> str:
+    """Eigen-CAM does not depend on the class, so it is not captioned as if it did."""
+    if result.method in CLASS_AGNOSTIC_METHODS:
+        return f"{result.method} at {result.target_layer} (the same for every class)"
+    return f"{result.method} for '{result.target_label}' at {result.target_layer}"
 
 
 def target_picker(labels: list[str], label: str = "Explain class", key: str | None = None) -> str | None:
@@ -84,6 +104,15 @@ def explanation(scan: Scan, checkpoint: str, settings: ExplainSettings) -> Expla
     """The cached explanation of the scan, or a plain error that stops the page."""
     try:
         return cached.explanation(checkpoint, scan.data, scan.filename, scan.slice_index, scan.axis, settings)
+    except USER_ERRORS as error:
+        st.error(str(error))
+        st.stop()
+
+
+def faithfulness(scan: Scan, checkpoint: str, settings: ExplainSettings) -> FaithfulnessCheck:
+    """The cached deletion/insertion check of the scan's heatmap, or a plain error that stops the page."""
+    try:
+        return cached.faithfulness(checkpoint, scan.data, scan.filename, scan.slice_index, scan.axis, settings)
     except USER_ERRORS as error:
         st.error(str(error))
         st.stop()

@@ -49,6 +49,7 @@ def explain_files(
 ) -> list[dict]:
     """Explain every image; returns one dict per input (also in results.json / summary.csv)."""
     loaded = load_checkpoint(checkpoint)
+    settings = settings.resolved(loaded.config)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for path, stem in tqdm(expand_inputs(paths), desc="explain", unit="image", disable=not progress):

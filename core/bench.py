@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from core.checkpoint import list_checkpoints, load_checkpoint
-from core.explain import explain, explain_batch
+from core.explain import ExplainSettings, explain, explain_batch
+from core.faithfulness import check_heatmap
 from core.image_input import load_image
 from core.preprocess import to_tensor
 from core.render import explanation_panels
@@ -66,6 +67,7 @@ def bench_model(name: str, image: np.ndarray, repeats: int, batch: int) -> dict:
     throughput = batch / (float(np.median(batch_ms)) / 1000)
     batch_floor = batch / (float(np.median(batch_floor_ms)) / 1000)
     return {
+        **bench_faithfulness(loaded, image),
         "model": name,
         "explain_p50_ms": round(p50, 1),
         "explain_p95_ms": round(p95, 1),
@@ -75,6 +77,20 @@ def bench_model(name: str, image: np.ndarray, repeats: int, batch: int) -> dict:
         "batched_forward_backward_images_per_s": round(batch_floor, 2),
         "throughput_ratio": round(throughput / batch_floor, 2),
     }
+
+
+def bench_faithfulness(loaded, image: np.ndarray, repeats: int = 3) -> dict:
+    """The Explain page's "Check this heatmap" at the checkpoint's default method and layer:
+    median seconds of `repeats` runs after a warm-up (target <= 3 s on 2 CPU cores)."""
+    settings = ExplainSettings()
+    explanation = explain(loaded, image, settings)
+    check_heatmap(loaded, image, explanation, settings)  # warm-up
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        check_heatmap(loaded, image, explanation, settings)
+        samples.append(time.perf_counter() - started)
+    return {"faithfulness_check_s": round(float(np.median(samples)), 2)}
 
 
 def bench_render(repeats: int = 50) -> dict:
@@ -124,6 +140,7 @@ def run_bench(names: list[str] | None, repeats: int, batch: int, out: Path | Non
             "explain_to_forward_backward": "<= 1.3",
             "rerender_512_p50_ms": "<= 15",
             "throughput_ratio": ">= 0.8",
+            "faithfulness_check_s": "<= 3",
         },  # fmt: skip
     }
     _print_table(report)
@@ -136,13 +153,13 @@ def run_bench(names: list[str] | None, repeats: int, batch: int, out: Path | Non
 def _print_table(report: dict) -> None:
     print(f"machine: {report['machine']}, torch {report['torch']}")
     header = ("model", "explain p50 ms", "p95 ms", "fwd+bwd ms", "ratio (<=1.3)", "eval img/s", "batch fwd+bwd img/s",
-              "ratio (>=0.8)", "cold start s")  # fmt: skip
+              "ratio (>=0.8)", "faithfulness check s (<=3)", "cold start s")  # fmt: skip
     print(" | ".join(header))
     for row in report["models"]:
         print(" | ".join(str(v) for v in (
             row["model"], row["explain_p50_ms"], row["explain_p95_ms"], row["forward_backward_ms"],
             row["explain_to_forward_backward"], row["evaluation_images_per_s"],
-            row["batched_forward_backward_images_per_s"], row["throughput_ratio"],
+            row["batched_forward_backward_images_per_s"], row["throughput_ratio"], row["faithfulness_check_s"],
             report["cold_start_s"][row["model"]],
         )))  # fmt: skip
     render = report["render"]

@@ -44,10 +44,13 @@ class ModelConfig:
     architecture: str
     label_names: tuple[str, ...]
     preprocessing: Preprocessing
-    default_target_layer: str
+    default_target_layer: str  # a dotted module name, or several joined by "+" (fused LayerCAM)
     temperature: float = 1.0
     # Trained with --holdout-fraction 0: it saw the hold-out and fitted no temperature of its own.
     refit_without_holdout: bool = False
+    default_method: str = "Grad-CAM"  # the CAM method the app opens with (chosen by `python -m core sweep`)
+    # How default_method and default_target_layer were chosen: split, rule, numbers (core.sweep).
+    default_choice: dict = field(default_factory=dict, compare=False)
     metrics: dict = field(default_factory=dict, compare=False)  # written by core.model_card
     extra: dict = field(default_factory=dict, compare=False)  # keys this version does not know, kept
 
@@ -57,10 +60,13 @@ class ModelConfig:
             "architecture": self.architecture,
             "label_names": list(self.label_names),
             "preprocessing": self.preprocessing.to_dict(),
+            "default_method": self.default_method,
             "default_target_layer": self.default_target_layer,
             "temperature": self.temperature,
             "refit_without_holdout": self.refit_without_holdout,
         }
+        if self.default_choice:
+            values["default_choice"] = self.default_choice
         if self.metrics:
             values["metrics"] = self.metrics
         return {**values, **self.extra}
@@ -68,7 +74,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
         known = {"schema_version", "architecture", "label_names", "preprocessing", "default_target_layer",
-                 "temperature", "refit_without_holdout", "metrics"}  # fmt: skip
+                 "temperature", "refit_without_holdout", "metrics", "default_method", "default_choice"}  # fmt: skip
         legacy_refit = (values.get("training") or {}).get("holdout") == NO_HOLDOUT_RECORD
         return cls(
             architecture=values["architecture"],
@@ -77,6 +83,8 @@ class ModelConfig:
             default_target_layer=values["default_target_layer"],
             temperature=float(values.get("temperature", 1.0)),
             refit_without_holdout=bool(values.get("refit_without_holdout", legacy_refit)),
+            default_method=values.get("default_method", "Grad-CAM"),
+            default_choice=dict(values.get("default_choice") or {}),
             metrics=dict(values.get("metrics") or {}),
             extra={k: v for k, v in values.items() if k not in known | LEGACY_KEYS},
         )
@@ -251,8 +259,9 @@ def checkpoint_stamp(name_or_dir: str | Path, root: Path | None = None) -> tuple
     return tuple(stamp)
 
 
-def _check_layer(model: torch.nn.Module, layer: str) -> None:
-    try:
-        model.get_submodule(layer)
-    except AttributeError as error:
-        raise CheckpointError(f"The default target layer '{layer}' is not in the model.") from error
+def _check_layer(model: torch.nn.Module, layers: str) -> None:
+    for layer in layers.split("+"):
+        try:
+            model.get_submodule(layer)
+        except AttributeError as error:
+            raise CheckpointError(f"The default target layer '{layer}' is not in the model.") from error

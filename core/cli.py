@@ -24,12 +24,13 @@ from core.image_input import ImageInputError
 from core.training.options import TrainOptions
 
 USER_ERRORS = (CheckpointError, DatasetError, ExplainError, ImageInputError)
+DEFAULT = "default"  # --method default: the method the checkpoint's config.json names
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core", description="Brain-MRI explainability: " + __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for register in (_train, _explain, _evaluate, _compare, _serve, _bench, _select, _calibrate, _card):
+    for register in (_train, _explain, _evaluate, _compare, _sweep, _serve, _bench, _select, _calibrate, _card):
         register(commands)
     args = parser.parse_args(argv)
     try:
@@ -73,15 +74,20 @@ def dataclass_from_args(cls, args: argparse.Namespace):
 # --- explanation settings shared by explain, evaluate and compare ----------------------------
 
 
-def _add_explain_options(parser: argparse.ArgumentParser, method_default: str | None = "Grad-CAM") -> None:
-    parser.add_argument("--method", default=method_default, help=f"CAM method: {', '.join(CAM_METHODS)}")
-    parser.add_argument("--layer", help="target layer, a dotted module name (default: the checkpoint's)")
+def _add_explain_options(parser: argparse.ArgumentParser, method_default: str | None = DEFAULT) -> None:
+    parser.add_argument(
+        "--method", default=method_default, help=f"'{DEFAULT}' (the checkpoint's) or one of: {', '.join(CAM_METHODS)}"
+    )
+    parser.add_argument(
+        "--layer", help="target layer, a dotted module name or several joined by '+' (default: the checkpoint's)"
+    )
     parser.add_argument("--no-brain-mask", action="store_true", help="no masking of input or heatmap")
 
 
 def _explain_settings(args: argparse.Namespace) -> ExplainSettings:
     mask = not args.no_brain_mask
-    return ExplainSettings(args.method or "Grad-CAM", getattr(args, "target", None), args.layer, mask, mask)
+    method = None if args.method in (None, DEFAULT) else args.method
+    return ExplainSettings(method, getattr(args, "target", None), args.layer, mask, mask)
 
 
 # --- the commands ---------------------------------------------------------------------------
@@ -136,7 +142,12 @@ def _evaluate(commands) -> None:
     _add_explain_options(parser, method_default=None)
     parser.add_argument("--threshold", type=float, default=0.5, help="relative heatmap threshold for IoU")
     parser.add_argument("--cache", action="store_true", help="reuse/store the result in the gallery's disk cache")
-    parser.epilog = "With --method, every image also gets a heatmap and localisation metrics against its outline."
+    parser.add_argument(
+        "--faithfulness", action="store_true", help="with --method: deletion/insertion AUC per image (~1 s each)"
+    )
+    parser.epilog = (
+        "With --method (e.g. 'default'), every image also gets a heatmap and localisation metrics against its outline."
+    )
     parser.set_defaults(run=_run_evaluate)
 
 
@@ -145,12 +156,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     settings, heatmaps = _explain_settings(args), args.method is not None
     options = {"settings": settings, "heatmaps": heatmaps, "threshold": args.threshold}
+    if args.faithfulness and not heatmaps:
+        print("--faithfulness checks heatmaps: add --method (e.g. --method default).", file=sys.stderr)
+        return 2
     if args.cache:
         folder = cached_evaluation(args.checkpoint, args.data, args.split, cache_dir(), **options)
         shutil.copytree(folder, args.out, dirs_exist_ok=True)
         summary = json.loads((args.out / "summary.json").read_text())
     else:
-        summary = evaluate(args.checkpoint, args.data, args.split, args.out, **options)
+        summary = evaluate(args.checkpoint, args.data, args.split, args.out, faithfulness=args.faithfulness, **options)
     ece = summary["ece_15_bins"]
     print(
         f"{summary['num_images']} images: accuracy {summary['accuracy']:.3f}, macro-F1 {summary['macro_f1']:.3f}, "
@@ -160,6 +174,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if "localisation" in summary:
         overall = summary["localisation"]["all"]
         print("localisation: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in overall.items() if v["mean"] is not None))
+    if "faithfulness" in summary:
+        print("faithfulness: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in summary["faithfulness"].items()))
     return 0
 
 
@@ -204,6 +220,40 @@ def _run_compare(args: argparse.Namespace) -> int:
     }
     (args.out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
     print(sentence)
+    return 0
+
+
+def _sweep(commands) -> None:
+    parser = commands.add_parser("sweep", help="every CAM method x layer against trivial baselines; sets the default")
+    parser.add_argument("--checkpoint", required=True, help="name under checkpoints/ or a folder")
+    parser.add_argument("--data", type=Path, required=True, help="dataset ROOT with SPLIT/<class>/<image>")
+    parser.add_argument("--split", default="val", help="choose on val (or training splits); report on test")
+    parser.add_argument("--layers", nargs="+", help="candidate layers (default: each stage or block output)")
+    parser.add_argument("--limit", type=int, help="at most this many outlined tumours, drawn at random (seeded)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="also write the report as JSON")
+    parser.add_argument("--apply", action="store_true", help="write the winner into config.json as the default")
+    parser.set_defaults(run=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from core.sweep import apply_winner, print_report, sweep, write_report
+
+    try:
+        report = sweep(args.checkpoint, args.data, args.split, layers=tuple(args.layers or ()) or None,
+                       limit=args.limit, seed=args.seed)  # fmt: skip
+    except ValueError as error:  # no outlined tumour, no candidate layers
+        print(error, file=sys.stderr)
+        return 2
+    print_report(report)
+    if args.out:
+        write_report(report, args.out)
+    if args.apply:
+        if report["winner"] is None:
+            print("No candidate met the rule; config.json is unchanged.", file=sys.stderr)
+            return 1
+        apply_winner(args.checkpoint, report)
+        print(f"{args.checkpoint}: default heatmap is now {report['winner']['method']} at {report['winner']['layer']}")
     return 0
 
 

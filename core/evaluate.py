@@ -19,6 +19,7 @@ from core.annotations import load_outline
 from core.checkpoint import LoadedModel, checkpoint_sha256, load_checkpoint
 from core.dataset import Record, list_split
 from core.evaluation_store import (
+    FAITHFULNESS_COLUMNS,
     HEATMAP_SIDE,
     IOU_THRESHOLDS,
     SUMMARY_FILE,
@@ -26,12 +27,14 @@ from core.evaluation_store import (
     PredictionRow,
     cache_key,
     localisation_summary,
+    outcome_of,
     write_evaluation,
 )
 from core.explain import ExplainSettings, Explanation, apply_brain_mask, explain_batch
+from core.faithfulness import check_heatmap
 from core.image_input import ImageInputError, load_image
 from core.inference import slice_logits
-from core.localisation import localisation_metrics, mass_inside, region_iou
+from core.localisation import bootstrap_mean, localisation_metrics, mass_inside, region_iou
 from core.metrics import classification_summary, expected_calibration_error, softmax
 
 DEFAULT_THRESHOLD = 0.5
@@ -46,6 +49,7 @@ def evaluate(
     settings: ExplainSettings = ExplainSettings(),
     heatmaps: bool = False,
     threshold: float = DEFAULT_THRESHOLD,
+    faithfulness: bool = False,
     batch_size: int = 32,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
@@ -55,6 +59,8 @@ def evaluate(
     Args:
         settings: masking (always) and, with heatmaps, method and layer.
         threshold: relative heatmap level for IoU.
+        faithfulness: with heatmaps, also deletion and insertion curves per image (about a
+            second each on a CPU; core.faithfulness).
 
     Returns:
         The summary written to OUT/summary.json.
@@ -64,10 +70,11 @@ def evaluate(
         ExplainError: a layer the model does not have.
     """
     loaded = load_checkpoint(checkpoint)
+    settings = settings.resolved(loaded.config)
     label_names = list(loaded.config.label_names)
     records = list_split(root, split, label_names)
     started = time.perf_counter()
-    scored = _Scored(threshold)
+    scored = _Scored(threshold, faithfulness and heatmaps)
     skipped = []
     with tqdm(total=len(records), desc=f"evaluate {split}", unit="image", disable=not progress) as bar:
         for start in range(0, len(records), batch_size):
@@ -108,20 +115,23 @@ def evaluate(
         "skipped": skipped,
     }
     if heatmaps:
-        summary["heatmaps"] = heatmap_settings(settings, threshold, loaded.config.default_target_layer)
+        summary["heatmaps"] = heatmap_settings(settings, threshold)
         summary["localisation"] = localisation_summary(rows, label_names)
+    if faithfulness and heatmaps:
+        summary["faithfulness"] = {c: bootstrap_mean([getattr(r, c) for r in rows]) for c in FAITHFULNESS_COLUMNS}
     write_evaluation(out, Evaluation(rows, summary, scored.heatmaps, scored.iou_curves))
     return summary
 
 
-def heatmap_settings(settings: ExplainSettings, threshold: float, default_layer: str | None = None) -> dict:
-    """How an evaluation's heatmaps were made, as its summary and cache key record it."""
+def heatmap_settings(settings: ExplainSettings, threshold: float) -> dict:
+    """How an evaluation's heatmaps were made, as its summary and cache key record it (None:
+    the checkpoint's default, whose config.json is part of the cache key)."""
     return {
         "method": settings.method,
         "mask_input": settings.mask_input,
         "mask_heatmap": settings.mask_heatmap,
         "threshold": threshold,
-        "target_layer": settings.target_layer or default_layer,
+        "target_layer": settings.target_layer,
     }
 
 
@@ -129,8 +139,9 @@ class _Scored:
     """What an evaluation collects batch by batch: rows, logits and, with heatmaps, a small
     heatmap per image and its IoU with the outline at every IOU_THRESHOLDS step."""
 
-    def __init__(self, threshold: float):
+    def __init__(self, threshold: float, faithfulness: bool = False):
         self.threshold = threshold
+        self.faithfulness = faithfulness
         self.rows: list[PredictionRow] = []
         self.logits: list[np.ndarray] = []
         self.heatmaps: dict[str, np.ndarray] = {}
@@ -157,18 +168,22 @@ class _Scored:
                 predicted=label_names[predicted],
                 confidence=float(row[predicted]),
                 probabilities=tuple(float(p) for p in row),
-                outcome="TP" if label_names[predicted] == record.label else "FN",
+                outcome=outcome_of(record.label, label_names[predicted]),
             )
             if explanation is not None:
-                entry = self._with_heatmap(root, entry, image, explanation, settings.mask_heatmap)
+                # The raw heatmap gives the mass outside the brain; the shown one, everything else.
+                raw, brain = explanation.heatmap, explanation.brain_mask
+                shown = apply_brain_mask(raw, brain) if settings.mask_heatmap else raw
+                entry = self._with_heatmap(root, entry, image, explanation, shown)
+                if self.faithfulness:
+                    entry = _with_faithfulness(loaded, entry, image, replace(explanation, heatmap=shown), settings)
             self.rows.append(entry)
             self.logits.append(scores)
 
     def _with_heatmap(
-        self, root: Path, row: PredictionRow, image: np.ndarray, explanation: Explanation, mask_heatmap: bool
+        self, root: Path, row: PredictionRow, image: np.ndarray, explanation: Explanation, shown: np.ndarray
     ) -> PredictionRow:
         raw, brain = explanation.heatmap, explanation.brain_mask
-        shown = apply_brain_mask(raw, brain) if mask_heatmap else raw
         outline = load_outline(root, row.image, image.shape)
         row = replace(
             row,
@@ -176,7 +191,7 @@ class _Scored:
             annotation=outline.kind,
         )
         if outline.mask is not None:
-            metrics = localisation_metrics(shown, outline.mask, self.threshold)
+            metrics = localisation_metrics(shown, outline.mask, self.threshold, head=brain)
             row = replace(row, **{k: metrics[k] for k in ("iou", "iou_otsu", "pointing_game", "mass_inside_tumour")})
             curve = [region_iou(shown, outline.mask, threshold) for threshold in IOU_THRESHOLDS]
             self.iou_curves[row.image] = np.array(curve, dtype=np.float32)
@@ -184,6 +199,22 @@ class _Scored:
             np.round(255 * cv2.resize(shown, (HEATMAP_SIDE, HEATMAP_SIDE), interpolation=cv2.INTER_AREA))
         )
         return row
+
+
+def _with_faithfulness(
+    loaded: LoadedModel, row: PredictionRow, image: np.ndarray, explanation: Explanation, settings: ExplainSettings
+) -> PredictionRow:
+    shown = (
+        apply_brain_mask(explanation.heatmap, explanation.brain_mask) if settings.mask_heatmap else explanation.heatmap
+    )
+    check = check_heatmap(loaded, image, replace(explanation, heatmap=shown), settings)
+    return replace(
+        row,
+        deletion_auc=check.deletion_auc,
+        insertion_auc=check.insertion_auc,
+        random_deletion_auc=check.random_deletion_auc,
+        random_insertion_auc=check.random_insertion_auc,
+    )
 
 
 def evaluation_folder(

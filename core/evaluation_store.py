@@ -20,7 +20,7 @@ from core.localisation import bootstrap_mean
 
 CACHE_VARIABLE = "BRAIN_XAI_CACHE"  # where cached evaluations live (default: cache/evaluations)
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "cache" / "evaluations"
-CACHE_VERSION = 3  # bump when the evaluation's output changes
+CACHE_VERSION = 4  # bump when the evaluation's output changes
 HEATMAP_SIDE = 128  # stored heatmaps are downsampled to this side for the gallery
 IOU_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # the Gallery's slider steps
 LOCALISATION_COLUMNS = ("iou", "iou_otsu", "pointing_game", "mass_inside_tumour", "mass_outside_brain")
@@ -37,7 +37,7 @@ class PredictionRow:
     predicted: str
     confidence: float
     probabilities: tuple[float, ...]  # temperature-scaled, in the checkpoint's class order
-    outcome: str
+    outcome: str  # see outcome_of()
     # Heatmap columns: None without heatmaps; the outline metrics are None without an outline.
     mass_outside_brain: float | None = None
     annotation: str | None = None  # "polygon", "rectangle" or "none"
@@ -45,6 +45,12 @@ class PredictionRow:
     iou_otsu: float | None = None
     pointing_game: bool | None = None
     mass_inside_tumour: float | None = None
+    # Faithfulness columns (evaluate --faithfulness): areas under the deletion and insertion
+    # curves of the heatmap and of random maps (core.faithfulness).
+    deletion_auc: float | None = None
+    insertion_auc: float | None = None
+    random_deletion_auc: float | None = None
+    random_insertion_auc: float | None = None
 
     @property
     def correct(self) -> bool:
@@ -58,7 +64,23 @@ class PredictionRow:
         return {**head, **probabilities, **values}
 
 
+NO_TUMOUR = "notumor"
+OUTCOMES = ("TP", "FP", "FN", "wrong type")
+
+
+def outcome_of(label: str, predicted: str) -> str:
+    """TP: the right class. FP: a no-tumour slice called a tumour. FN: a tumour called no
+    tumour. "wrong type": a tumour called another tumour type (an FN of its class and an FP of
+    the predicted one; the Gallery shows it under both)."""
+    if label == predicted:
+        return "TP"
+    if label == NO_TUMOUR:
+        return "FP"
+    return "FN" if predicted == NO_TUMOUR else "wrong type"
+
+
 HEATMAP_COLUMNS = ("mass_outside_brain", "annotation", "iou", "iou_otsu", "pointing_game", "mass_inside_tumour")
+FAITHFULNESS_COLUMNS = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc")
 
 
 @dataclass(frozen=True)
@@ -80,6 +102,7 @@ def write_evaluation(folder: Path, evaluation: Evaluation) -> None:
     with_heatmaps = "heatmaps" in evaluation.summary
     columns = ["image", "label", "predicted", "confidence", *(f"p_{n}" for n in label_names), "outcome"]
     columns += list(HEATMAP_COLUMNS) if with_heatmaps else []
+    columns += list(FAITHFULNESS_COLUMNS) if "faithfulness" in evaluation.summary else []
     with (folder / PREDICTIONS_FILE).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -118,6 +141,7 @@ def _parse_row(values: dict[str, str], label_names: list[str]) -> PredictionRow:
         iou_otsu=number("iou_otsu"),
         pointing_game={"True": True, "False": False}.get(pointing),
         mass_inside_tumour=number("mass_inside_tumour"),
+        **{column: number(column) for column in FAITHFULNESS_COLUMNS},
     )
 
 
@@ -128,15 +152,17 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
 def localisation_summary(
     rows: list[PredictionRow], label_names: list[str], columns: tuple[str, ...] = LOCALISATION_COLUMNS
 ) -> dict:
-    """Bootstrap means of the columns over all rows, per class and per outcome (None skipped)."""
+    """Bootstrap means of the columns over all rows, over the correctly classified ones, per
+    class and per outcome (None skipped)."""
 
     def means(subset: list[PredictionRow]) -> dict:
         return {c: bootstrap_mean([_as_float(getattr(r, c)) for r in subset]) for c in columns}
 
     return {
         "all": means(rows),
+        "correct": means([r for r in rows if r.correct]),
         "per_class": {name: means([r for r in rows if r.label == name]) for name in label_names},
-        "per_outcome": {o: means([r for r in rows if r.outcome == o]) for o in ("TP", "FN")},
+        "per_outcome": {o: means([r for r in rows if r.outcome == o]) for o in OUTCOMES},
     }
 
 
@@ -155,10 +181,12 @@ def at_threshold(evaluation: Evaluation, threshold: float) -> Evaluation:
     localisation = summary.get("localisation")
     if localisation and curves:
         ious = localisation_summary(rows, list(localisation["per_class"]), columns=("iou",))
-        localisation["all"]["iou"] = ious["all"]["iou"]
+        for group in ("all", "correct"):
+            if group in localisation:
+                localisation[group]["iou"] = ious[group]["iou"]
         for group in ("per_class", "per_outcome"):
             for name, values in localisation[group].items():
-                values["iou"] = ious[group][name]["iou"]
+                values["iou"] = ious[group].get(name, {"iou": None})["iou"]
         summary["heatmaps"]["threshold"] = IOU_THRESHOLDS[step]
     return Evaluation(rows, summary, evaluation.heatmaps, curves)
 

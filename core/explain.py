@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from pytorch_grad_cam import (
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from core.brain_mask import BrainMask
-from core.checkpoint import LoadedModel
+from core.checkpoint import LoadedModel, ModelConfig
 from core.inference import prepare_slices
 from core.metrics import softmax
 from core.preprocess import heatmap_to_slice, to_tensor
@@ -41,6 +41,7 @@ CAM_METHODS = {
     "Score-CAM": ScoreCAM,
 }
 SLOW_METHODS = {"Score-CAM"}  # one forward pass per activation channel
+CLASS_AGNOSTIC_METHODS = {"Eigen-CAM"}  # the first principal component of the activations: no class enters
 
 
 class ExplainError(ValueError):
@@ -51,24 +52,33 @@ class ExplainError(ValueError):
 class ExplainSettings:
     """What to explain and how: one request, shared by the pages, the CLI, the API and the cache.
 
-    method: a key of CAM_METHODS. target: class index or name to explain (None: the predicted
-    class). target_layer: dotted module name (None: the checkpoint's default). mask_input: zero
-    the background before the model. mask_heatmap: zero the heatmap outside the head after it.
+    method: a key of CAM_METHODS (None: the checkpoint's default method). target: class index or
+    name to explain (None: the predicted class). target_layer: dotted module name, or several
+    joined by "+" (None: the checkpoint's default). mask_input: zero the background before the
+    model. mask_heatmap: zero the heatmap outside the head after it.
     """
 
-    method: str = "Grad-CAM"
+    method: str | None = None
     target: int | str | None = None
     target_layer: str | None = None
     mask_input: bool = True
     mask_heatmap: bool = True
 
     def __post_init__(self):
-        if self.method not in CAM_METHODS:
+        if self.method is not None and self.method not in CAM_METHODS:
             raise ExplainError(f"Unknown method '{self.method}'. Choose one of: {', '.join(CAM_METHODS)}.")
 
     @property
     def slow(self) -> bool:
         return self.method in SLOW_METHODS
+
+    def resolved(self, config: ModelConfig) -> ExplainSettings:
+        """The same request with the checkpoint's default method and layer filled in."""
+        return replace(
+            self,
+            method=self.method or config.default_method,
+            target_layer=self.target_layer or config.default_target_layer,
+        )
 
 
 @dataclass(frozen=True)
@@ -141,8 +151,9 @@ def explain_batch(
     """explain() for several slices in one forward/backward pass; timings are per slice."""
     started = time.perf_counter()
     config = loaded.config
-    layer_name = settings.target_layer or config.default_target_layer
-    layer = _resolve_layer(loaded.model, layer_name)
+    settings = settings.resolved(config)
+    layer_name = settings.target_layer
+    layers = [_resolve_layer(loaded.model, name) for name in layer_name.split("+")]
     target_index = None if settings.target is None else _class_index(settings.target, config.label_names)
 
     prepared = prepare_slices(images, config.preprocessing, settings.mask_input)
@@ -152,8 +163,8 @@ def explain_batch(
     step = time.perf_counter()
     with loaded.lock:
         targets = None if target_index is None else [ClassifierOutputTarget(target_index)] * len(images)
-        with _backpropagate_only_above(layer):
-            cam_squares, logits = _run_cam(CAM_METHODS[settings.method], loaded.model, layer, tensor, targets)
+        with _backpropagate_only_above(_lowest(loaded.model, layers)):
+            cam_squares, logits = _run_cam(CAM_METHODS[settings.method], loaded.model, layers, tensor, targets)
     model_ms = _ms_since(step)
 
     results = []
@@ -195,13 +206,13 @@ def explain_batch(
     return results
 
 
-def _run_cam(cam_class, model: torch.nn.Module, layer: torch.nn.Module, tensor: torch.Tensor, targets):
+def _run_cam(cam_class, model: torch.nn.Module, layers: list[torch.nn.Module], tensor: torch.Tensor, targets):
     """(CAMs at the model's input size, logits) from pytorch-grad-cam, hooks released after.
 
     Not `with cam:` — BaseCAM.__exit__ swallows IndexError, which would hide the real error
     behind an unset result; here every exception propagates and the hooks still go.
     """
-    cam = cam_class(model=model, target_layers=[layer])
+    cam = cam_class(model=model, target_layers=layers)
     try:
         if cam_class is ScoreCAM:
             cam.batch_size = 32
@@ -248,6 +259,13 @@ def layer_names(model: torch.nn.Module) -> list[str]:
         for name, module in model.named_modules()
         if name and (isinstance(module, torch.nn.Conv2d) or name.count(".") <= 1)
     ]
+
+
+def _lowest(model: torch.nn.Module, layers: list[torch.nn.Module]) -> torch.nn.Module:
+    """The first of `layers` in the model's module order: the graph may be cut there only,
+    or the gradients of the others would be lost."""
+    order = {id(module): index for index, module in enumerate(model.modules())}
+    return min(layers, key=lambda module: order[id(module)])
 
 
 def _resolve_layer(model: torch.nn.Module, name: str) -> torch.nn.Module:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from core.annotations import load_outline
-from core.evaluation_store import LOCALISATION_COLUMNS, PredictionRow
+from core.evaluation_store import PredictionRow
 from core.image_input import load_image
 from core.render import explanation_panels
 
@@ -88,17 +88,3 @@ def panels(root: Path, row: PredictionRow, small_heatmap: np.ndarray, threshold:
         overlay=pictures.overlay,
         has_outline=outline.mask is not None,
     )
-
-
-def method_table(summaries: list[dict]) -> list[dict]:
-    """One row per (model, method) evaluation: mean localisation metrics and time per image."""
-    table = []
-    for summary in summaries:
-        overall = summary.get("localisation", {}).get("all", {})
-        row = {"model": summary["checkpoint"], "method": summary["heatmaps"]["method"]}
-        row.update({column: (overall.get(column) or {}).get("mean") for column in LOCALISATION_COLUMNS})
-        speed = summary.get("images_per_second")
-        row["ms_per_image"] = round(1000 / speed, 1) if speed else None
-        row["accuracy"] = summary["accuracy"]
-        table.append(row)
-    return table

@@ -16,9 +16,12 @@ def region_iou(heatmap: np.ndarray, tumour: np.ndarray, threshold: float, strict
     return float(np.logical_and(region, tumour).sum() / union) if union else 0.0
 
 
-def otsu_threshold(heatmap: np.ndarray) -> float:
-    """Otsu's threshold of the heatmap's values, in [0, 1]; the region is the values above it."""
-    level, _ = cv2.threshold(np.uint8(np.clip(heatmap, 0, 1) * 255), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+def otsu_threshold(heatmap: np.ndarray, head: np.ndarray | None = None) -> float:
+    """Otsu's threshold of the heatmap's values inside the head (all values without a head mask),
+    in [0, 1]; the region is the values above it. Inside the head, so the zeros of the background
+    do not pull the threshold down."""
+    values = heatmap[head] if head is not None and head.any() else heatmap.ravel()
+    level, _ = cv2.threshold(np.uint8(np.clip(values, 0, 1) * 255), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     return float(level) / 255.0
 
 
@@ -35,8 +38,11 @@ def mass_inside(heatmap: np.ndarray, region: np.ndarray) -> float:
     return float(heatmap[region].sum() / total) if total > 0 else 0.0
 
 
-def localisation_metrics(heatmap: np.ndarray, tumour: np.ndarray, threshold: float) -> dict:
-    otsu = otsu_threshold(heatmap)
+def localisation_metrics(
+    heatmap: np.ndarray, tumour: np.ndarray, threshold: float, head: np.ndarray | None = None
+) -> dict:
+    """IoU at `threshold` and at Otsu's threshold (inside `head`), pointing game, mass inside."""
+    otsu = otsu_threshold(heatmap, head)
     return {
         "iou": region_iou(heatmap, tumour, threshold),
         "iou_otsu": region_iou(heatmap, tumour, otsu, strict=True),

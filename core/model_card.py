@@ -17,6 +17,7 @@ from core.checkpoint import (
     write_config,
 )
 from core.evaluation_store import LOCALISATION_COLUMNS
+from core.sweep import baseline_summary, method_table
 
 TARGETS = {"efficientnet": (0.93, 0.91), "convnext": (0.88, 0.85)}  # accuracy, macro-F1 on test
 ECE_TARGET = 0.05
@@ -91,7 +92,8 @@ def render_card(
         f"mean {config.preprocessing.mean}, std {config.preprocessing.std}.",
         "- Preprocessing (same in training and the app): crop to the detected head + 4 % margin, pad to square, "
         "stretch intensities between the 1st and 99th percentile inside the head, resize.",
-        f"- Default CAM layer `{config.default_target_layer}`; temperature {config.temperature:.3f}.",
+        *_default_heatmap(config),
+        f"- Temperature {config.temperature:.3f}.",
         "",
         "## Recipe",
         f"- Initialisation: {training.get('init')}"
@@ -198,26 +200,43 @@ def _holdout(metrics: dict) -> str:
 
 
 def _localisation_section(summaries: list[dict], default_layer: str) -> list[str]:
-    lines = ["", "## Localisation on test (tumour images with outlines; mean over images)", "",
+    split = summaries[0]["split"]
+    baselines = baseline_summary(Path(summaries[0]["data"]), split) if Path(summaries[0]["data"]).is_dir() else []
+    lines = ["", f"## Localisation on {split} (tumour images with outlines; mean over images)", "",
              "| method | layer | IoU@thr | IoU Otsu | pointing game | mass inside tumour | mass outside brain | "
-             "ms/image |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "pointing lift | IoU lift | ms/image |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     best = None
-    for summary in summaries:
-        overall = summary["localisation"]["all"]
-        settings = summary["heatmaps"]
-        layer = settings.get("target_layer") or default_layer
-        means = [overall[c]["mean"] for c in LOCALISATION_COLUMNS]
-        speed = summary.get("images_per_second")
-        time_per_image = f"{1000 / speed:.0f}" if speed else "n/a"
-        cells = [f"{m:.3f}" if m is not None else "n/a" for m in means]
-        lines.append(f"| {settings['method']} | {layer} | "
-                     + " | ".join(cells) + f" | {time_per_image} |")  # fmt: skip
-        if means[0] is not None and (best is None or means[0] > best[1]):
-            best = (settings["method"], means[0], layer)
+    for row in method_table(summaries, baselines):
+        layer = row["layer"] or (default_layer if row["model"] != "(baseline)" else "-")
+        cells = [f"{row[c]:.3f}" if row[c] is not None else "n/a" for c in LOCALISATION_COLUMNS]
+        lifts = [f"{row.get(k):.2f}x" if row.get(k) is not None else "-" for k in ("pointing_game_lift", "iou_lift")]
+        time_per_image = f"{row['ms_per_image']:.0f}" if row.get("ms_per_image") else "-"
+        lines.append(f"| {row['method']} | {layer} | " + " | ".join(cells + lifts) + f" | {time_per_image} |")
+        if row["model"] != "(baseline)" and row["iou"] is not None and (best is None or row["iou"] > best[1]):
+            best = (row["method"], row["iou"], layer)
     thresholds = {s["heatmaps"]["threshold"] for s in summaries}
     levels = ", ".join(f"{t:.2f}" for t in sorted(thresholds))
     lines += ["", f"Threshold {levels} (relative to each heatmap's maximum); brain masking on. "
-              "`mass outside brain` is measured on the unmasked heatmap, over all images."]  # fmt: skip
+              "`mass outside brain` is measured on the unmasked heatmap, over all images. The baselines know "
+              "nothing of the model (uniform in the head, a centred Gaussian, the slice's brightness); a lift is a "
+              "method's value over the best baseline's."]  # fmt: skip
     if best:
         lines.append(f"Best IoU: **{best[0]}** at layer `{best[2]}` ({best[1]:.3f}).")
     return lines
+
+
+def _default_heatmap(config: ModelConfig) -> list[str]:
+    """How the default method and layer were chosen (core.sweep), when they were."""
+    choice = config.default_choice
+    if not choice:
+        return [
+            f"- Default heatmap: {config.default_method} at `{config.default_target_layer}` (not chosen by a sweep)."
+        ]
+    pointing, iou, baseline = choice["pointing_game"], choice["iou"], choice["best_baseline"]
+    return [
+        f"- Default heatmap: **{config.default_method}** at `{config.default_target_layer}`, chosen on "
+        f"`{choice['split']}` ({choice['images']} outlined tumours) by the rule: {choice['rule']}. There: pointing "
+        f"game {pointing['mean']:.3f} [{pointing['ci95'][0]:.3f}, {pointing['ci95'][1]:.3f}], IoU@0.5 "
+        f"{iou['mean']:.3f}; best baseline ({baseline['name']}) pointing game {baseline['pointing_game']['mean']:.3f}, "
+        f"IoU {baseline['iou']['mean']:.3f}."
+    ]

@@ -124,6 +124,16 @@ def heatmap_to_slice(heatmap: np.ndarray, box: CropBox, shape: tuple[int, int]) 
     return np.clip(full, 0.0, 1.0)
 
 
+def heatmap_to_square(heatmap: np.ndarray, box: CropBox, size: int) -> np.ndarray:
+    """The inverse of heatmap_to_slice(): a slice-sized map cut to the crop, padded to the
+    square and resized to the model's input, so it lines up with the model's input pixels."""
+    square = np.zeros((box.side, box.side), dtype=np.float32)
+    crop = heatmap[box.top : box.bottom, box.left : box.right].astype(np.float32)
+    square[box.pad_top : box.pad_top + crop.shape[0], box.pad_left : box.pad_left + crop.shape[1]] = crop
+    interpolation = cv2.INTER_AREA if box.side > size else cv2.INTER_LINEAR
+    return cv2.resize(square, (size, size), interpolation=interpolation)
+
+
 @dataclass(frozen=True)
 class PreparedSlice:
     """A slice as the model sees it, with the head mask and the box to map back."""

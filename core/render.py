@@ -172,3 +172,25 @@ def png_bytes(picture: np.ndarray) -> bytes:
 def difference_figure(difference: np.ndarray, names: tuple[str, str], max_side: int = 256) -> go.Figure:
     """Diverging map of heatmap A minus heatmap B (red: A looks more, blue: B looks more)."""
     return _map_figure(difference, "RdBu_r", (-1, 1), f"{names[0]} minus {names[1]}", "difference", max_side)
+
+
+def faithfulness_figure(check) -> go.Figure:
+    """Deletion and insertion curves of the heatmap beside the random maps' (core.faithfulness)."""
+    from plotly.subplots import make_subplots
+
+    figure = make_subplots(rows=1, cols=2, subplot_titles=(
+        f"Deletion (lower is better): AUC {check.deletion_auc:.2f} vs {check.random_deletion_auc:.2f}",
+        f"Insertion (higher is better): AUC {check.insertion_auc:.2f} vs {check.random_insertion_auc:.2f}",
+    ))  # fmt: skip
+    x = [100 * f for f in check.fractions]
+    for column, (ours, random) in enumerate(((check.deletion, check.random_deletion),
+                                             (check.insertion, check.random_insertion)), start=1):  # fmt: skip
+        figure.add_trace(go.Scatter(x=x, y=list(ours), name="heatmap", line={"color": "#d62728"},
+                                    showlegend=column == 1), row=1, col=column)  # fmt: skip
+        figure.add_trace(go.Scatter(x=x, y=list(random), name="random maps", line={"color": "#7f7f7f", "dash": "dash"},
+                                    showlegend=column == 1), row=1, col=column)  # fmt: skip
+    figure.update_xaxes(title_text="% of the head's pixels, hottest first", range=[0, 100])
+    figure.update_yaxes(title_text=f"probability of '{check.target_label}'", range=[0, 1], col=1)
+    figure.update_yaxes(range=[0, 1], col=2)
+    figure.update_layout(margin={"l": 0, "r": 0, "t": 40, "b": 0}, height=320)
+    return figure

@@ -24,7 +24,8 @@ from core.model_card import preferred_checkpoint
 from core.render import explanation_panels, png_bytes
 
 # The methods as an enum, so the OpenAPI schema lists them and FastAPI validates them.
-MethodName = Enum("MethodName", {name: name for name in CAM_METHODS}, type=str)
+# "default" is the method the checkpoint's config.json names.
+MethodName = Enum("MethodName", {"default": "default", **{name: name for name in CAM_METHODS}}, type=str)
 
 
 class ImageStore:
@@ -97,7 +98,7 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
         request: Request,
         file: UploadFile = File(..., description="PNG, JPEG, BMP, TIFF, DICOM or NIfTI"),
         checkpoint: str | None = Query(None, description="checkpoint name; default the most accurate installed"),
-        method: MethodName = Query(MethodName["Grad-CAM"]),
+        method: MethodName = Query(MethodName["default"], description="default: the checkpoint's own"),
         target: str | None = Query(None, description="class to explain; default the predicted one"),
         brain_mask: bool = Query(True),
     ) -> dict:
@@ -113,7 +114,8 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
             raise HTTPException(404, f"No checkpoint '{checkpoint}'. Installed: {', '.join(installed) or 'none'}.")
         try:
             image = load_image(data, name).pixels
-            settings = ExplainSettings(method.value, target, None, brain_mask, brain_mask)
+            chosen = None if method.value == "default" else method.value
+            settings = ExplainSettings(chosen, target, None, brain_mask, brain_mask)
             result = explain(model(checkpoint), image, settings)
         except (ImageInputError, ExplainError) as error:
             raise HTTPException(422, str(error)) from error
@@ -128,7 +130,8 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
             "confidence": summary["confidence"],
             "class_probabilities": summary["probabilities"],
             "target_class": summary["target_class"],
-            "method": method.value,
+            "method": result.method,
+            "target_layer": result.target_layer,
             "brain_masked": summary["brain_masked"],
             "warning": summary["warning"],
             "timings_ms": summary["timings_ms"],

@@ -1,12 +1,13 @@
 """Explain one scan: original | heatmap | overlay, with the prediction and its controls."""
 
+import hashlib
 import json
 
 import streamlit as st
 
 import ui
 from core import render
-from core.explain import CAM_METHODS, ExplainSettings, layer_names
+from core.explain import CAM_METHODS, ExplainSettings
 from core.model_card import preferred_checkpoint
 
 st.set_page_config(page_title="Explain a scan", layout="wide")
@@ -18,9 +19,11 @@ with st.sidebar:
     loaded = ui.load_model(checkpoint)
     st.caption(ui.model_caption(loaded))
     labels = list(loaded.config.label_names)
-    method = st.selectbox("Method", list(CAM_METHODS), help="Score-CAM is slow (many forward passes).")
+    methods = list(CAM_METHODS)
+    method = st.selectbox("Method", methods, index=methods.index(loaded.config.default_method),
+                          help=ui.METHOD_HELP)  # fmt: skip
     target = ui.target_picker(labels)
-    layers = layer_names(loaded.model)
+    layers = ui.layer_choices(loaded)
     layer = st.selectbox("Layer", layers, index=layers.index(loaded.config.default_target_layer))
     mask_input = st.toggle("Mask background before the CAM", value=True)
     mask_heatmap = st.toggle("Mask heatmap outside the head", value=True)
@@ -47,7 +50,7 @@ left, middle, right = st.columns(3)
 # "stretch": the three panels share one size even when the scan is smaller than a column.
 left.image(panels.original, caption=f"Original ({scan.image.file_format}, {pixels.shape[1]}x{pixels.shape[0]})",
            width="stretch")  # fmt: skip
-middle.image(panels.heatmap, caption=f"{result.method} for '{result.target_label}'", width="stretch")
+middle.image(panels.heatmap, caption=ui.heatmap_caption(result), width="stretch")
 right.image(
     panels.overlay,
     caption=f"Overlay; green outline: heatmap >= {threshold:.2f} ({panels.region.area_fraction:.1%} of the image)",
@@ -69,6 +72,18 @@ prediction.caption(f"{result.timings_ms['total']:.0f} ms; probabilities are temp
 if result.predicted_label == "notumor":
     prediction.caption(ui.NOTUMOR_CAVEAT)
 chart.plotly_chart(render.probability_figure(labels, result.probabilities, result.predicted_index), width="stretch")
+
+st.subheader("Check this heatmap", anchor=False)
+st.caption("Does the heatmap point at what the model uses? The hottest pixels are removed (deletion) or revealed "
+           "(insertion) a step at a time, and the model's probability is compared with the same steps for random "
+           "maps. About 2-3 seconds on a CPU.")  # fmt: skip
+check_key = (checkpoint, hashlib.sha256(scan.data).hexdigest(), scan.slice_index, scan.axis, settings)
+if st.button("Check this heatmap"):
+    st.session_state["faithfulness_checked"] = check_key
+if st.session_state.get("faithfulness_checked") == check_key:
+    check = ui.faithfulness(scan, checkpoint, settings)
+    (st.success if check.faithful else st.info if check.faithful is None else st.warning)(check.verdict())
+    st.plotly_chart(render.faithfulness_figure(check), width="stretch")
 
 with st.expander("Inspect heatmap values (hover)"):
     st.plotly_chart(render.heatmap_figure(result.heatmap, colormap), width="stretch")

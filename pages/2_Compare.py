@@ -19,7 +19,8 @@ default_b = next((i for i, n in enumerate(names) if "efficient" in n and i != de
 with st.sidebar:
     model_a = st.selectbox("Model A", names, index=default_a)
     model_b = st.selectbox("Model B", names, index=default_b)
-    method = st.selectbox("Method (both)", list(CAM_METHODS))
+    method = st.selectbox("Method (both)", [ui.EACH_DEFAULT, *CAM_METHODS], help=ui.METHOD_HELP)
+    method = None if method == ui.EACH_DEFAULT else method
     target = ui.target_picker(list(ui.load_model(model_a).config.label_names), "Explain class (both)")
     brain_mask = st.toggle("Brain masking (input and heatmap)", value=True)
     threshold = st.slider("Threshold (relative to each heatmap's maximum)", 0.0, 1.0, 0.5, 0.05)
@@ -40,7 +41,7 @@ for name, result in results.items():
     panels = render.explanation_panels(pixels, result.heatmap, threshold=threshold, opacity=opacity)
     columns = st.columns([3, 3, 3, 2])
     columns[0].image(panels.original, caption="Original", width="stretch")
-    columns[1].image(panels.heatmap, caption=f"{result.method} for '{result.target_label}'", width="stretch")
+    columns[1].image(panels.heatmap, caption=ui.heatmap_caption(result), width="stretch")
     columns[2].image(panels.overlay, caption=f"Overlay; outline >= {threshold:.2f} ({panels.region.area_fraction:.1%})",
                      width="stretch")  # fmt: skip
     columns[3].caption("Prediction")  # a subheader wraps a long class name; st.metric would cut it

@@ -11,8 +11,9 @@ import ui
 from core.evaluate import DEFAULT_THRESHOLD, cached_evaluation
 from core.evaluation_store import cache_dir, cached_summaries
 from core.explain import CAM_METHODS, ExplainSettings
-from core.gallery import OUTCOMES, SORTS, find_dataset, method_table, panels, select, splits_in
+from core.gallery import OUTCOMES, SORTS, find_dataset, panels, select, splits_in
 from core.model_card import preferred_checkpoint
+from core.sweep import method_table
 
 PAGE_SIZE = 12
 
@@ -112,7 +113,11 @@ per_class = {
 st.dataframe(pd.DataFrame(per_class).T)
 
 st.subheader(f"Every method on this split (IoU at threshold {DEFAULT_THRESHOLD})")
-st.dataframe(pd.DataFrame(method_table(cached_summaries(cache_dir(), root, split, DEFAULT_THRESHOLD))).round(3))
+st.caption("The baselines know nothing of the model (uniform in the head, a centred Gaussian, the slice's "
+           "brightness); a method's lift is its value over the best baseline's: below 1, the heatmap places the "
+           "tumour no better than a guess.")  # fmt: skip
+summaries = cached_summaries(cache_dir(), root, split, DEFAULT_THRESHOLD)
+st.dataframe(pd.DataFrame(method_table(summaries, cached.baselines(str(root), split))).round(3))
 if st.button("Compute the missing methods for this model (a few minutes)"):
     for other in CAM_METHODS:
         if other != "Score-CAM":

@@ -6,9 +6,11 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from core.cli import main
+from core.evaluation_store import outcome_of
 from core.explain import ExplainSettings
 from tests.conftest import CLASSES, SHARED_DATA, needs_data
 
@@ -46,7 +48,7 @@ def test_evaluate_with_heatmaps_and_cache(use_tiny_checkpoints, small_dataset, t
     assert all(0 <= float(r["iou"]) <= 1 and r["pointing_game"] in ("True", "False") for r in tumour_rows)
     assert all(r["iou"] == "" for r in rows if r["label"] == "notumor")  # no outline, no IoU
     assert all(0 <= float(r["mass_outside_brain"]) <= 1 for r in rows if r["mass_outside_brain"])
-    assert {r["outcome"] for r in rows} <= {"TP", "FN"}
+    assert all(r["outcome"] == outcome_of(r["label"], r["predicted"]) for r in rows)
     overall = summary["localisation"]["all"]["iou"]
     assert overall["n"] == len(tumour_rows) and overall["ci95"][0] <= overall["mean"] <= overall["ci95"][1]
     assert set(summary["localisation"]["per_class"]) == set(CLASSES)
@@ -97,3 +99,22 @@ def test_cached_evaluation_is_redone_when_the_config_changes(checkpoint_root, sm
     assert after != before
     layers = [json.loads((f / "summary.json").read_text())["heatmaps"]["target_layer"] for f in (before, after)]
     assert layers == ["stages.3", "stages.2"]
+
+
+def test_faithfulness_columns_and_their_means(checkpoint_root, tmp_path, capsys):
+    from tests.test_model_card import phantom_dataset
+
+    data = phantom_dataset(tmp_path / "data")
+    out = tmp_path / "e"
+    assert main(["evaluate", "--checkpoint", str(checkpoint_root / "tiny_effnet"), "--data", str(data),
+                 "--method", "default", "--faithfulness", "--out", str(out)]) == 0  # fmt: skip
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert all(0 <= float(r["deletion_auc"]) <= 1 and 0 <= float(r["insertion_auc"]) <= 1 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    mean = summary["faithfulness"]["deletion_auc"]
+    assert mean["n"] == 8 and mean["mean"] == pytest.approx(np.mean([float(r["deletion_auc"]) for r in rows]))
+    assert summary["heatmaps"]["method"] == "Grad-CAM"  # the checkpoint's default, resolved
+    assert "faithfulness: deletion_auc" in capsys.readouterr().out
+    assert main(["evaluate", "--checkpoint", str(checkpoint_root / "tiny_effnet"), "--data", str(data),
+                 "--faithfulness", "--out", str(out)]) == 2  # fmt: skip
+    assert "add --method" in capsys.readouterr().err

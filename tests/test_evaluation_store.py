@@ -17,6 +17,7 @@ from core.evaluation_store import (
     cache_dir,
     cached_summaries,
     localisation_summary,
+    outcome_of,
     read_evaluation,
     write_evaluation,
 )
@@ -95,3 +96,17 @@ def test_cache_location_and_discovery(tmp_path, monkeypatch):
         (tmp_path / key / "summary.json").write_text(json.dumps(summary))
     found = cached_summaries(tmp_path, tmp_path, "test", 0.5)
     assert [(s["split"], s["heatmaps"]["threshold"]) for s in found] == [("test", 0.5)]
+
+
+def test_outcomes_say_which_way_a_slice_was_wrong():
+    assert outcome_of("glioma", "glioma") == "TP"
+    assert outcome_of("notumor", "pituitary") == "FP"  # a healthy slice called a tumour
+    assert outcome_of("meningioma", "notumor") == "FN"  # a tumour missed
+    assert outcome_of("glioma", "meningioma") == "wrong type"
+
+
+def test_localisation_is_reported_for_correct_slices_and_for_all():
+    summary = localisation_summary(rows(), LABELS)
+    assert summary["correct"]["iou"]["n"] == 1 and summary["correct"]["iou"]["mean"] == pytest.approx(0.4)
+    assert summary["all"]["iou"]["n"] == 2
+    assert set(summary["per_outcome"]) == {"TP", "FP", "FN", "wrong type"}

@@ -188,3 +188,32 @@ def test_settings_are_checked_once_and_the_logits_kept(tiny_model):
     assert result.logits.shape == (4,) and result.logits.dtype == np.float32
     scaled = np.exp(result.logits / tiny_model.config.temperature)
     np.testing.assert_allclose(result.probabilities, scaled / scaled.sum(), atol=1e-6)
+
+
+def test_the_checkpoints_default_method_and_a_fused_layer(checkpoint_root, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from core.checkpoint import read_config, write_config
+
+    copy = shutil.copytree(checkpoint_root / "tiny_convnext", tmp_path / "copy")
+    write_config(copy, replace(read_config(copy), default_method="LayerCAM", default_target_layer="stages.2+stages.3"))
+    loaded = load_checkpoint(copy)
+    image = head_phantom(96)
+    result = explain(loaded, image)
+    assert (result.method, result.target_layer) == ("LayerCAM", "stages.2+stages.3")
+    fused = explain(loaded, image, ExplainSettings("LayerCAM", target=result.predicted_index))
+    single = explain(loaded, image, ExplainSettings("LayerCAM", result.predicted_index, "stages.3"))
+    np.testing.assert_allclose(result.heatmap, fused.heatmap, atol=1e-6)
+    assert not np.allclose(fused.heatmap, single.heatmap)
+    assert hook_count(loaded.model) == 0
+    # the graph is cut at the lowest of the fused layers: same maps as the uncut graph
+    import contextlib
+
+    original = engine._backpropagate_only_above
+    engine._backpropagate_only_above = lambda layer: contextlib.nullcontext()
+    try:
+        uncut = explain(loaded, image, ExplainSettings("LayerCAM", target=result.predicted_index))
+    finally:
+        engine._backpropagate_only_above = original
+    np.testing.assert_allclose(fused.heatmap, uncut.heatmap, atol=1e-5)

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from core.annotations import annotation_path, load_outline, outline_from_shapes
-from core.localisation import bootstrap_mean, localisation_metrics, mass_inside, pointing_game, region_iou
+from core.localisation import (
+    bootstrap_mean,
+    localisation_metrics,
+    mass_inside,
+    otsu_threshold,
+    pointing_game,
+    region_iou,
+)
 
 
 def square(shape=(50, 50), top=10, left=10, size=10) -> np.ndarray:
@@ -107,3 +114,15 @@ def test_image_path_outside_the_dataset_is_never_followed(tmp_path):
 
 def test_outline_from_no_shapes():
     assert outline_from_shapes([], (10, 10)).mask is None
+
+
+def test_otsu_is_taken_inside_the_head_not_over_the_background_zeros():
+    heatmap = np.zeros((40, 40), dtype=np.float32)
+    head = np.zeros((40, 40), dtype=bool)
+    head[5:35, 5:35] = True
+    heatmap[head] = 0.4  # a dim head
+    heatmap[10:15, 10:15] = 0.9  # and a hot spot in it
+    assert 0.4 <= otsu_threshold(heatmap, head) < 0.9  # splits the head from the hot spot (region: above it)
+    assert otsu_threshold(heatmap) < 0.4  # over the whole image: between background and head
+    metrics = localisation_metrics(heatmap, heatmap > 0.8, 0.5, head=head)
+    assert metrics["iou_otsu"] == 1.0 and metrics["iou"] == 1.0

@@ -12,11 +12,11 @@ from core.model_card import _verdict, preferred_checkpoint
 from tests.conftest import LABELS, encode, head_phantom
 
 
-def phantom_dataset(root):
+def phantom_dataset(root, split: str = "test"):
     for i, label in enumerate(LABELS):
-        (root / "test" / label).mkdir(parents=True)
+        (root / split / label).mkdir(parents=True)
         for k in range(2):
-            (root / "test" / label / f"{label}_{k}.png").write_bytes(encode(head_phantom(96, seed=i * 10 + k), "PNG"))
+            (root / split / label / f"{label}_{k}.png").write_bytes(encode(head_phantom(96, seed=i * 10 + k), "PNG"))
     (root / "annotations").mkdir()
     shape = {"shape_type": "rectangle", "points": [[50, 30], [65, 45]]}
     (root / "annotations" / "glioma_0.json").write_text(json.dumps({"shapes": [shape]}))
@@ -43,6 +43,10 @@ def test_card_reports_the_measurements(checkpoint_root, tmp_path):
     assert "; float32; " in card  # a training record without "precision" predates --bf16
     assert "Stochastic depth" not in card  # nor "drop_path": trained without it
     assert "| HiResCAM | stages.3 |" in card and "Best IoU: **HiResCAM** at layer `stages.3`" in card
+    for baseline in ("uniform in head", "centred Gaussian", "brightness in head"):
+        assert f"| {baseline} | - |" in card  # the trivial baselines beside the methods
+    assert "pointing lift | IoU lift" in card
+    assert "- Default heatmap: Grad-CAM at `stages.3` (not chosen by a sweep)." in card
     metrics = json.loads((checkpoint / "config.json").read_text())["metrics"]
     assert metrics["accuracy"] == summary["accuracy"] and metrics["measured_by_commit"] == "abc1234"
     assert metrics["num_images"] == 8

@@ -89,3 +89,25 @@ def test_model_caption_does_not_round_accuracy_up_to_a_target():
     assert caption.startswith("Test accuracy 92.97% (714 of 768 images of the `test` split), macro-F1 0.930")
     assert "checkpoints/effnet/README.md" in caption
     assert ui.model_caption(SimpleNamespace(name="x", config=SimpleNamespace(metrics={}))).startswith("No test metrics")
+
+
+def test_check_this_heatmap_draws_the_curves_with_a_verdict(use_tiny_checkpoints):
+    at = upload(run_page(), "scan.png", encode(head_phantom(128), "PNG"))
+    assert not at.exception and not at.get("plotly_chart")[1:2] == []  # probabilities and hover figure only
+    charts_before = len(at.get("plotly_chart"))
+    next(button for button in at.button if button.label == "Check this heatmap").click().run()
+    assert not at.exception
+    verdicts = [box.value for box in [*at.success, *at.info, *at.warning] if "AUC" in box.value]
+    assert len(verdicts) == 1 and verdicts[0].split(":")[0] in ("Faithful", "Not faithful", "Mixed")
+    assert len(at.get("plotly_chart")) == charts_before + 1
+    at.slider[1].set_value(0.7).run()  # opacity: the check stays, from the cache
+    assert not at.exception and any("AUC" in box.value for box in [*at.success, *at.info, *at.warning])
+
+
+def test_eigen_cam_is_captioned_as_the_same_for_every_class(use_tiny_checkpoints):
+    at = upload(run_page(), "scan.png", encode(head_phantom(128), "PNG"))
+    at.selectbox[1].set_value("Eigen-CAM").run()
+    assert not at.exception
+    assert "(the same for every class)" in at.image[1].captions[0]
+    at.selectbox[1].set_value("Grad-CAM").run()
+    assert "for '" in at.image[1].captions[0]

@@ -1,0 +1,87 @@
+"""The localisation sweep: candidates, trivial baselines, the committed rule, and --apply."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from core.checkpoint import load_checkpoint, read_config
+from core.cli import main
+from core.explain import ExplainSettings, explain
+from core.sweep import RULE, Candidate, baseline_maps, candidates, choose
+from tests.test_model_card import phantom_dataset
+
+
+def candidate(method: str, layer: str | None, pointing: float, iou: float, ms: float = 10.0) -> Candidate:
+    means = {"pointing_game": {"mean": pointing}, "iou": {"mean": iou}}
+    return Candidate(method, layer, means, ms)
+
+
+def test_the_rule_ranks_by_pointing_game_among_candidates_that_beat_the_baselines():
+    baselines = [candidate("centred Gaussian", None, 0.24, 0.06), candidate("uniform in head", None, 0.04, 0.04)]
+    results = [
+        candidate("Grad-CAM", "a", 0.50, 0.05),  # best pointing, but IoU under the best baseline's
+        candidate("HiResCAM", "b", 0.40, 0.10),
+        candidate("LayerCAM", "c", 0.395, 0.20),  # within 0.01: the higher IoU wins the tie
+        candidate("Eigen-CAM", "d", 0.45, 0.30, ms=5000),  # too slow for the page
+    ]
+    assert (choose(results, baselines).method, choose(results, baselines).layer) == ("LayerCAM", "c")
+    assert choose(results[:1], baselines) is None
+    assert "pointing game" in RULE and "IoU@0.5" in RULE
+
+
+def test_candidates_cover_every_fast_method_at_every_layer_and_a_fused_layercam():
+    pairs = candidates("convnext_atto")
+    assert ("Score-CAM", "stages.2") not in pairs and ("Eigen-CAM", "stages.0") in pairs
+    assert ("LayerCAM", "stages.1+stages.2+stages.3") in pairs
+    assert len(pairs) == 6 * 4 + 1
+    with pytest.raises(ValueError, match="pass --layers"):
+        candidates("resnet18")
+
+
+def test_baselines_know_nothing_of_the_model():
+    image = np.zeros((40, 60), dtype=np.float32)
+    head = np.zeros((40, 60), dtype=bool)
+    head[5:35, 10:50] = True
+    image[head] = 0.5
+    image[20, 30] = 1.0
+    maps = baseline_maps(image, head)
+    assert set(maps) == {"uniform in head", "centred Gaussian", "brightness in head"}
+    for values in maps.values():
+        assert values.max() == pytest.approx(1.0) and not values[~head].any()
+    assert np.unravel_index(maps["centred Gaussian"].argmax(), image.shape) in {(19, 29), (19, 30), (20, 29), (20, 30)}
+    assert np.unravel_index(maps["brightness in head"].argmax(), image.shape) == (20, 30)
+
+
+def test_sweep_command_reports_and_applies_the_winner(checkpoint_root, tmp_path, capsys):
+    data = phantom_dataset(tmp_path / "data", split="val")
+    checkpoint = shutil.copytree(checkpoint_root / "tiny_effnet", tmp_path / "model")
+    out = tmp_path / "sweep.json"
+    args = ["sweep", "--checkpoint", str(checkpoint), "--data", str(data), "--layers", "blocks.5", "blocks.6",
+            "conv_head", "--out", str(out)]  # fmt: skip
+    code = main([*args, "--apply"])
+    report = json.loads(out.read_text())
+    assert report["images"] == 1 and report["split"] == "val"
+    assert len(report["candidates"]) == 6 * 3 + 1 and len(report["baselines"]) == 3
+    assert "winner" in capsys.readouterr().out
+    config = read_config(checkpoint)
+    if report["winner"] is None:  # a random tiny model may beat no baseline
+        assert code == 1 and config.default_method == "Grad-CAM" and not config.default_choice
+        return
+    assert code == 0
+    assert (config.default_method, config.default_target_layer) == (report["winner"]["method"],
+                                                                    report["winner"]["layer"])  # fmt: skip
+    assert config.default_choice["rule"] == RULE and config.default_choice["split"] == "val"
+    # Every caller that asks for the default now gets it.
+    result = explain(load_checkpoint(checkpoint), np.zeros((64, 64), dtype=np.float32) + 0.5, ExplainSettings())
+    assert (result.method, result.target_layer) == (config.default_method, config.default_target_layer)
+
+
+def test_sweep_without_outlines_says_so(checkpoint_root, tmp_path, capsys):
+    data = phantom_dataset(tmp_path / "data", split="val")
+    shutil.rmtree(data / "annotations")
+    assert main(["sweep", "--checkpoint", str(checkpoint_root / "tiny_effnet"), "--data", str(data)]) == 2
+    assert "no image with a tumour outline" in capsys.readouterr().err
