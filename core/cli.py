@@ -19,7 +19,7 @@ from pathlib import Path
 from core.checkpoint import CheckpointError
 from core.dataset import DatasetError
 from core.evaluation_store import cache_dir
-from core.explain import CAM_METHODS, ExplainError, ExplainSettings
+from core.explain import METHODS, ExplainError, ExplainSettings
 from core.image_input import ImageInputError
 from core.training.options import TrainOptions
 
@@ -76,7 +76,7 @@ def dataclass_from_args(cls, args: argparse.Namespace):
 
 def _add_explain_options(parser: argparse.ArgumentParser, method_default: str | None = DEFAULT) -> None:
     parser.add_argument(
-        "--method", default=method_default, help=f"'{DEFAULT}' (the checkpoint's) or one of: {', '.join(CAM_METHODS)}"
+        "--method", default=method_default, help=f"'{DEFAULT}' (the checkpoint's) or one of: {', '.join(METHODS)}"
     )
     parser.add_argument(
         "--layer", help="target layer, a dotted module name or several joined by '+' (default: the checkpoint's)"

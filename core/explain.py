@@ -25,6 +25,7 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from core.attribution import INPUT_ATTRIBUTIONS, input_attribution
 from core.brain_mask import BrainMask
 from core.checkpoint import LoadedModel, ModelConfig
 from core.inference import prepare_slices
@@ -40,7 +41,8 @@ CAM_METHODS = {
     "Eigen-CAM": EigenCAM,
     "Score-CAM": ScoreCAM,
 }
-SLOW_METHODS = {"Score-CAM"}  # one forward pass per activation channel
+METHODS = (*CAM_METHODS, *INPUT_ATTRIBUTIONS)  # everything explain() can draw
+SLOW_METHODS = {"Score-CAM", "Integrated Gradients + noise tunnel"}  # many passes per slice
 CLASS_AGNOSTIC_METHODS = {"Eigen-CAM"}  # the first principal component of the activations: no class enters
 
 
@@ -65,8 +67,8 @@ class ExplainSettings:
     mask_heatmap: bool = True
 
     def __post_init__(self):
-        if self.method is not None and self.method not in CAM_METHODS:
-            raise ExplainError(f"Unknown method '{self.method}'. Choose one of: {', '.join(CAM_METHODS)}.")
+        if self.method is not None and self.method not in CAM_METHODS and self.method not in INPUT_ATTRIBUTIONS:
+            raise ExplainError(f"Unknown method '{self.method}'. Choose one of: {', '.join(METHODS)}.")
 
     @property
     def slow(self) -> bool:
@@ -152,8 +154,9 @@ def explain_batch(
     started = time.perf_counter()
     config = loaded.config
     settings = settings.resolved(config)
-    layer_name = settings.target_layer
-    layers = [_resolve_layer(loaded.model, name) for name in layer_name.split("+")]
+    on_input = settings.method in INPUT_ATTRIBUTIONS
+    layer_name = "input" if on_input else settings.target_layer
+    layers = [] if on_input else [_resolve_layer(loaded.model, name) for name in layer_name.split("+")]
     target_index = None if settings.target is None else _class_index(settings.target, config.label_names)
 
     prepared = prepare_slices(images, config.preprocessing, settings.mask_input)
@@ -162,9 +165,13 @@ def explain_batch(
 
     step = time.perf_counter()
     with loaded.lock:
-        targets = None if target_index is None else [ClassifierOutputTarget(target_index)] * len(images)
-        with _backpropagate_only_above(_lowest(loaded.model, layers)):
-            cam_squares, logits = _run_cam(CAM_METHODS[settings.method], loaded.model, layers, tensor, targets)
+        if on_input:
+            cam_squares, logits = input_attribution(settings.method, loaded.model, tensor, config.preprocessing,
+                                                    target_index)  # fmt: skip
+        else:
+            targets = None if target_index is None else [ClassifierOutputTarget(target_index)] * len(images)
+            with _backpropagate_only_above(_lowest(loaded.model, layers)):
+                cam_squares, logits = _run_cam(CAM_METHODS[settings.method], loaded.model, layers, tensor, targets)
     model_ms = _ms_since(step)
 
     results = []

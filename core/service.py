@@ -18,14 +18,14 @@ from fastapi.responses import JSONResponse, Response
 
 from core.checkpoint import CheckpointError, LoadedModel, list_checkpoints, load_checkpoint, read_config
 from core.checkpoint import resolve_checkpoint as resolve
-from core.explain import CAM_METHODS, ExplainError, ExplainSettings, explain
+from core.explain import METHODS, ExplainError, ExplainSettings, explain
 from core.image_input import MAX_FILE_BYTES, SUPPORTED_SUFFIXES, ImageInputError, load_image
 from core.model_card import preferred_checkpoint
 from core.render import explanation_panels, png_bytes
 
 # The methods as an enum, so the OpenAPI schema lists them and FastAPI validates them.
 # "default" is the method the checkpoint's config.json names.
-MethodName = Enum("MethodName", {"default": "default", **{name: name for name in CAM_METHODS}}, type=str)
+MethodName = Enum("MethodName", {"default": "default", **{name: name for name in METHODS}}, type=str)
 
 
 class ImageStore:

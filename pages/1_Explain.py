@@ -7,7 +7,7 @@ import streamlit as st
 
 import ui
 from core import render
-from core.explain import CAM_METHODS, ExplainSettings
+from core.explain import METHODS, ExplainSettings
 from core.model_card import preferred_checkpoint
 
 st.set_page_config(page_title="Explain a scan", layout="wide")
@@ -19,7 +19,7 @@ with st.sidebar:
     loaded = ui.load_model(checkpoint)
     st.caption(ui.model_caption(loaded))
     labels = list(loaded.config.label_names)
-    methods = list(CAM_METHODS)
+    methods = list(METHODS)
     method = st.selectbox("Method", methods, index=methods.index(loaded.config.default_method),
                           help=ui.METHOD_HELP)  # fmt: skip
     target = ui.target_picker(labels)

@@ -5,7 +5,7 @@ import streamlit as st
 import ui
 from core import render
 from core.compare import heatmap_agreement, verdict
-from core.explain import CAM_METHODS, ExplainSettings
+from core.explain import METHODS, ExplainSettings
 
 st.set_page_config(page_title="Compare models", layout="wide")
 st.title("Compare two models")
@@ -19,7 +19,7 @@ default_b = next((i for i, n in enumerate(names) if "efficient" in n and i != de
 with st.sidebar:
     model_a = st.selectbox("Model A", names, index=default_a)
     model_b = st.selectbox("Model B", names, index=default_b)
-    method = st.selectbox("Method (both)", [ui.EACH_DEFAULT, *CAM_METHODS], help=ui.METHOD_HELP)
+    method = st.selectbox("Method (both)", [ui.EACH_DEFAULT, *METHODS], help=ui.METHOD_HELP)
     method = None if method == ui.EACH_DEFAULT else method
     target = ui.target_picker(list(ui.load_model(model_a).config.label_names), "Explain class (both)")
     brain_mask = st.toggle("Brain masking (input and heatmap)", value=True)
@@ -63,9 +63,9 @@ st.caption(f"Red: {model_a} weighs the region more; blue: {model_b} does.")
 
 st.subheader("How much does the picture depend on the method?")
 grid_model = st.selectbox("Model for the method grid", [model_a, model_b], key="grid_model")
-if st.toggle("Run every method on this image (Score-CAM takes a while)", key="run_grid"):
+if st.toggle("Run every method on this image (Score-CAM and the noise tunnel take a while)", key="run_grid"):
     columns = st.columns(4)
-    for i, grid_method in enumerate(CAM_METHODS):
+    for i, grid_method in enumerate(METHODS):
         result = ui.explanation(scan, grid_model, ExplainSettings(grid_method, target, None, brain_mask, brain_mask))
         panels = render.explanation_panels(pixels, result.heatmap, opacity=opacity)
         columns[i % 4].image(panels.overlay, caption=f"{grid_method}: {result.timings_ms['model_and_cam']:.0f} ms")

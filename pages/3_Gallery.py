@@ -10,12 +10,13 @@ import cached
 import ui
 from core.evaluate import DEFAULT_THRESHOLD, cached_evaluation
 from core.evaluation_store import cache_dir, cached_summaries
-from core.explain import CAM_METHODS, ExplainSettings
+from core.explain import CAM_METHODS, SLOW_METHODS, ExplainSettings
 from core.gallery import OUTCOMES, SORTS, find_dataset, panels, select, splits_in
 from core.model_card import preferred_checkpoint
 from core.sweep import method_table
 
 PAGE_SIZE = 12
+GALLERY_METHODS = [m for m in CAM_METHODS if m not in SLOW_METHODS]
 
 st.set_page_config(page_title="Gallery", layout="wide")
 st.title("Gallery: where the model looks, against the radiologists' outlines")
@@ -37,7 +38,9 @@ with st.sidebar:
     checkpoint = st.selectbox("Model", names, index=preferred_checkpoint(names))
     split_names = splits_in(root)
     split = st.selectbox("Split", split_names, index=split_names.index("test") if "test" in split_names else 0)
-    method = st.selectbox("Method", [m for m in CAM_METHODS if m != "Score-CAM"], help="Score-CAM is too slow here.")
+    method = st.selectbox(
+        "Method", GALLERY_METHODS, help="Score-CAM and the input attributions are too slow for a whole split."
+    )
     brain_mask = st.toggle("Brain masking", value=True)
     threshold = st.slider("Threshold (relative to each heatmap's maximum)", 0.05, 0.95, 0.5, 0.05)
 
@@ -119,10 +122,9 @@ st.caption("The baselines know nothing of the model (uniform in the head, a cent
 summaries = cached_summaries(cache_dir(), root, split, DEFAULT_THRESHOLD)
 st.dataframe(pd.DataFrame(method_table(summaries, cached.baselines(str(root), split))).round(3))
 if st.button("Compute the missing methods for this model (a few minutes)"):
-    for other in CAM_METHODS:
-        if other != "Score-CAM":
-            other_settings = ExplainSettings(other, None, None, brain_mask, brain_mask)
-            cached_evaluation(checkpoint, root, split, cache_dir(), settings=other_settings, progress=False)
+    for other in GALLERY_METHODS:
+        other_settings = ExplainSettings(other, None, None, brain_mask, brain_mask)
+        cached_evaluation(checkpoint, root, split, cache_dir(), settings=other_settings, progress=False)
     st.rerun()
 
 filtered = pd.DataFrame([row.columns(labels) for row in chosen])

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import core.explain as engine
 from core.checkpoint import load_checkpoint
-from core.explain import CAM_METHODS, ExplainError, ExplainSettings, explain, explain_batch, layer_names
+from core.explain import CAM_METHODS, METHODS, ExplainError, ExplainSettings, explain, explain_batch, layer_names
 from tests.conftest import LABELS, head_phantom
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -23,13 +23,13 @@ def hook_count(model) -> int:
     )
 
 
-@pytest.mark.parametrize("method", list(CAM_METHODS))
+@pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_gives_a_heatmap_at_input_resolution(tiny_model, method):
     image = head_phantom(100)
     result = explain(tiny_model, image, ExplainSettings(method=method))
     assert result.heatmap.shape == (100, 100) and result.heatmap.dtype == np.float32
     assert 0.0 <= result.heatmap.min() and result.heatmap.max() <= 1.0
-    assert result.method == method and result.target_layer == "stages.3"
+    assert result.method == method and result.target_layer == ("input" if method not in CAM_METHODS else "stages.3")
     assert np.isclose(result.probabilities.sum(), 1.0, atol=1e-5)
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from core.explain import METHODS
 from tests.conftest import LABELS
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Compare.py")
@@ -31,7 +32,7 @@ def test_compare_sample_and_method_grid(use_tiny_checkpoints):
 
     at.toggle(key="run_grid").set_value(True).run()
     assert not at.exception
-    assert len(at.image) == 6 + 7
+    assert len(at.image) == 6 + len(METHODS)  # every method, the two input attributions included
 
 
 def test_one_model_is_not_enough(tmp_path, monkeypatch, checkpoint_root):
