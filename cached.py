@@ -14,9 +14,10 @@ import streamlit as st
 from core import evaluate
 from core.checkpoint import LoadedModel, checkpoint_stamp, list_checkpoints, load_checkpoint
 from core.evaluation_store import Evaluation, at_threshold, cache_dir, read_evaluation
-from core.explain import ExplainSettings, Explanation, explain
+from core.explain import GALLERY_METHODS, ExplainSettings, Explanation, explain
 from core.faithfulness import FaithfulnessCheck, check_heatmap
 from core.image_input import LoadedImage, load_image
+from core.sanity import SanityCheck, randomisation_check
 from core.sweep import baseline_summary
 
 
@@ -50,20 +51,44 @@ def faithfulness(
     return check_heatmap(model(checkpoint), pixels, result, settings)
 
 
+@st.cache_data(max_entries=32, show_spinner="Randomising the model's layers from the top down...")
+def sanity(
+    checkpoint: str, data: bytes, filename: str, slice_index: int | None, axis: int, settings: ExplainSettings
+) -> SanityCheck:
+    return randomisation_check(model(checkpoint), [image(data, filename, slice_index, axis).pixels], settings)
+
+
+@st.cache_data(max_entries=8, show_spinner="Randomising the model for every method (about a minute)...")
+def sanity_table(checkpoint: str, root: str, split: str, mask: bool, images: int = 4) -> list[dict]:
+    """The randomisation check of every Gallery method on the first outlined tumours of the split."""
+    from core.sweep import outlined_slices
+
+    slices = outlined_slices(Path(root), split, list(model(checkpoint).config.label_names), images)
+    rows = []
+    for method in GALLERY_METHODS:
+        check = randomisation_check(model(checkpoint), slices, ExplainSettings(method, None, None, mask, mask))
+        rows.append({"method": method, "rank correlation, all randomised": check.spearman[-1],
+                     "SSIM, all randomised": check.ssim[-1], "passes": check.passed})  # fmt: skip
+    return rows
+
+
 def evaluation_folder(
     checkpoint: str, root: Path, split: str, settings: ExplainSettings, on_progress: Callable[[int, int], None]
 ) -> str:
     """The evaluation's cache folder, computed on first use with progress. Its key is cached
     by the checkpoint's size-and-time stamp, so a rerun does not hash 13 MB of weights."""
-    folder = Path(_evaluation_folder(checkpoint, checkpoint_stamp(checkpoint), str(root), split, settings))
+    folder = Path(_evaluation_folder(checkpoint, checkpoint_stamp(checkpoint), str(root), split, settings,
+                                     str(cache_dir())))  # fmt: skip
     evaluate.cached_evaluation(checkpoint, root, split, cache_dir(), settings=settings, folder=folder, progress=False,
                       on_progress=on_progress)  # fmt: skip
     return str(folder)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _evaluation_folder(checkpoint: str, stamp: tuple, root: str, split: str, settings: ExplainSettings) -> str:
-    return str(evaluate.evaluation_folder(checkpoint, Path(root), split, cache_dir(), settings=settings))
+def _evaluation_folder(
+    checkpoint: str, stamp: tuple, root: str, split: str, settings: ExplainSettings, cache: str
+) -> str:
+    return str(evaluate.evaluation_folder(checkpoint, Path(root), split, Path(cache), settings=settings))
 
 
 @st.cache_data(max_entries=8, show_spinner="Scoring the trivial baselines on this split...")

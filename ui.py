@@ -13,6 +13,7 @@ from core.dataset import DatasetError
 from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, layer_names
 from core.faithfulness import FaithfulnessCheck
 from core.image_input import MAX_FILE_BYTES, ImageInputError, LoadedImage
+from core.sanity import SanityCheck
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_images"
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom", "nii", "gz"]
@@ -114,6 +115,15 @@ def faithfulness(scan: Scan, checkpoint: str, settings: ExplainSettings) -> Fait
     """The cached deletion/insertion check of the scan's heatmap, or a plain error that stops the page."""
     try:
         return cached.faithfulness(checkpoint, scan.data, scan.filename, scan.slice_index, scan.axis, settings)
+    except USER_ERRORS as error:
+        st.error(str(error))
+        st.stop()
+
+
+def sanity(scan: Scan, checkpoint: str, settings: ExplainSettings) -> SanityCheck:
+    """The cached randomisation check of the scan's heatmap, or a plain error that stops the page."""
+    try:
+        return cached.sanity(checkpoint, scan.data, scan.filename, scan.slice_index, scan.axis, settings)
     except USER_ERRORS as error:
         st.error(str(error))
         st.stop()

@@ -43,6 +43,7 @@ CAM_METHODS = {
 }
 METHODS = (*CAM_METHODS, *INPUT_ATTRIBUTIONS)  # everything explain() can draw
 SLOW_METHODS = {"Score-CAM", "Integrated Gradients + noise tunnel"}  # many passes per slice
+GALLERY_METHODS = tuple(m for m in CAM_METHODS if m not in SLOW_METHODS)  # fast enough for a whole split
 CLASS_AGNOSTIC_METHODS = {"Eigen-CAM"}  # the first principal component of the activations: no class enters
 
 

@@ -194,3 +194,16 @@ def faithfulness_figure(check) -> go.Figure:
     figure.update_yaxes(range=[0, 1], col=2)
     figure.update_layout(margin={"l": 0, "r": 0, "t": 40, "b": 0}, height=320)
     return figure
+
+
+def sanity_figure(check) -> go.Figure:
+    """Similarity of the heatmap to the original as layers are randomised, top down (core.sanity)."""
+    steps = [f"+ {group}" for group in check.groups]
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=steps, y=list(check.spearman), name="rank correlation", mode="lines+markers"))
+    figure.add_trace(go.Scatter(x=steps, y=list(check.ssim), name="SSIM", mode="lines+markers",
+                                line={"dash": "dash"}))  # fmt: skip
+    figure.update_yaxes(range=[-0.2, 1.05], title_text="similarity to the original heatmap")
+    figure.update_xaxes(title_text="layers randomised so far (from the output)")
+    figure.update_layout(margin={"l": 0, "r": 0, "t": 30, "b": 0}, height=320)
+    return figure

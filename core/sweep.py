@@ -128,6 +128,11 @@ def lift(value: float | None, baselines: list[dict], metric: str) -> float | Non
     return round(value / best, 2) if value is not None and best > 0 else None
 
 
+def outlined_slices(root: Path, split: str, label_names: list[str], limit: int) -> list[np.ndarray]:
+    """`limit` slices of ROOT/SPLIT that have a tumour outline, drawn at random (seed 0)."""
+    return [case.image for case in _load_cases(root, split, label_names, limit, 0)]
+
+
 def _score(heatmaps: list[np.ndarray], raws: list[np.ndarray | None], heads, cases) -> dict[str, list]:
     values: dict[str, list] = {metric: [] for metric in METRICS}
     for shown, raw, head, case in zip(heatmaps, raws, heads, cases):

@@ -85,6 +85,15 @@ if st.session_state.get("faithfulness_checked") == check_key:
     (st.success if check.faithful else st.info if check.faithful is None else st.warning)(check.verdict())
     st.plotly_chart(render.faithfulness_figure(check), width="stretch")
 
+st.caption("Sanity check (Adebayo et al. 2018): randomise the model's layers from the top down and see whether "
+           "the heatmap changes. About a second per layer group.")  # fmt: skip
+if st.button("Randomise the model and compare"):
+    st.session_state["sanity_checked"] = check_key
+if st.session_state.get("sanity_checked") == check_key:
+    sanity = ui.sanity(scan, checkpoint, settings)
+    (st.success if sanity.passed else st.warning)(sanity.verdict())
+    st.plotly_chart(render.sanity_figure(sanity), width="stretch")
+
 with st.expander("Inspect heatmap values (hover)"):
     st.plotly_chart(render.heatmap_figure(result.heatmap, colormap), width="stretch")
 

@@ -111,3 +111,11 @@ def test_eigen_cam_is_captioned_as_the_same_for_every_class(use_tiny_checkpoints
     assert "(the same for every class)" in at.image[1].captions[0]
     at.selectbox[1].set_value("Grad-CAM").run()
     assert "for '" in at.image[1].captions[0]
+
+
+def test_sanity_check_on_request(use_tiny_checkpoints):
+    at = upload(run_page(), "scan.png", encode(head_phantom(128), "PNG"))
+    next(button for button in at.button if button.label == "Randomise the model and compare").click().run()
+    assert not at.exception
+    verdicts = [box.value for box in [*at.success, *at.warning] if "randomised" in box.value]
+    assert len(verdicts) == 1 and verdicts[0].split(":")[0] in ("Passes", "Fails")

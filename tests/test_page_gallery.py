@@ -55,3 +55,21 @@ def test_a_typed_folder_that_does_not_exist_is_named_not_replaced(use_tiny_check
     at.run()
     assert not at.exception
     assert f"There is no folder `{tmp_path / 'typo'}`" in at.warning[0].value
+
+
+def test_method_table_has_the_baselines_and_the_sanity_check_runs(use_tiny_checkpoints, gallery_dataset, tmp_path,
+                                                                   monkeypatch):  # fmt: skip
+    monkeypatch.setenv("BRAIN_XAI_DATA", str(gallery_dataset))
+    monkeypatch.setenv("BRAIN_XAI_CACHE", str(tmp_path / "cache"))
+    at = AppTest.from_file(PAGE, default_timeout=300).run()
+    assert not at.exception
+    table = next(frame.value for frame in at.dataframe if "pointing_game_lift" in frame.value.columns)
+    assert {"uniform in head", "centred Gaussian", "brightness in head"} <= set(table["method"])
+    assert (
+        table[table["model"] == "tiny_convnext"]["pointing_game_lift"].notna().all()
+        or table["pointing_game"].max() == 0
+    )
+    next(b for b in at.button if b.label.startswith("Run the sanity check")).click().run()
+    assert not at.exception
+    sanity = next(frame.value for frame in at.dataframe if "passes" in frame.value.columns)
+    assert len(sanity) == 6 and sanity["rank correlation, all randomised"].between(-1, 1).all()

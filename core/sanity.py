@@ -1,0 +1,102 @@
+"""Model-parameter randomisation test (Adebayo et al. 2018, "Sanity checks for saliency maps").
+
+The model's layers are randomised from the top down, one group at a time and cumulatively,
+and the heatmap is recomputed after each step. A method whose heatmap hardly changes when the
+weights it is meant to explain are destroyed is showing the image (edges, brightness), not the
+model. Randomising here permutes each parameter tensor's values (seeded): the scale of every
+layer stays, what it learned goes. Similarity: Spearman rank correlation (scipy) and SSIM
+(scikit-image) between the original and the randomised heatmap.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+from skimage.metrics import structural_similarity
+
+from core.checkpoint import LoadedModel
+from core.explain import ExplainSettings, explain_batch
+
+SIDE = 64  # heatmaps are compared at this side: the comparison is about where, not pixel detail
+PASS_BELOW = 0.5  # fully randomised, the rank correlation must fall below this to pass
+
+
+@dataclass(frozen=True)
+class SanityCheck:
+    method: str
+    groups: tuple[str, ...]  # randomised in this order, cumulatively (top of the model first)
+    spearman: tuple[float, ...]  # per step: rank correlation with the original heatmap (mean over images)
+    ssim: tuple[float, ...]
+
+    @property
+    def passed(self) -> bool:
+        return self.spearman[-1] < PASS_BELOW
+
+    def verdict(self) -> str:
+        final = f"rank correlation {self.spearman[-1]:.2f}, SSIM {self.ssim[-1]:.2f} with every layer randomised"
+        if self.passed:
+            return f"Passes: {self.method}'s heatmap changes when the model's weights are randomised ({final})."
+        return (f"Fails: {self.method}'s heatmap hardly changes when the model's weights are randomised ({final}): "
+                "it shows the image more than what the model learned.")  # fmt: skip
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "groups": list(self.groups), "spearman": list(self.spearman),
+                "ssim": list(self.ssim), "passed": self.passed, "verdict": self.verdict()}  # fmt: skip
+
+
+def layer_groups(model: torch.nn.Module) -> list[str]:
+    """Top-level modules holding parameters, with stage and block lists split into their items,
+    from the output back to the input."""
+    groups = []
+    for name, child in model.named_children():
+        if not any(True for _ in child.parameters()):
+            continue
+        if isinstance(child, torch.nn.Sequential | torch.nn.ModuleList) and len(child) > 1:
+            groups += [f"{name}.{index}" for index in range(len(child))]
+        else:
+            groups.append(name)
+    return groups[::-1]
+
+
+def randomisation_check(
+    loaded: LoadedModel, images: list[np.ndarray], settings: ExplainSettings, seed: int = 0
+) -> SanityCheck:
+    """The heatmaps of `images` as each layer group is randomised, top down, against the originals.
+    The explained class is kept fixed (each image's original target)."""
+    settings = settings.resolved(loaded.config)
+    originals = explain_batch(loaded, images, settings)
+    model = copy.deepcopy(loaded.model)
+    randomised = LoadedModel(f"{loaded.name} (randomised)", model, loaded.config, "", threading.Lock())
+    generator = torch.Generator().manual_seed(seed)
+    groups, spearman, ssim = layer_groups(model), [], []
+    for group in groups:
+        with torch.no_grad():
+            for parameter in model.get_submodule(group).parameters():
+                order = torch.randperm(parameter.numel(), generator=generator)
+                parameter.copy_(parameter.flatten()[order].view_as(parameter))
+        after = [
+            explain_batch(randomised, [image], ExplainSettings(
+                settings.method, original.target_index, settings.target_layer, settings.mask_input,
+                settings.mask_heatmap))[0]
+            for image, original in zip(images, originals)
+        ]  # fmt: skip
+        pairs = [(_small(a.heatmap), _small(b.heatmap)) for a, b in zip(originals, after)]
+        spearman.append(float(np.mean([_rank_correlation(a, b) for a, b in pairs])))
+        ssim.append(float(np.mean([structural_similarity(a, b, data_range=1.0) for a, b in pairs])))
+    return SanityCheck(settings.method, tuple(groups), tuple(spearman), tuple(ssim))
+
+
+def _small(heatmap: np.ndarray) -> np.ndarray:
+    return cv2.resize(heatmap.astype(np.float32), (SIDE, SIDE), interpolation=cv2.INTER_AREA)
+
+
+def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    if a.std() == 0 or b.std() == 0:
+        return 0.0  # a constant map carries no ranking to keep
+    return float(spearmanr(a.ravel(), b.ravel()).statistic)
