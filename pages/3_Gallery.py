@@ -37,9 +37,12 @@ with st.sidebar:
     checkpoint = st.selectbox("Model", names, index=preferred_checkpoint(names))
     split_names = splits_in(root)
     split = st.selectbox("Split", split_names, index=split_names.index("test") if "test" in split_names else 0)
+    default_method = ui.load_model(checkpoint).config.default_method
     method = st.selectbox(
-        "Method", GALLERY_METHODS, help="Score-CAM and the input attributions are too slow for a whole split."
-    )
+        "Method (at the model's default layer)", GALLERY_METHODS,
+        index=GALLERY_METHODS.index(default_method) if default_method in GALLERY_METHODS else 0,
+        help="Opens on the model's default. Score-CAM and the input attributions are too slow for a whole split.",
+    )  # fmt: skip
     brain_mask = st.toggle("Brain masking", value=True)
     threshold = st.slider("Threshold (relative to each heatmap's maximum)", 0.05, 0.95, 0.5, 0.05)
 

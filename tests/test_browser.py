@@ -161,6 +161,14 @@ def test_explain_page_upload_and_threshold(browser, app_url, artifacts):
     assert_no_error(browser)
     browser.save_screenshot(str(artifacts / "explain_threshold.png"))
 
+    # "Check this heatmap": the deletion/insertion curves and a verdict appear
+    button = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[contains(., 'Check this heatmap')]")))
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+    button.click()
+    wait.until(lambda d: "deletion AUC" in d.find_element(By.TAG_NAME, "body").text)
+    assert_no_error(browser)
+    browser.save_screenshot(str(artifacts / "explain_faithfulness.png"))
+
 
 def test_explain_panels_share_one_size_for_a_small_scan(browser, app_url, artifacts):
     browser.get(f"{app_url}/Explain")
