@@ -130,6 +130,10 @@ def upload(driver, wait, path: Path) -> None:
 
 
 def enter_dataset_folder(driver, wait, folder: Path) -> None:
+    """Type a dataset folder once the page's first run has finished (text typed while the
+    script still runs can be lost when it re-renders the sidebar)."""
+    wait.until(lambda d: any(text in d.find_element(By.TAG_NAME, "body").text
+                             for text in ("Every method on this split", "No dataset found")))  # fmt: skip
     box = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stSidebar'] input[type='text']")))
     box.send_keys(str(folder))
     box.send_keys(Keys.ENTER)
