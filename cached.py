@@ -18,7 +18,7 @@ from core.explain import GALLERY_METHODS, ExplainSettings, Explanation, explain
 from core.faithfulness import FaithfulnessCheck, check_heatmap
 from core.image_input import LoadedImage, load_image
 from core.sanity import SanityCheck, randomisation_check
-from core.sweep import baseline_summary
+from core.sweep import baseline_summary, outlined_slices
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading model...")
@@ -60,9 +60,7 @@ def sanity(
 
 @st.cache_data(max_entries=8, show_spinner="Randomising the model for every method (about a minute)...")
 def sanity_table(checkpoint: str, root: str, split: str, mask: bool, images: int = 4) -> list[dict]:
-    """The randomisation check of every Gallery method on the first outlined tumours of the split."""
-    from core.sweep import outlined_slices
-
+    """The randomisation check of every Gallery method on outlined tumours of the split."""
     slices = outlined_slices(Path(root), split, list(model(checkpoint).config.label_names), images)
     rows = []
     for method in GALLERY_METHODS:

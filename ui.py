@@ -104,26 +104,23 @@ def target_picker(labels: list[str], label: str = "Explain class", key: str | No
 
 def explanation(scan: Scan, checkpoint: str, settings: ExplainSettings) -> Explanation:
     """The cached explanation of the scan, or a plain error that stops the page."""
-    try:
-        return cached.explanation(checkpoint, scan.data, scan.filename, scan.slice_index, scan.axis, settings)
-    except USER_ERRORS as error:
-        st.error(str(error))
-        st.stop()
+    return _or_stop(cached.explanation, scan, checkpoint, settings)
 
 
 def faithfulness(scan: Scan, checkpoint: str, settings: ExplainSettings) -> FaithfulnessCheck:
     """The cached deletion/insertion check of the scan's heatmap, or a plain error that stops the page."""
-    try:
-        return cached.faithfulness(checkpoint, scan.data, scan.filename, scan.slice_index, scan.axis, settings)
-    except USER_ERRORS as error:
-        st.error(str(error))
-        st.stop()
+    return _or_stop(cached.faithfulness, scan, checkpoint, settings)
 
 
 def sanity(scan: Scan, checkpoint: str, settings: ExplainSettings) -> SanityCheck:
     """The cached randomisation check of the scan's heatmap, or a plain error that stops the page."""
+    return _or_stop(cached.sanity, scan, checkpoint, settings)
+
+
+def _or_stop(compute, scan: Scan, checkpoint: str, settings: ExplainSettings):
+    """compute(checkpoint, scan..., settings) from the cache; a user error is shown and stops the page."""
     try:
-        return cached.sanity(checkpoint, scan.data, scan.filename, scan.slice_index, scan.axis, settings)
+        return compute(checkpoint, scan.data, scan.filename, scan.slice_index, scan.axis, settings)
     except USER_ERRORS as error:
         st.error(str(error))
         st.stop()
