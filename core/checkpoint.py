@@ -11,9 +11,11 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import timm
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -35,6 +37,66 @@ LEGACY_KEYS = {"num_classes", "input_size", "mean", "std", "training", "notes"}
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, damaged or incompatible; the message says what to do."""
+
+
+class _PreprocessingSchema(BaseModel):
+    """What config.json's "preprocessing" may hold (strict: "256" is not 256)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    input_size: int = Field(ge=32, le=1024)
+    mean: float = Field(allow_inf_nan=False)
+    std: float = Field(gt=0, allow_inf_nan=False)
+    crop_to_head: bool = True
+    crop_margin: float = Field(0.04, ge=0, le=0.5)
+    intensity_percentiles: list[float] = Field([1.0, 99.0], min_length=2, max_length=2)
+
+    @field_validator("intensity_percentiles")
+    @classmethod
+    def _ordered(cls, values: list[float]) -> list[float]:
+        if not 0 <= values[0] < values[1] <= 100:
+            raise ValueError("must be two percentiles with 0 <= low < high <= 100")
+        return values
+
+
+class _ConfigSchema(BaseModel):
+    """What config.json must hold for inference; other keys (older files' training record) pass."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    schema_version: Literal[1]
+    architecture: str = Field(min_length=1)
+    label_names: list[str] = Field(min_length=2)
+    preprocessing: _PreprocessingSchema
+    default_target_layer: str = Field(min_length=1)
+    temperature: float = Field(1.0, gt=0, le=100, allow_inf_nan=False)
+    refit_without_holdout: bool = False
+    default_method: str = Field("Grad-CAM", min_length=1)
+    default_choice: dict = {}
+    metrics: dict = {}
+
+    @field_validator("label_names")
+    @classmethod
+    def _distinct(cls, names: list[str]) -> list[str]:
+        if any(not name.strip() for name in names) or len(set(names)) != len(names):
+            raise ValueError("must be distinct, non-empty class names")
+        return names
+
+
+def validate_config(values: object, path: Path) -> None:
+    """Raise CheckpointError naming each bad field of config.json and what is allowed."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path} must hold a JSON object (settings by name), not a {type(values).__name__}.")
+    if values.get("schema_version") != SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path} has schema_version {values.get('schema_version')!r}; this app reads version {SCHEMA_VERSION}."
+        )
+    try:
+        _ConfigSchema.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"'{'.'.join(str(part) for part in issue['loc'])}': {issue['msg'].lower()} (found {issue['input']!r:.60})"
+            for issue in error.errors()
+        )
+        raise CheckpointError(f"{path} has bad settings, so this model cannot be used: {problems}.") from None
 
 
 @dataclass(frozen=True)
@@ -177,21 +239,22 @@ def resolve_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> Pat
 
 
 def read_config(directory: Path) -> ModelConfig:
+    """config.json, validated (core.checkpoint._ConfigSchema) before anything uses it.
+
+    Raises:
+        CheckpointError: missing, not UTF-8 JSON, or a field out of range (the message names it).
+    """
+    path = Path(directory) / CONFIG_FILE
     try:
-        values = json.loads((directory / CONFIG_FILE).read_text())
+        values = json.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError as error:
         raise CheckpointError(f"{directory} has no {CONFIG_FILE}; it is not a checkpoint.") from error
+    except UnicodeDecodeError as error:
+        raise CheckpointError(f"{path} is not UTF-8 text; copy the checkpoint again.") from error
     except json.JSONDecodeError as error:
-        raise CheckpointError(f"{directory / CONFIG_FILE} is not valid JSON: {error}.") from error
-    if values.get("schema_version") != SCHEMA_VERSION:
-        raise CheckpointError(
-            f"{directory / CONFIG_FILE} has schema_version {values.get('schema_version')!r}; "
-            f"this app reads version {SCHEMA_VERSION}."
-        )
-    try:
-        return ModelConfig.from_dict(values)
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{directory / CONFIG_FILE} is missing or has a bad field: {error}.") from error
+        raise CheckpointError(f"{path} is not valid JSON: {error}.") from error
+    validate_config(values, path)
+    return ModelConfig.from_dict(values)
 
 
 def load_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> LoadedModel:

@@ -80,14 +80,22 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
 
     @app.get("/models")
     def models() -> list[dict]:
+        """Every installed checkpoint; a damaged one is listed as unusable, with the reason."""
         entries = []
         for name in list_checkpoints():
-            config = read_config(resolve(name))
+            try:
+                config = read_config(resolve(name))
+            except CheckpointError as error:
+                entries.append({"name": name, "usable": False, "reason": str(error)})
+                continue
             entries.append(
                 {
                     "name": name,
+                    "usable": True,
                     "architecture": config.architecture,
                     "label_names": list(config.label_names),
+                    "default_method": config.default_method,
+                    "default_target_layer": config.default_target_layer,
                     "metrics": config.metrics,
                 }
             )

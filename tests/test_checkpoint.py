@@ -151,3 +151,37 @@ def test_stamp_changes_when_a_file_is_rewritten(copy):
     (copy / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="has no model.safetensors"):
         checkpoint_stamp(copy)
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"preprocessing": {"input_size": 0}}, "preprocessing.input_size"),
+        ({"preprocessing": {"input_size": -5}}, "preprocessing.input_size"),
+        ({"preprocessing": {"input_size": "256"}}, "preprocessing.input_size"),
+        ({"preprocessing": {"input_size": 4096}}, "preprocessing.input_size"),
+        ({"preprocessing": {"std": 0}}, "preprocessing.std"),
+        ({"temperature": 0}, "temperature"),
+        ({"temperature": -1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"label_names": ["glioma", "glioma", "notumor", "pituitary"]}, "label_names"),
+        ({"label_names": "abcd"}, "label_names"),
+        ({"architecture": 7}, "architecture"),
+    ],
+)
+def test_config_fields_are_validated_by_name(copy, change, field):
+    config = json.loads((copy / "config.json").read_text())
+    for key, value in change.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"cannot be used: '{field}'"):
+        load_checkpoint(copy)
+
+
+@pytest.mark.parametrize(
+    "content, message", [(b"\xff\xfe\x00bad", "not UTF-8"), (b"[1, 2, 3]", "must hold a JSON object .*, not a list")]
+)
+def test_config_that_is_not_a_json_object(copy, content, message):
+    (copy / "config.json").write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(copy)

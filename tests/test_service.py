@@ -99,3 +99,19 @@ def test_fifty_requests_from_eight_threads(client):
         body = response.json()
         assert body["class_probabilities"] == pytest.approx(serial[seed], abs=1e-5)
         assert client.get(body["overlay_url"]).status_code == 200
+
+
+def test_a_damaged_checkpoint_is_listed_as_unusable_not_a_500(checkpoint_root, tmp_path, monkeypatch):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from core.service import create_app
+
+    root = tmp_path / "checkpoints"
+    shutil.copytree(checkpoint_root, root)
+    (root / "tiny_effnet" / "config.json").write_text('{"schema_version": 1, "temperature": -1}')
+    monkeypatch.setenv("BRAIN_XAI_CHECKPOINTS", str(root))
+    entries = {entry["name"]: entry for entry in TestClient(create_app()).get("/models").json()}
+    assert entries["tiny_convnext"]["usable"] and entries["tiny_convnext"]["default_method"] == "Grad-CAM"
+    assert not entries["tiny_effnet"]["usable"] and "'temperature'" in entries["tiny_effnet"]["reason"]
