@@ -5,16 +5,17 @@ Nothing is written to disk: every decoder reads from memory.
 
 from __future__ import annotations
 
-import gzip
 import io
 import warnings
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_FILE_BYTES = 50 * 1024 * 1024
-MAX_PIXELS = 40_000_000
+MAX_PIXELS = 16_000_000  # per slice: a 4000x4000 image; MRI slices are rarely over 1024x1024
+MAX_DECODED_BYTES = 512 * 1024 * 1024  # a whole decoded series or volume, checked from its header first
 MIN_SIDE = 32
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -186,8 +187,22 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
             "This DICOM file holds no image (no pixel data): it may be a report or "
             "structured document. Export the image series instead."
         )
-    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    rows, columns = _dicom_int(dataset, "Rows"), _dicom_int(dataset, "Columns")
+    if not rows or not columns:
+        raise ImageInputError(
+            "This DICOM file does not say how large its image is (Rows or Columns missing or zero): it is "
+            "damaged or not an image. Export it again from the PACS."
+        )
     _check_size((rows, columns))
+    frames = max(1, _dicom_int(dataset, "NumberOfFrames") or 1)
+    samples = max(1, _dicom_int(dataset, "SamplesPerPixel") or 1)
+    bits = max(8, _dicom_int(dataset, "BitsAllocated") or 16)
+    declared = rows * columns * frames * samples * bits // 8
+    if declared > MAX_DECODED_BYTES:
+        raise ImageInputError(
+            f"The DICOM declares {frames} frame(s) of {columns}x{rows} ({declared / 2**20:.0f} MB decoded), over the "
+            f"{MAX_DECODED_BYTES // 2**20} MB limit. Export fewer frames or a single image."
+        )
     try:
         pixels = dataset.pixel_array
     except (NotImplementedError, RuntimeError) as error:
@@ -199,21 +214,19 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     except (ValueError, AttributeError, TypeError, KeyError, EOFError) as error:
         raise ImageInputError("The DICOM pixel data is truncated or corrupt. Export it again from the PACS.") from error
 
-    num_frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    is_colour = int(dataset.get("SamplesPerPixel", 1) or 1) > 1
-    if num_frames > 1:
+    num_frames = frames
+    is_colour = samples > 1
+    if num_frames > 1 and pixels.ndim >= 3 and len(pixels) == num_frames:
         frame = _choose_index(frame, num_frames, "frame")
         pixels = pixels[frame]
     else:
-        frame = 0
-    pixels = np.asarray(pixels, dtype=np.float64)
-    if is_colour:
-        pixels = pixels[..., :3] @ np.array([0.299, 0.587, 0.114])
-
-    from pydicom.pixels import apply_rescale
-
-    pixels = apply_rescale(pixels, dataset)
+        num_frames, frame = 1, 0
     notes = []
+    if is_colour:
+        pixels = np.asarray(pixels, dtype=np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114])
+    else:
+        pixels, note = _modality(pixels, dataset)
+        notes += [note] if note else []
     window = _dicom_window(dataset)
     if window is not None:
         centre, width = window
@@ -232,6 +245,27 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         pixel_spacing_mm=spacing_mm,
         notes=tuple(notes),
     )
+
+
+def _dicom_int(dataset, keyword: str) -> int:
+    """An integer attribute, 0 when missing or malformed."""
+    try:
+        return int(dataset.get(keyword, 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _modality(pixels: np.ndarray, dataset) -> tuple[np.ndarray, str | None]:
+    """Stored values to modality values (rescale slope/intercept or the Modality LUT), applied
+    to the integer pixels as the standard defines them; a damaged LUT falls back to the raw values."""
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        return np.asarray(apply_modality_lut(pixels, dataset), dtype=np.float64), None
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError):
+        return np.asarray(pixels, dtype=np.float64), (
+            "The file's rescale or Modality LUT is damaged, so stored pixel values are shown as they are."
+        )
 
 
 def _dicom_window(dataset) -> tuple[float, float] | None:
@@ -260,37 +294,50 @@ def _choose_index(index: int | None, count: int, what: str) -> int:
 def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
     import nibabel as nib
 
+    compressed = data[:2] == b"\x1f\x8b"
+    broken = (zlib.error, EOFError, OSError, ValueError, nib.filebasedimages.ImageFileError,
+              nib.spatialimages.HeaderDataError)  # fmt: skip
     try:
-        raw = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
-        image = nib.Nifti1Image.from_bytes(raw)
-        header = image.header
+        # The header first (decompressing only its bytes): the declared size is checked before
+        # the data are decompressed or decoded.
+        head = _gunzip(data, 1024) if compressed else data[:1024]
+        kind = nib.Nifti2Image if _is_nifti2(head) else nib.Nifti1Image
+        header = kind.header_class.from_fileobj(io.BytesIO(head))
         shape = tuple(int(s) for s in header.get_data_shape())
-    except (gzip.BadGzipFile, EOFError, OSError, ValueError, nib.filebasedimages.ImageFileError) as error:
+        dtype = header.get_data_dtype()
+    except broken as error:
         raise ImageInputError("The NIfTI file is truncated or corrupt. Export it again and re-upload.") from error
-    spatial = [s for s in shape[:3]]
     if len(shape) < 2 or len(shape) > 4 or (len(shape) == 4 and shape[3] != 1):
         raise ImageInputError(
             f"The NIfTI volume has shape {shape}; one 2-D or 3-D volume is expected "
             "(for a 4-D series, export a single volume)."
         )
-    if int(np.prod(spatial)) > 8 * MAX_PIXELS:
-        raise ImageInputError("The NIfTI volume is too large; export a cropped or single volume.")
-    try:
-        volume = np.asarray(image.dataobj, dtype=np.float64).reshape(shape[:3] if len(shape) > 2 else shape)
-    except (EOFError, OSError, ValueError) as error:
-        raise ImageInputError("The NIfTI image data is truncated or corrupt. Export it again and re-upload.") from error
-    zooms = header.get_zooms()
-    if volume.ndim == 2:
-        return LoadedImage(
-            pixels=to_unit_range(np.rot90(volume)),
-            file_format="NIfTI",
-            pixel_spacing_mm=(float(zooms[0]), float(zooms[1])),
+    if dtype.kind == "c":
+        raise ImageInputError(
+            "The NIfTI volume is complex-valued (raw MRI data, not an image). Export the magnitude image."
         )
+    declared = int(np.prod(shape)) * dtype.itemsize
+    if declared > MAX_DECODED_BYTES:
+        raise ImageInputError(
+            f"The NIfTI volume declares {'x'.join(map(str, shape))} voxels ({declared / 2**20:.0f} MB), over the "
+            f"{MAX_DECODED_BYTES // 2**20} MB limit. Export a cropped or single volume."
+        )
+    try:
+        raw = _gunzip(data, int(header.get_data_offset()) + declared) if compressed else data
+        image = kind.from_bytes(raw)
+    except broken as error:
+        raise ImageInputError("The NIfTI file is truncated or corrupt. Export it again and re-upload.") from error
+    zooms = header.get_zooms()
+    if len(shape) == 2:
+        return LoadedImage(pixels=to_unit_range(np.rot90(_nifti_values(image, ()))), file_format="NIfTI",
+                           pixel_spacing_mm=(float(zooms[0]), float(zooms[1])))  # fmt: skip
     if axis not in (0, 1, 2):
         raise ImageInputError("The slicing axis must be 0 (sagittal), 1 (coronal) or 2 (axial).")
-    count = volume.shape[axis]
+    count = shape[axis]
     index = _choose_index(slice_index, count, "slice")
-    plane = np.take(volume, index, axis=axis)
+    # Only the chosen slice is read from the file's data, never the whole volume as floats.
+    where = tuple(index if i == axis else slice(None) for i in range(3)) + ((0,) if len(shape) == 4 else ())
+    plane = _nifti_values(image, where)
     in_plane = [float(z) for i, z in enumerate(zooms[:3]) if i != axis]
     # Radiological display: rotate so anterior is up, as viewers show it.
     return LoadedImage(
@@ -300,3 +347,26 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
         slice_index=index,
         pixel_spacing_mm=(in_plane[1], in_plane[0]),
     )
+
+
+def _nifti_values(image, where: tuple) -> np.ndarray:
+    """The voxels at `where`, as float64; RGB voxels become grey."""
+    try:
+        values = np.asarray(image.dataobj[where] if where else image.dataobj)
+    except (EOFError, OSError, ValueError) as error:
+        raise ImageInputError("The NIfTI image data is truncated or corrupt. Export it again and re-upload.") from error
+    if values.dtype.names:  # RGB(A) voxels: a structured dtype with one field per channel
+        channels = [values[name].astype(np.float64) for name in values.dtype.names[:3]]
+        values = 0.299 * channels[0] + 0.587 * channels[1] + 0.114 * channels[2]
+    return np.asarray(values, dtype=np.float64)
+
+
+def _is_nifti2(raw: bytes) -> bool:
+    """NIfTI-2 headers are 540 bytes long (NIfTI-1: 348), in either byte order."""
+    return len(raw) >= 4 and (int.from_bytes(raw[:4], "little") == 540 or int.from_bytes(raw[:4], "big") == 540)
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """At most `limit` bytes of gzip `data` decompressed: a small .nii.gz that would expand to
+    gigabytes is never held in memory whole."""
+    return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, limit)

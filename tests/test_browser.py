@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
     reason="Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)",
 )
+from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -129,14 +130,25 @@ def upload(driver, wait, path: Path) -> None:
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "input[type='file']"))).send_keys(str(path))
 
 
-def enter_dataset_folder(driver, wait, folder: Path) -> None:
-    """Type a dataset folder once the page's first run has finished (text typed while the
-    script still runs can be lost when it re-renders the sidebar)."""
+def enter_dataset_folder(driver, wait, folder: Path, expect: str) -> None:
+    """Type a dataset folder once the page's first run has finished, until the page shows
+    `expect` (text typed while the script re-renders the sidebar can be lost: then type again)."""
     wait.until(lambda d: any(text in d.find_element(By.TAG_NAME, "body").text
                              for text in ("Every method on this split", "No dataset found")))  # fmt: skip
-    box = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stSidebar'] input[type='text']")))
-    box.send_keys(str(folder))
-    box.send_keys(Keys.ENTER)
+    for _ in range(3):
+        box = wait.until(
+            EC.presence_of_element_located((By.CSS_SELECTOR, "[data-testid='stSidebar'] input[type='text']"))
+        )
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(Keys.DELETE)
+        box.send_keys(str(folder))
+        box.send_keys(Keys.ENTER)
+        try:
+            WebDriverWait(driver, 60).until(lambda d: expect in d.find_element(By.TAG_NAME, "body").text)
+            return
+        except TimeoutException:
+            continue
+    raise AssertionError(f"the page never showed {expect!r} after typing {folder}")
 
 
 def choose_sample(driver, wait) -> None:
@@ -199,8 +211,7 @@ def test_compare_page(browser, app_url, artifacts):
 def test_gallery_page_without_data_explains_layout(browser, app_url, artifacts):
     browser.get(f"{app_url}/Gallery")
     wait = WebDriverWait(browser, 120)
-    enter_dataset_folder(browser, wait, REPO / "no-such-folder")
-    wait.until(lambda d: "ROOT/SPLIT/<class>/<image>" in d.find_element(By.TAG_NAME, "body").text)
+    enter_dataset_folder(browser, wait, REPO / "no-such-folder", "ROOT/SPLIT/<class>/<image>")
     assert "There is no folder" in browser.find_element(By.TAG_NAME, "body").text
     assert_no_error(browser)
     browser.save_screenshot(str(artifacts / "gallery.png"))
@@ -209,9 +220,7 @@ def test_gallery_page_without_data_explains_layout(browser, app_url, artifacts):
 def test_gallery_page_browses_a_dataset_and_moves_the_threshold(browser, app_url, artifacts, gallery_dataset):
     browser.get(f"{app_url}/Gallery")
     wait = WebDriverWait(browser, 180)
-    enter_dataset_folder(browser, wait, gallery_dataset)
-    sidebar = browser.find_element(By.CSS_SELECTOR, "[data-testid='stSidebar']")
-    wait.until(lambda d: f"Dataset: {gallery_dataset}" in sidebar.text)
+    enter_dataset_folder(browser, wait, gallery_dataset, f"Dataset: {gallery_dataset}")
     wait.until(lambda d: "Localisation per class" in d.page_source)
     assert "12 images; ECE" in browser.page_source  # the 12-image fixture, not the default dataset
     # A real checkpoint (BROWSER_CHECKPOINTS) may get all three gliomas wrong: then the page says 0.

@@ -241,3 +241,73 @@ def test_truncated_raster(fmt):
     data = encode(head_phantom(256, seed=3), fmt)
     with pytest.raises(ImageInputError, match="truncated or corrupt"):
         load_image(data[: len(data) // 2], "cut." + fmt.lower())
+
+
+# --- hostile and unusual files (the hardening issue) -------------------------
+
+
+def test_dicom_modality_lut_is_applied_to_the_integer_pixels():
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    stored = np.tile(np.arange(64, dtype=np.uint16) % 16, (64, 1))
+    lut = Dataset()
+    lut.LUTDescriptor = [16, 0, 16]
+    lut.ModalityLUTType = "OD"
+    lut.LUTData = np.array([0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 2000], "<u2").tobytes()
+    loaded = load_image(make_dicom(stored, ModalityLUTSequence=Sequence([lut])), "lut.dcm")
+    # the LUT maps stored value 15 to 2000: after it, 14 (-> 140) is far below 15 (-> 2000)
+    assert loaded.pixels[0, 15] == pytest.approx(1.0) and loaded.pixels[0, 14] < 0.1
+    assert not loaded.notes
+
+
+def test_dicom_with_an_empty_modality_lut_still_shows_and_says_so():
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    loaded = load_image(make_dicom((head_phantom(64) * 1000).astype(np.uint16),
+                                   ModalityLUTSequence=Sequence([Dataset()])), "empty-lut.dcm")  # fmt: skip
+    assert_valid(loaded)
+    assert any("Modality LUT is damaged" in note for note in loaded.notes)
+
+
+def test_dicom_without_rows_says_what_is_missing():
+    data = make_dicom((head_phantom(64) * 1000).astype(np.uint16))
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    del dataset.Rows
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    with pytest.raises(ImageInputError, match="Rows or Columns missing"):
+        load_image(buffer.getvalue(), "norows.dcm")
+
+
+def test_dicom_declaring_a_huge_series_is_refused_before_decoding():
+    data = make_dicom(np.zeros((64, 64), dtype=np.uint16), NumberOfFrames=200_000)
+    with pytest.raises(ImageInputError, match="over the 512 MB limit"):
+        load_image(data, "many.dcm")
+
+
+def test_a_small_nifti_bomb_is_refused_from_its_header():
+    header = nib.Nifti1Header()
+    header.set_data_shape((680, 680, 680))
+    header.set_data_dtype(np.int16)
+    # 348-byte header, 4 bytes of extension flag, then a few MB of zeros: it claims ~600 MB
+    data = gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 8_000_000)
+    assert len(data) < 100_000
+    with pytest.raises(ImageInputError, match="over the 512 MB limit"):
+        load_image(data, "bomb.nii.gz")
+
+
+def test_nifti2_rgb_and_complex_volumes():
+    volume = np.random.default_rng(1).random((40, 40, 5)).astype(np.float32)
+    nifti2 = nib.Nifti2Image(volume, np.eye(4)).to_bytes()
+    assert load_image(nifti2, "v2.nii").num_slices == 5
+
+    rgb = np.zeros((40, 40, 5), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"][10:30, 10:30] = 200
+    loaded = load_image(nib.Nifti1Image(rgb, np.eye(4)).to_bytes(), "rgb.nii")
+    assert loaded.pixels.shape == (40, 40) and loaded.pixels.max() == pytest.approx(1.0)
+
+    complex_volume = (volume + 1j * volume).astype(np.complex64)
+    with pytest.raises(ImageInputError, match="complex-valued"):
+        load_image(nib.Nifti1Image(complex_volume, np.eye(4)).to_bytes(), "kspace.nii")
