@@ -6,6 +6,7 @@ Run: python -m core serve --host 127.0.0.1 --port 8000 (OpenAPI docs at /docs).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -14,7 +15,9 @@ from enum import Enum
 from functools import lru_cache
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.formparsers import MultiPartParser
 
 from core.checkpoint import CheckpointError, LoadedModel, list_checkpoints, load_checkpoint, read_config
 from core.checkpoint import resolve_checkpoint as resolve
@@ -61,6 +64,51 @@ class ImageStore:
             self._items.popitem(last=False)
 
 
+# Request bodies larger than this are refused while they arrive (an upload plus the form's
+# framing); below it, Starlette keeps an uploaded file in memory (its spool rolls over to a
+# temporary file only past spool_max_size, set above this cap), so no upload touches the disk.
+MAX_BODY_BYTES = MAX_FILE_BYTES + 2**20
+MultiPartParser.spool_max_size = MAX_BODY_BYTES + 1
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class LimitBody:
+    """ASGI middleware: 413 as soon as a request body passes MAX_BODY_BYTES, declared or streamed."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            return await _too_large(send)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:
+                raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except BodyTooLarge:
+            await _too_large(send)
+
+
+async def _too_large(send) -> None:
+    body = json.dumps({"error": f"The upload is over the {MAX_FILE_BYTES // 2**20} MB limit."}).encode()
+    await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 def create_app(store: ImageStore | None = None) -> FastAPI:
     """The FastAPI application (a factory, so tests get a fresh store)."""
     app = FastAPI(
@@ -68,6 +116,7 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
         description="Class prediction and Grad-CAM heatmaps for brain-MRI slices. Not a medical device.",
         version="1",
     )
+    app.add_middleware(LimitBody)
     app.state.store = store or ImageStore()
 
     @lru_cache(maxsize=4)
@@ -158,5 +207,14 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
     @app.exception_handler(HTTPException)
     def as_json(_request: Request, error: HTTPException) -> JSONResponse:
         return JSONResponse({"error": error.detail}, status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        """The documented error shape for bad parameters too (FastAPI's own is {"detail": [...]})."""
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc'] if part != 'query')}: {issue['msg']}"
+            for issue in error.errors()
+        )
+        return JSONResponse({"error": f"Bad request: {problems}."}, status_code=422)
 
     return app

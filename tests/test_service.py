@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from core.image_input import MAX_FILE_BYTES
 from core.service import ImageStore, create_app
@@ -115,3 +117,37 @@ def test_a_damaged_checkpoint_is_listed_as_unusable_not_a_500(checkpoint_root, t
     entries = {entry["name"]: entry for entry in TestClient(create_app()).get("/models").json()}
     assert entries["tiny_convnext"]["usable"] and entries["tiny_convnext"]["default_method"] == "Grad-CAM"
     assert not entries["tiny_effnet"]["usable"] and "'temperature'" in entries["tiny_effnet"]["reason"]
+
+
+def test_bad_parameters_answer_in_the_documented_error_shape(client):
+    response = post(client, "scan.png", encode(head_phantom(64), "PNG"), method="Magic")
+    assert response.status_code == 422 and "method" in response.json()["error"]
+    assert "error" in client.post("/predict").json()
+
+
+def test_an_upload_over_one_megabyte_stays_in_memory(client, monkeypatch):
+    """Starlette spools uploads over 1 MB to a temporary file unless told otherwise. On Linux that
+    file has no name (O_TMPFILE), so the test watches the spool's rollover instead of a folder."""
+    import tempfile
+
+    rolled_over = []
+    real = tempfile.TemporaryFile
+
+    def recording(*args, **kwargs):
+        rolled_over.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", recording)
+    noise = np.random.default_rng(0).integers(0, 65535, (1200, 1200), dtype=np.uint16)
+    data = encode(Image.fromarray(noise), "PNG")
+    assert len(data) > 2 * 2**20
+    response = post(client, "big.png", data)
+    assert response.status_code == 200, response.text
+    assert not rolled_over, "an upload was written to a temporary file"
+
+
+def test_an_upload_over_the_limit_is_refused_while_it_arrives(client):
+    from core.image_input import MAX_FILE_BYTES
+
+    response = post(client, "huge.png", b"\0" * (MAX_FILE_BYTES + 2 * 2**20))
+    assert response.status_code == 413 and "50 MB" in response.json()["error"]
