@@ -157,7 +157,7 @@ def pick_scan(key: str) -> Scan | None:
         first = cached.image(data, filename, None, axis)
         slice_index = None
         if first.num_slices > 1:
-            label = "Frame" if first.file_format == "DICOM" else "Slice"
+            label = {"DICOM": "Frame", "NIfTI": "Slice"}.get(first.file_format, "Page")
             slice_index = st.slider(label, 0, first.num_slices - 1, first.slice_index, key=f"{key}_slice")
         image = cached.image(data, filename, slice_index, axis)
     except ImageInputError as error:

@@ -78,7 +78,7 @@ def load_image(
     elif name.endswith(DICOM_SUFFIXES) or _looks_like_dicom(data):
         kind, decode = "DICOM", lambda: _load_dicom(data, slice_index)
     elif name.endswith(RASTER_SUFFIXES) or "." not in name:
-        kind, decode = "image", lambda: _load_raster(data)
+        kind, decode = "image", lambda: _load_raster(data, slice_index)
     else:
         raise ImageInputError(
             f"'{filename}' is not a supported format. Upload PNG, JPEG, BMP, TIFF, "
@@ -135,12 +135,18 @@ def to_unit_range(values: np.ndarray) -> np.ndarray:
 # --- PNG, JPEG, BMP, TIFF -------------------------------------------------
 
 
-def _load_raster(data: bytes) -> LoadedImage:
+def _load_raster(data: bytes, frame: int | None = None) -> LoadedImage:
+    num_frames, index = 1, 0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             _check_size((image.height, image.width))
+            num_frames = int(getattr(image, "n_frames", 1) or 1)
+            if num_frames > 1:  # a multi-page TIFF: one page at a time, as DICOM frames
+                index = _choose_index(frame, num_frames, "page")
+                image.seek(index)
+                _check_size((image.height, image.width))
             image.load()
             file_format = image.format or "image"
             image = ImageOps.exif_transpose(image)
@@ -156,7 +162,8 @@ def _load_raster(data: bytes) -> LoadedImage:
         ) from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageInputError("The image file is truncated or corrupt. Export it again and re-upload.") from error
-    return LoadedImage(pixels=_raster_to_grey(image), file_format=file_format)
+    return LoadedImage(pixels=_raster_to_grey(image), file_format=file_format, num_slices=num_frames,
+                       slice_index=index)  # fmt: skip
 
 
 def _raster_to_grey(image: Image.Image) -> np.ndarray:
@@ -206,7 +213,12 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     try:
         pixels = dataset.pixel_array
     except (NotImplementedError, RuntimeError) as error:
-        syntax = getattr(dataset.file_meta, "TransferSyntaxUID", None)
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        if _decoder_available(syntax):
+            raise ImageInputError(
+                f"The DICOM's compressed pixel data ({getattr(syntax, 'name', syntax)}) is corrupt and cannot be "
+                "decoded. Export it again from the PACS."
+            ) from error
         raise ImageInputError(
             f"This DICOM is compressed ({getattr(syntax, 'name', syntax)}) and no decoder for it "
             "is installed. Export it uncompressed (explicit VR little endian) and re-upload."
@@ -235,8 +247,9 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         pixels = pixels.max() - pixels  # MONOCHROME1 shows low values as white
         notes.append("MONOCHROME1: intensities inverted for display.")
-    spacing = dataset.get("PixelSpacing")
-    spacing_mm = (float(spacing[0]), float(spacing[1])) if spacing and len(spacing) == 2 else None
+    spacing_mm = _pixel_spacing(dataset)
+    if spacing_mm is None and "PixelSpacing" in dataset:
+        notes.append("The file's PixelSpacing is unreadable, so distances are given in pixels.")
     return LoadedImage(
         pixels=to_unit_range(pixels),
         file_format="DICOM",
@@ -245,6 +258,26 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         pixel_spacing_mm=spacing_mm,
         notes=tuple(notes),
     )
+
+
+def _decoder_available(syntax) -> bool:
+    """Whether the installed pydicom has a working decoder for this transfer syntax."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        return bool(syntax) and get_decoder(syntax).is_available
+    except (NotImplementedError, ValueError, TypeError):
+        return False
+
+
+def _pixel_spacing(dataset) -> tuple[float, float] | None:
+    """(row, column) spacing in mm, or None when missing or malformed (not a reason to refuse)."""
+    try:
+        spacing = dataset.get("PixelSpacing")
+        values = (float(spacing[0]), float(spacing[1])) if spacing is not None and len(spacing) == 2 else None
+    except (TypeError, ValueError, IndexError):
+        return None
+    return values if values and all(np.isfinite(v) and v > 0 for v in values) else None
 
 
 def _dicom_int(dataset, keyword: str) -> int:

@@ -311,3 +311,31 @@ def test_nifti2_rgb_and_complex_volumes():
     complex_volume = (volume + 1j * volume).astype(np.complex64)
     with pytest.raises(ImageInputError, match="complex-valued"):
         load_image(nib.Nifti1Image(complex_volume, np.eye(4)).to_bytes(), "kspace.nii")
+
+
+def test_a_multi_page_tiff_is_read_page_by_page():
+    pages = [Image.fromarray(np.uint8(head_phantom(64, seed) * 255)) for seed in range(3)]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, format="TIFF", save_all=True, append_images=pages[1:])
+    first, last = load_image(buffer.getvalue(), "stack.tif"), load_image(buffer.getvalue(), "stack.tif", slice_index=2)
+    assert first.num_slices == 3 and first.slice_index == 1  # the middle page by default
+    assert last.slice_index == 2 and not np.array_equal(first.pixels, last.pixels)
+    with pytest.raises(ImageInputError, match="page number 5 does not exist"):
+        load_image(buffer.getvalue(), "stack.tif", slice_index=5)
+
+
+def test_a_malformed_pixel_spacing_is_noted_not_fatal():
+    data = make_dicom((head_phantom(64) * 1000).astype(np.uint16), PixelSpacing=["0.5", "0.5"])
+    assert data.count(b"0.5\\0.5") == 1
+    loaded = load_image(data.replace(b"0.5\\0.5", b"x.y\\z.w"), "s.dcm")  # not decimal strings
+    assert loaded.pixel_spacing_mm is None and any("PixelSpacing" in note for note in loaded.notes)
+
+
+def test_corrupt_rle_is_called_corrupt_not_undecodable():
+    dataset = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    dataset.PixelData = dataset.PixelData[:200] + b"\xff" * 64 + dataset.PixelData[264:600]
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    with pytest.raises(ImageInputError) as error:
+        load_image(buffer.getvalue(), "rle.dcm")
+    assert "no decoder" not in str(error.value) and "corrupt" in str(error.value)
