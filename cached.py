@@ -17,6 +17,7 @@ from core.evaluation_store import Evaluation, at_threshold, cache_dir, read_eval
 from core.explain import GALLERY_METHODS, ExplainSettings, Explanation, explain
 from core.faithfulness import FaithfulnessCheck, check_heatmap
 from core.image_input import LoadedImage, load_image
+from core.inference import slice_logits
 from core.sanity import SanityCheck, randomisation_check
 from core.sweep import baseline_summary, outlined_slices
 
@@ -40,6 +41,17 @@ def explanation(
     checkpoint: str, data: bytes, filename: str, slice_index: int | None, axis: int, settings: ExplainSettings
 ) -> Explanation:
     return explain(model(checkpoint), image(data, filename, slice_index, axis).pixels, settings)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def prediction(
+    checkpoint: str, data: bytes, filename: str, slice_index: int | None, axis: int, mask_input: bool
+) -> str:
+    """The predicted class alone (one forward pass), with or without the input masked."""
+    loaded = model(checkpoint)
+    with loaded.lock:  # no CAM hooks of another session may see this forward pass
+        logits = slice_logits(loaded, [image(data, filename, slice_index, axis).pixels], mask_input)
+    return loaded.config.label_names[int(logits[0].argmax())]
 
 
 @st.cache_data(max_entries=32, show_spinner="Removing and revealing the hottest pixels...")

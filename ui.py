@@ -82,6 +82,22 @@ METHOD_HELP = (
 )
 
 
+MASK_INPUT_HELP = (
+    "Zeroes the background outside the detected head in what the model sees, as half of its training "
+    "images were. It can change the prediction; the page says when it does."
+)
+
+
+def duration(milliseconds: float) -> str:
+    """'84 ms' below a second, '1.3 s' above it."""
+    return f"{milliseconds:.0f} ms" if milliseconds < 1000 else f"{milliseconds / 1000:.1f} s"
+
+
+def prediction(scan: Scan, checkpoint: str, mask_input: bool) -> str:
+    """The predicted class with or without the input masked (one forward pass, cached)."""
+    return _or_stop(cached.prediction, scan, checkpoint, mask_input)
+
+
 def layer_choices(loaded: LoadedModel) -> list[str]:
     """The layers a CAM can hook, with the checkpoint's default first when it fuses several."""
     layers = layer_names(loaded.model)
@@ -117,10 +133,10 @@ def sanity(scan: Scan, checkpoint: str, settings: ExplainSettings) -> SanityChec
     return _or_stop(cached.sanity, scan, checkpoint, settings)
 
 
-def _or_stop(compute, scan: Scan, checkpoint: str, settings: ExplainSettings):
-    """compute(checkpoint, scan..., settings) from the cache; a user error is shown and stops the page."""
+def _or_stop(compute, scan: Scan, checkpoint: str, option):
+    """compute(checkpoint, scan..., option) from the cache; a user error is shown and stops the page."""
     try:
-        return compute(checkpoint, scan.data, scan.filename, scan.slice_index, scan.axis, settings)
+        return compute(checkpoint, scan.data, scan.filename, scan.slice_index, scan.axis, option)
     except USER_ERRORS as error:
         st.error(str(error))
         st.stop()

@@ -25,8 +25,10 @@ with st.sidebar:
     target = ui.target_picker(labels)
     layers = ui.layer_choices(loaded)
     layer = st.selectbox("Layer", layers, index=layers.index(loaded.config.default_target_layer))
-    mask_input = st.toggle("Mask background before the CAM", value=True)
-    mask_heatmap = st.toggle("Mask heatmap outside the head", value=True)
+    mask_input = st.toggle("Mask the background in the model's input", value=True, help=ui.MASK_INPUT_HELP)
+    mask_heatmap = st.toggle(
+        "Mask heatmap outside the head", value=True, help="Display only: never changes the prediction."
+    )
     st.divider()
     threshold = st.slider("Threshold (relative to this heatmap's maximum)", 0.0, 1.0, 0.5, 0.05)
     opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05)
@@ -68,7 +70,12 @@ prediction, chart = st.columns([1, 2])
 prediction.metric(
     "Prediction", result.predicted_label, f"{result.confidence:.1%} confidence", delta_color="off", delta_arrow="off"
 )
-prediction.caption(f"{result.timings_ms['total']:.0f} ms; probabilities are temperature-calibrated.")
+prediction.caption(f"{ui.duration(result.timings_ms['total'])}; probabilities are temperature-calibrated.")
+other = ui.prediction(scan, checkpoint, not mask_input)
+if other != result.predicted_label:
+    with_mask, without = (result.predicted_label, other) if mask_input else (other, result.predicted_label)
+    st.warning(f"Masking the background in the model's input changes the prediction: {with_mask} with masking, "
+               f"{without} without. Treat this prediction as uncertain.")  # fmt: skip
 if result.predicted_label == "notumor":
     prediction.caption(ui.NOTUMOR_CAVEAT)
 chart.plotly_chart(render.probability_figure(labels, result.probabilities, result.predicted_index), width="stretch")

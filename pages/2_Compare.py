@@ -47,7 +47,7 @@ for name, result in results.items():
     columns[3].caption("Prediction")  # a subheader wraps a long class name; st.metric would cut it
     columns[3].subheader(result.predicted_label, anchor=False)
     columns[3].markdown(f"{result.confidence:.1%} confidence")
-    columns[3].caption(f"{result.timings_ms['total']:.0f} ms. {result.brain_mask_note}")
+    columns[3].caption(f"{ui.duration(result.timings_ms['total'])}. {result.brain_mask_note}")
     if result.warning:
         st.warning(result.warning)
 st.caption(ui.DISCLAIMER)
@@ -68,4 +68,6 @@ if st.toggle("Run every method on this image (Score-CAM and the noise tunnel tak
     for i, grid_method in enumerate(METHODS):
         result = ui.explanation(scan, grid_model, ExplainSettings(grid_method, target, None, brain_mask, brain_mask))
         panels = render.explanation_panels(pixels, result.heatmap, opacity=opacity)
-        columns[i % 4].image(panels.overlay, caption=f"{grid_method}: {result.timings_ms['model_and_cam']:.0f} ms")
+        columns[i % 4].image(
+            panels.overlay, caption=f"{grid_method}: {ui.duration(result.timings_ms['model_and_cam'])}"
+        )

@@ -119,3 +119,28 @@ def test_sanity_check_on_request(use_tiny_checkpoints):
     assert not at.exception
     verdicts = [box.value for box in [*at.success, *at.warning] if "randomised" in box.value]
     assert len(verdicts) == 1 and verdicts[0].split(":")[0] in ("Passes", "Fails")
+
+
+def test_the_page_says_when_masking_the_input_changes_the_prediction(use_tiny_checkpoints, monkeypatch):
+    import core.inference
+
+    real = core.inference.slice_logits
+
+    def masking_flips_the_class(loaded, images, mask_input=True):
+        logits = real(loaded, images, mask_input)
+        return logits if mask_input else logits[:, ::-1].copy()  # another class wins without the mask
+
+    monkeypatch.setattr("cached.slice_logits", masking_flips_the_class)
+    import streamlit as st
+
+    st.cache_data.clear()  # earlier tests cached this scan's predictions
+    at = upload(run_page(), "scan.png", encode(head_phantom(128), "PNG"))
+    assert not at.exception
+    warnings = [w.value for w in at.warning if "changes the prediction" in w.value]
+    assert len(warnings) == 1 and f"{at.metric[0].value} with masking" in warnings[0]
+
+
+def test_times_over_a_second_are_given_in_seconds():
+    import ui
+
+    assert ui.duration(84.4) == "84 ms" and ui.duration(354367) == "354.4 s"
