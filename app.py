@@ -3,6 +3,7 @@
 import streamlit as st
 
 import cached
+import ui
 
 st.set_page_config(page_title="Brain-MRI explainability", page_icon=":brain:", layout="wide")
 st.title("Brain-MRI classifier explainability")
@@ -24,6 +25,10 @@ research tool, **not a medical device**: never use it for diagnosis.
 )
 models = cached.installed_models()
 if models:
-    st.success(f"Installed models: {', '.join(models)}. Open a page in the sidebar.")
+    with st.spinner("Loading the models (only the first visit after a server start waits for this)..."):
+        usable = [name for name in models if ui.loads(name)]
+    st.success(f"Installed models: {', '.join(usable)}. Open a page in the sidebar.")
+    if len(usable) < len(models):
+        st.warning(f"Not usable (see the Explain page for why): {', '.join(sorted(set(models) - set(usable)))}.")
 else:
     st.warning("No trained model is installed yet; see the README to train one.")

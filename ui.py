@@ -52,6 +52,15 @@ def require_models() -> list[str]:
     return names
 
 
+def loads(name: str) -> bool:
+    """Whether the checkpoint loads (and is now cached for every page)."""
+    try:
+        cached.model(name)
+    except CheckpointError:
+        return False
+    return True
+
+
 def load_model(name: str) -> LoadedModel:
     """The cached model, or a plain error (damaged checkpoint) that stops the page."""
     try:

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from contextlib import asynccontextmanager
 from enum import Enum
 from functools import lru_cache
 
@@ -109,12 +110,25 @@ async def _too_large(send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+@asynccontextmanager
+async def _load_models_at_start(app: FastAPI):
+    """Load the installed models once at start-up, so the first request does not wait for it; a
+    damaged checkpoint is skipped here and answered with its reason when asked for."""
+    for name in list_checkpoints()[:4]:
+        try:
+            app.state.model(name)
+        except CheckpointError:
+            continue
+    yield
+
+
 def create_app(store: ImageStore | None = None) -> FastAPI:
     """The FastAPI application (a factory, so tests get a fresh store)."""
     app = FastAPI(
         title="Brain-MRI explainability API",
         description="Class prediction and Grad-CAM heatmaps for brain-MRI slices. Not a medical device.",
         version="1",
+        lifespan=_load_models_at_start,
     )
     app.add_middleware(LimitBody)
     app.state.store = store or ImageStore()
@@ -122,6 +136,8 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
     @lru_cache(maxsize=4)
     def model(name: str) -> LoadedModel:
         return load_checkpoint(name)
+
+    app.state.model = model
 
     @app.get("/health")
     def health() -> dict:

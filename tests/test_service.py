@@ -151,3 +151,10 @@ def test_an_upload_over_the_limit_is_refused_while_it_arrives(client):
 
     response = post(client, "huge.png", b"\0" * (MAX_FILE_BYTES + 2 * 2**20))
     assert response.status_code == 413 and "50 MB" in response.json()["error"]
+
+
+def test_models_are_loaded_at_start_up(use_tiny_checkpoints):
+    app = create_app()
+    assert app.state.model.cache_info().currsize == 0
+    with TestClient(app):
+        assert app.state.model.cache_info().currsize == 2  # both tiny checkpoints, before any request
