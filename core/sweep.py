@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from core.annotations import load_outline
+from core.annotations import annotation_path, load_outline
 from core.brain_mask import detect_brain_mask
 from core.checkpoint import LoadedModel, load_checkpoint, read_config, resolve_checkpoint, write_config
 from core.dataset import list_split
@@ -92,11 +92,13 @@ class _Case:
 
 def _load_cases(root: Path, split: str, label_names: list[str], limit: int | None, seed: int) -> list[_Case]:
     """The split's images with a tumour outline, at most `limit` drawn at random (seeded)."""
-    records = [r for r in list_split(root, split, label_names)]
+    records = list_split(root, split, label_names)
     order = np.random.default_rng(seed).permutation(len(records)) if limit else range(len(records))
     cases = []
     for index in order:
         record = records[index]
+        if not annotation_path(root, record.image).is_file():
+            continue  # no outline: not decoded at all (the no-tumour images)
         path = Path(root) / record.image
         image = load_image(path.read_bytes(), path.name).pixels
         outline = load_outline(root, record.image, image.shape)
@@ -112,14 +114,20 @@ def baseline_summary(root: Path, split: str, label_names: list[str] | None = Non
     its metrics' bootstrap means (what a method must beat to mean anything)."""
     label_names = label_names or sorted(p.name for p in (Path(root) / split).iterdir() if p.is_dir())
     cases = _load_cases(root, split, label_names, None, 0)
-    if not cases:
-        return []
     heads = [detect_brain_mask(case.image).mask for case in cases]
-    rows = []
-    for name in baseline_maps(cases[0].image, heads[0]):
-        maps = [baseline_maps(case.image, head)[name] for case, head in zip(cases, heads)]
-        rows.append(asdict(_summarise(name, None, _score(maps, [None] * len(maps), heads, cases), 0.0, len(cases))))
-    return rows
+    return [asdict(baseline) for baseline in _baselines(cases, heads)]
+
+
+def _baselines(cases: list[_Case], heads: list[np.ndarray | None]) -> list[Candidate]:
+    """Each trivial baseline scored on the cases, with the head masks the heatmaps were masked by."""
+    per_case = [baseline_maps(case.image, head) for case, head in zip(cases, heads)]
+    names = list(per_case[0]) if per_case else []
+    return [
+        _summarise(
+            name, None, _score([maps[name] for maps in per_case], [None] * len(cases), heads, cases), 0.0, len(cases)
+        )  # fmt: skip
+        for name in names
+    ]
 
 
 def lift(value: float | None, baselines: list[dict], metric: str) -> float | None:
@@ -170,10 +178,7 @@ def sweep(
     for method, layer in tqdm(pairs, desc="sweep", disable=not progress):
         candidate, heads = _sweep_one(loaded, cases, method, layer, batch_size)
         results.append(candidate)
-    baselines = []
-    for name in baseline_maps(cases[0].image, heads[0]):
-        maps = [baseline_maps(case.image, head)[name] for case, head in zip(cases, heads)]
-        baselines.append(_summarise(name, None, _score(maps, [None] * len(maps), heads, cases), 0.0, len(cases)))
+    baselines = _baselines(cases, heads)
     winner = choose(results, baselines)
     return {
         "checkpoint": loaded.name,

@@ -106,6 +106,13 @@ def make_dicom(pixels: np.ndarray, **fields) -> bytes:
     return buffer.getvalue()
 
 
+def resaved(dataset) -> bytes:
+    """A (modified) DICOM dataset written back to bytes in memory."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
 def test_dicom_test_file_decodes_with_spacing():
     data = open(get_testdata_file("MR_small.dcm"), "rb").read()
     loaded = load_image(data, "MR_small.dcm")
@@ -145,10 +152,8 @@ def test_dicom_without_pixel_data():
     data = make_dicom(np.ones((40, 40)))
     dataset = pydicom.dcmread(io.BytesIO(data))
     del dataset.PixelData
-    buffer = io.BytesIO()
-    dataset.save_as(buffer)
     with pytest.raises(ImageInputError, match="no pixel data"):
-        load_image(buffer.getvalue(), "report.dcm")
+        load_image(resaved(dataset), "report.dcm")
 
 
 def test_compressed_dicom_without_decoder():
@@ -275,10 +280,8 @@ def test_dicom_without_rows_says_what_is_missing():
     data = make_dicom((head_phantom(64) * 1000).astype(np.uint16))
     dataset = pydicom.dcmread(io.BytesIO(data))
     del dataset.Rows
-    buffer = io.BytesIO()
-    dataset.save_as(buffer)
     with pytest.raises(ImageInputError, match="Rows or Columns missing"):
-        load_image(buffer.getvalue(), "norows.dcm")
+        load_image(resaved(dataset), "norows.dcm")
 
 
 def test_dicom_declaring_a_huge_series_is_refused_before_decoding():
@@ -334,8 +337,6 @@ def test_a_malformed_pixel_spacing_is_noted_not_fatal():
 def test_corrupt_rle_is_called_corrupt_not_undecodable():
     dataset = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
     dataset.PixelData = dataset.PixelData[:200] + b"\xff" * 64 + dataset.PixelData[264:600]
-    buffer = io.BytesIO()
-    dataset.save_as(buffer)
     with pytest.raises(ImageInputError) as error:
-        load_image(buffer.getvalue(), "rle.dcm")
+        load_image(resaved(dataset), "rle.dcm")
     assert "no decoder" not in str(error.value) and "corrupt" in str(error.value)
