@@ -70,7 +70,7 @@ def sanity(
     return randomisation_check(model(checkpoint), [image(data, filename, slice_index, axis).pixels], settings)
 
 
-@st.cache_data(max_entries=8, show_spinner="Randomising the model for every method (about a minute)...")
+@st.cache_data(max_entries=8, show_spinner="Randomising the model for every method (a minute or two)...")
 def sanity_table(checkpoint: str, root: str, split: str, mask: bool, images: int = 4) -> list[dict]:
     """The randomisation check of every Gallery method on outlined tumours of the split."""
     slices = outlined_slices(Path(root), split, list(model(checkpoint).config.label_names), images)

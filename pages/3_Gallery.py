@@ -133,7 +133,7 @@ st.subheader("Sanity check: does each method depend on the model's weights?")
 st.caption("Adebayo et al. 2018: the model's layers are randomised from the top down and each method's heatmap "
            "recomputed on 4 outlined tumours of this split. A method whose map keeps its rank correlation with the "
            "original (0.5 or more) shows the image, not the model.")  # fmt: skip
-if st.button("Run the sanity check for every method (about a minute)"):
+if st.button("Run the sanity check for every method (a minute or two)"):
     st.session_state["gallery_sanity"] = (checkpoint, str(root), split, brain_mask)
 if st.session_state.get("gallery_sanity") == (checkpoint, str(root), split, brain_mask):
     st.dataframe(pd.DataFrame(cached.sanity_table(checkpoint, str(root), split, brain_mask)).round(3))
