@@ -6,14 +6,16 @@ import csv
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
+from core.annotations import load_outline
 from core.image_input import SUPPORTED_SUFFIXES, load_image
-from core.preprocess import Preprocessing, prepare_for_model
+from core.preprocess import Preprocessing, heatmap_to_square, prepare_for_model
 
 
 class DatasetError(ValueError):
@@ -72,15 +74,36 @@ def decode_records(
     root: Path, records: list[Record], settings: Preprocessing, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode each image once: (plain, brain-masked) uint8 arrays of shape (N, S, S)."""
+    decoded = decode_with_outlines(root, records, settings, progress, outlines=False)
+    return decoded.plain, decoded.masked
+
+
+class DecodedImages(NamedTuple):
+    plain: np.ndarray  # (N, S, S) uint8, the model's input square
+    masked: np.ndarray  # the same with the background outside the head zeroed
+    outlines: np.ndarray  # (N, S, S) bool: the radiologist's outline on that square (none: all False)
+
+
+def decode_with_outlines(
+    root: Path, records: list[Record], settings: Preprocessing, progress: bool = True, outlines: bool = True
+) -> DecodedImages:
+    """decode_records() plus each image's tumour outline (ROOT/annotations) mapped onto the
+    same square, for counterfactuals and outline guidance in training."""
     size = settings.input_size
     plain = np.zeros((len(records), size, size), dtype=np.uint8)
     masked = np.zeros_like(plain)
+    drawn = np.zeros(plain.shape if outlines else (0, size, size), dtype=bool)
     for i, record in enumerate(tqdm(records, desc="decode", disable=not progress, leave=False)):
         path = Path(root) / record.image
         image = load_image(path.read_bytes(), path.name).pixels
-        plain[i] = np.round(prepare_for_model(image, settings, mask_input=False).square * 255)
+        prepared = prepare_for_model(image, settings, mask_input=False)
+        plain[i] = np.round(prepared.square * 255)
         masked[i] = np.round(prepare_for_model(image, settings, mask_input=True).square * 255)
-    return plain, masked
+        if outlines:
+            outline = load_outline(root, record.image, image.shape)
+            if outline.mask is not None:
+                drawn[i] = heatmap_to_square(outline.mask.astype(np.float32), prepared.box, size) >= 0.5
+    return DecodedImages(plain, masked, drawn)
 
 
 def grouped_holdout(records: list[Record], fraction: float, seed: int) -> np.ndarray:

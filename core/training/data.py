@@ -8,10 +8,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from core.checkpoint import LoadedModel, load_checkpoint
-from core.dataset import Record, decode_records, list_splits
+from core.counterfactual import dilate, remove_tumour
+from core.dataset import Record, decode_with_outlines, list_splits
 from core.inference import batched_logits
 from core.metrics import softmax
-from core.preprocess import Preprocessing
+from core.preprocess import Preprocessing, prepare_for_model
 from core.training.distillation import DISTILL_TEMPERATURE
 from core.training.options import TrainOptions
 
@@ -28,6 +29,29 @@ class TrainingData:
     masked: np.ndarray
     teacher_probs: np.ndarray | None = None
     teacher: LoadedModel | None = None
+    outlines: np.ndarray | None = None  # (N, S, S) bool, for counterfactuals and guidance
+
+
+# Healthy slices of the MNI152 template (nilearn's ICBM 2009 T1, skull-stripped) that join the
+# training images as notumor: every 8th slice (1 mm) through the middle of each plane.
+TEMPLATE_RANGES = {"axial": (0.30, 0.80), "coronal": (0.20, 0.80), "sagittal": (0.15, 0.85)}
+TEMPLATE_STEP = 8
+
+
+def template_slices(settings: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """(plain, masked) uint8 squares of MNI152 slices in the three planes, as decode_records."""
+    from nilearn.datasets import load_mni152_template
+
+    volume = np.asarray(load_mni152_template(resolution=1).get_fdata(), dtype=np.float32)
+    volume = (volume - volume.min()) / max(float(volume.max() - volume.min()), 1e-6)
+    planes = []
+    for axis, plane in ((2, "axial"), (1, "coronal"), (0, "sagittal")):
+        low, high = TEMPLATE_RANGES[plane]
+        for index in range(int(low * volume.shape[axis]), int(high * volume.shape[axis]), TEMPLATE_STEP):
+            planes.append(np.ascontiguousarray(np.rot90(np.take(volume, index, axis=axis))))
+    plain = np.stack([np.round(prepare_for_model(p, settings, mask_input=False).square * 255) for p in planes])
+    masked = np.stack([np.round(prepare_for_model(p, settings, mask_input=True).square * 255) for p in planes])
+    return plain.astype(np.uint8), masked.astype(np.uint8)
 
 
 def load_training_data(options: TrainOptions) -> TrainingData:
@@ -38,9 +62,12 @@ def load_training_data(options: TrainOptions) -> TrainingData:
     if options.limit:
         records = [r for name in label_names for r in [x for x in records if x.label == name][: options.limit]]
     labels = np.array([label_names.index(r.label) for r in records])
-    plain, masked = decode_records(options.data, records, settings, options.progress)
+    needs_outlines = bool(options.counterfactuals or options.guidance)
+    plain, masked, outlines = decode_with_outlines(options.data, records, settings, options.progress, needs_outlines)
     print(f"decoded {len(records)} images in {time.time() - started:.0f}s", flush=True)
-    data = TrainingData(records, label_names, labels, plain, masked)
+    if (options.counterfactuals or options.healthy_template) and "notumor" not in label_names:
+        raise ValueError("--counterfactuals and --healthy-template need a 'notumor' class in the data.")
+    data = TrainingData(records, label_names, labels, plain, masked, outlines=outlines if needs_outlines else None)
     if not options.teacher:
         return data
     teacher = load_checkpoint(options.teacher)
@@ -51,3 +78,37 @@ def load_training_data(options: TrainOptions) -> TrainingData:
         return replace(data, teacher=teacher)
     logits = batched_logits(teacher.model, masked, teacher.config.preprocessing)
     return replace(data, teacher_probs=softmax(logits, DISTILL_TEMPERATURE).astype(np.float32))
+
+
+@dataclass(frozen=True)
+class Counterfactuals:
+    """Tumour-removed copies of the training images that have an outline (core.counterfactual):
+    `available[i]` says whether image i has one; plain and masked as in TrainingData."""
+
+    available: np.ndarray
+    plain: np.ndarray
+    masked: np.ndarray
+    methods: dict[str, int]
+
+
+def make_counterfactuals(
+    plain: np.ndarray, masked: np.ndarray, outlines: np.ndarray, indices: np.ndarray, seed: int
+) -> Counterfactuals:
+    """Remove the outlined tumour from each image in `indices` that has an outline, by Telea
+    inpainting or the mirrored hemisphere (one drawn per image; `ns` stays held out for the
+    stress test). The masked copy keeps the head's own background mask."""
+    rng = np.random.default_rng(seed)
+    available = np.zeros(len(plain), dtype=bool)
+    removed, removed_masked = np.zeros_like(plain), np.zeros_like(masked)
+    methods = {"telea": 0, "mirror": 0}
+    for i in indices:
+        if not outlines[i].any():
+            continue
+        method = "telea" if rng.random() < 0.5 else "mirror"
+        margin = max(1, round(0.02 * plain.shape[-1]))
+        removed[i] = remove_tumour(plain[i], outlines[i], method, margin)
+        head = (masked[i] > 0) | dilate(outlines[i], margin)
+        removed_masked[i] = np.where(head, remove_tumour(masked[i], outlines[i], method, margin), 0)
+        available[i] = True
+        methods[method] += 1
+    return Counterfactuals(available, removed, removed_masked, methods)

@@ -24,9 +24,10 @@ from core.inference import batched_logits
 from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
 from core.preprocess import Preprocessing, to_tensor
 from core.pretrained import IMAGENET_WEIGHTS, imagenet_backbone_for
-from core.training.augmentation import Augment, mixer
-from core.training.data import TrainingData, load_training_data
+from core.training.augmentation import Augment, Randomise, mixer
+from core.training.data import TrainingData, load_training_data, make_counterfactuals, template_slices
 from core.training.distillation import AttentionTransfer, distillation_loss, family, teacher_targets
+from core.training.guidance import GUIDANCE_DILATION, class_activation_maps, guidance_loss, outside_share
 from core.training.options import TrainOptions
 from core.training.record import training_record
 
@@ -120,7 +121,15 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     """Train on the records not held out; log hold-out accuracy and macro-F1 once per epoch."""
     torch.manual_seed(options.seed)
     settings = Preprocessing(input_size=options.image_size)
-    labels, plain, masked = data.labels, data.plain, data.masked
+    labels, plain, masked, outlines = data.labels, data.plain, data.masked, data.outlines
+    if options.healthy_template:  # never held out: they are not from the dataset
+        extra_plain, extra_masked = template_slices(settings)
+        plain, masked = np.concatenate([plain, extra_plain]), np.concatenate([masked, extra_masked])
+        labels = np.concatenate([labels, np.full(len(extra_plain), data.label_names.index("notumor"))])
+        held = np.concatenate([held, np.zeros(len(extra_plain), dtype=bool)])
+        if outlines is not None:
+            outlines = np.concatenate([outlines, np.zeros(extra_plain.shape, dtype=bool)])
+        print(f"added {len(extra_plain)} MNI152 template slices as notumor", flush=True)
     device = torch.device(options.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matrix products; CPU numerics untouched
@@ -139,6 +148,16 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     ema = ModelEmaV3(model, decay=options.ema_decay, use_warmup=True, warmup_power=0.75) if options.ema_decay else None
     evaluated = ema.module if ema is not None else model
     augment = Augment(options.seed)
+    randomise = Randomise(options.seed, options.randomise) if options.randomise else None
+    counterfactuals = None
+    if options.counterfactuals:
+        counterfactuals = make_counterfactuals(plain, masked, outlines, train_idx, options.seed)
+        print(
+            f"made {counterfactuals.available.sum()} counterfactual healthy slices {counterfactuals.methods}",
+            flush=True,
+        )
+    notumor = data.label_names.index("notumor") if "notumor" in data.label_names else -1
+    dilation = max(1, round(GUIDANCE_DILATION * options.image_size))
     rng = np.random.default_rng(options.seed)
     mix = mixer(options, len(data.label_names))
     # hooks added after the moving average's copy of the model, removed at the end
@@ -164,14 +183,24 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
             # Half the images are brain-masked, so the model sees both views the app offers.
             use_mask = rng.random(len(batch)) < 0.5
             images = np.where(use_mask[:, None, None], masked[batch], plain[batch])
-            x = augment(torch.from_numpy(images).to(device).float()[:, None] / 255)[:, 0]
-            target = torch.from_numpy(labels[batch]).to(device)
+            target = labels[batch].copy()
+            batch_outlines = outlines[batch].copy() if outlines is not None else None
+            if counterfactuals is not None:
+                swap = counterfactuals.available[batch] & (rng.random(len(batch)) < options.counterfactuals)
+                removed = np.where(use_mask[:, None, None], counterfactuals.masked[batch], counterfactuals.plain[batch])
+                images[swap], target[swap], batch_outlines[swap] = removed[swap], notumor, False
+            x = torch.from_numpy(images).to(device).float()[:, None] / 255
+            drawn = torch.from_numpy(batch_outlines).to(device).float()[:, None] if options.guidance else None
+            x, drawn = _augmented(augment, randomise, x, drawn)
+            target = torch.from_numpy(target).to(device)
             if mix is not None:
                 mixed, target = mix(x[:, None], target)  # soft targets, label smoothing included
                 x = mixed[:, 0]
             with torch.autocast(options.device, dtype=torch.bfloat16, enabled=options.bf16):
-                logits = model(to_tensor(x, settings))
+                features = model.forward_features(to_tensor(x, settings))
+                logits = model.forward_head(features)
                 soft = teacher_targets(data.teacher, data.teacher_probs, batch, x)
+                cams = class_activation_maps(model, features) if options.guidance else None
             logits = logits.float()
             smoothing = 0.0 if mix is not None else 0.1
             loss = F.cross_entropy(logits, target, weight=class_weights, label_smoothing=smoothing)
@@ -179,6 +208,10 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
                 loss = (1 - options.distill_weight) * loss + options.distill_weight * distillation_loss(logits, soft)
             if transfer is not None:
                 loss = loss + transfer.loss()
+            if cams is not None:
+                outside = outside_share(drawn, cams.shape[-2:], dilation)
+                has_outline = drawn.flatten(1).amax(1) > 0.5
+                loss = loss + options.guidance * guidance_loss(cams.float(), target, outside, has_outline)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -199,6 +232,17 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     if transfer is not None:
         transfer.remove()
     return evaluated, history
+
+
+def _augmented(augment: Augment, randomise: Randomise | None, x: torch.Tensor, drawn: torch.Tensor | None):
+    """(N, S, S) augmented images and, when guided, the outlines moved with them."""
+    if drawn is None:
+        x = augment(x)
+        return (randomise(x) if randomise else x)[:, 0], None
+    x, drawn = augment(x, drawn)
+    if randomise:
+        x, drawn = randomise(x, drawn)
+    return x[:, 0], drawn
 
 
 def _initial_model(options: TrainOptions, label_names: list[str]) -> torch.nn.Module:

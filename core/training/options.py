@@ -59,6 +59,18 @@ class TrainOptions:
     attention_transfer: float = option(
         0.0, "pull the student's spatial attention towards the consistent teacher's (e.g. 1000)", metavar="BETA"
     )
+    # Issue #27: what the model learns from. Counterfactuals: tumour images of the training
+    # splits with the outlined tumour removed (core.counterfactual), labelled notumor.
+    counterfactuals: float = option(
+        0.0, "share of outlined tumour images shown with the tumour removed, as notumor (e.g. 0.25)", metavar="SHARE"
+    )
+    randomise: float = option(
+        0.0, "share of images given each sequence/scanner randomisation (e.g. 0.3)", metavar="SHARE"
+    )
+    healthy_template: bool = option(False, "add MNI152 template slices in three planes (nilearn) as notumor")
+    guidance: float = option(
+        0.0, "weight of the outline-guidance loss: evidence outside the dilated outline (e.g. 1)", metavar="WEIGHT"
+    )
     holdout_fraction: float = option(
         0.15, "share of each class's groups held out (0: refit on every image; then set the temperature with calibrate)"
     )
@@ -89,6 +101,13 @@ class TrainOptions:
             raise ValueError("--attention-transfer needs --consistent-teacher (the teacher must see the same view).")
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"--distill-weight is between 0 and 1, not {self.distill_weight}.")
+        for name in ("counterfactuals", "randomise"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name} is a share from 0 to 1 (e.g. 0.25), not {getattr(self, name)}.")
+        if self.guidance < 0:
+            raise ValueError(f"--guidance is a loss weight >= 0 (e.g. 1), not {self.guidance}.")
+        if self.guidance and (self.mixup_alpha or self.cutmix_alpha):
+            raise ValueError("--guidance cannot go with --mixup/--cutmix: a mixed image has no single outline.")
         if not 0 <= self.holdout_fraction < 1:
             raise ValueError(f"--holdout-fraction is from 0 to below 1 (e.g. 0.15), not {self.holdout_fraction}.")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:

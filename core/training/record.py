@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from core.checkpoint import NO_HOLDOUT_RECORD, read_config, read_training_record, resolve_checkpoint
-from core.training.augmentation import AUGMENTATION_NOTE, mixing_note
+from core.training.augmentation import AUGMENTATION_NOTE, Randomise, mixing_note
 from core.training.distillation import DISTILL_TEMPERATURE, attention_layers
+from core.training.guidance import GUIDANCE_DILATION
 from core.training.options import TrainOptions
 
 
@@ -38,6 +39,14 @@ def training_record(options: TrainOptions, started: float, history: list, holdou
         else "last step",
         "drop_path": options.drop_path,
         "augmentation": AUGMENTATION_NOTE + mixing_note(options),
+        "randomisation": Randomise(options.seed, options.randomise).note() if options.randomise else None,
+        "counterfactuals": COUNTERFACTUAL_NOTE.format(share=options.counterfactuals)
+        if options.counterfactuals
+        else None,
+        "healthy_template": TEMPLATE_NOTE if options.healthy_template else None,
+        "guidance": GUIDANCE_NOTE.format(weight=options.guidance, dilation=GUIDANCE_DILATION)
+        if options.guidance
+        else None,
         "precision": "bfloat16 autocast (forward passes), float32 weights" if options.bf16 else "float32",
         "seed": options.seed,
         "history": history,
@@ -45,6 +54,21 @@ def training_record(options: TrainOptions, started: float, history: list, holdou
         "machine": _machine(options.device),
         "commit": _git_commit(),
     }
+
+
+COUNTERFACTUAL_NOTE = (
+    "each outlined tumour image of the training part is shown with probability {share:g} with its tumour "
+    "removed (outline grown by 2 % of the side; OpenCV Telea inpainting or the mirrored hemisphere blended "
+    "at a feathered border, one drawn per image, made in memory at the start) and labelled notumor"
+)
+TEMPLATE_NOTE = (
+    "48 slices of nilearn's MNI152 template (ICBM 2009 T1, skull-stripped, 1 mm), every 8th slice through "
+    "the middle of the axial, coronal and sagittal planes, as notumor; never held out"
+)
+GUIDANCE_NOTE = (
+    "weight {weight:g} x share of the target class's positive class activation map (last feature layer) "
+    "outside the radiologist's outline grown by {dilation:.0%} of the side, on outlined tumour images"
+)
 
 
 def previous_training(init: str) -> dict | None:
