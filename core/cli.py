@@ -30,7 +30,19 @@ DEFAULT = "default"  # --method default: the method the checkpoint's config.json
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core", description="Brain-MRI explainability: " + __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for register in (_train, _explain, _evaluate, _compare, _sweep, _serve, _bench, _select, _calibrate, _card):
+    for register in (
+        _train,
+        _explain,
+        _evaluate,
+        _compare,
+        _sweep,
+        _serve,
+        _bench,
+        _select,
+        _calibrate,
+        _card,
+        _stress,
+    ):
         register(commands)
     args = parser.parse_args(argv)
     try:
@@ -360,4 +372,33 @@ def _run_card(args: argparse.Namespace) -> int:
 
     summaries = [json.loads(p.read_text()) for p in args.localisation]
     print(write_model_card(args.checkpoint, json.loads(args.test.read_text()), summaries, args.commit))
+    return 0
+
+
+def _stress(commands) -> None:
+    parser = commands.add_parser("stress", help="accuracy under scanner/protocol shifts, and occlusion sensitivity")
+    parser.add_argument("--checkpoint", required=True, help="name under checkpoints/ or a folder")
+    parser.add_argument("--data", type=Path, required=True, help="dataset ROOT with SPLIT/<class>/<image>")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--split", help="a split to report on (test: only after choosing)")
+    where.add_argument("--holdout", action="store_true", help="the grouped hold-out of train+val, to choose on")
+    parser.add_argument("--limit", type=int, help="at most this many images per class (smoke runs)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write stress.json and stress.csv here")
+    parser.set_defaults(run=_run_stress)
+
+
+def _run_stress(args: argparse.Namespace) -> int:
+    from core.stress import print_report, stress_test, write_report
+
+    try:
+        report = stress_test(args.checkpoint, args.data, args.split, holdout=args.holdout, limit=args.limit,
+                             seed=args.seed, progress=sys.stderr.isatty())  # fmt: skip
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    print_report(report)
+    if args.out:
+        write_report(report, args.out)
+        print(f"wrote {args.out / 'stress.json'} and stress.csv")
     return 0

@@ -126,6 +126,18 @@ def grouped_holdout(records: list[Record], fraction: float, seed: int) -> np.nda
     return held
 
 
+def holdout_records(
+    root: Path,
+    label_names: list[str],
+    splits: tuple[str, ...] = ("train", "val"),
+    fraction: float = 0.15,
+    seed: int = 0,
+) -> list[Record]:
+    """The grouped hold-out `train` keeps aside with the same splits, fraction and seed."""
+    records = [record for split in splits for record in list_split(root, split, label_names)]  # as `train` lists them
+    return [record for record, held in zip(records, grouped_holdout(records, fraction, seed)) if held]
+
+
 def grouped_folds(records: list[Record], folds: int, seed: int) -> list[np.ndarray]:
     """Boolean held-out masks for k-fold cross-validation: whole groups, classes stratified."""
     labels = [r.label for r in records]

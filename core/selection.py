@@ -16,7 +16,7 @@ import numpy as np
 from scipy.stats import binomtest, wilcoxon
 
 from core.checkpoint import CheckpointError, load_checkpoint
-from core.dataset import decode_records, grouped_holdout, list_split
+from core.dataset import decode_records, holdout_records
 from core.evaluate import cached_evaluation
 from core.evaluation_store import cache_dir, read_evaluation
 from core.inference import batched_logits
@@ -80,8 +80,7 @@ def holdout_probabilities(
             "compare its twin run instead (the one that kept the hold-out aside and gave it its temperature)."
         )
     names = list(loaded.config.label_names)
-    records = [record for split in splits for record in list_split(data, split, names)]  # as `train` lists them
-    held = [record for record, is_held in zip(records, grouped_holdout(records, fraction, seed)) if is_held]
+    held = holdout_records(data, names, splits, fraction, seed)
     plain, _ = decode_records(data, held, loaded.config.preprocessing, progress=False)
     logits = batched_logits(loaded.model, plain, loaded.config.preprocessing)
     labels = np.array([names.index(record.label) for record in held])

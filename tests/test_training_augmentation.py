@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.training.augmentation import Augment
+from core.training.augmentation import Augment, Randomise
 from core.training.data import load_training_data
 from tests.conftest import needs_data
 from tests.training_support import distilling_options, fit_watching
@@ -51,3 +51,27 @@ def test_mixup_blends_pairs_the_student_and_teacher_both_see(small_dataset, chec
         replace(options, consistent_teacher=False, cutmix_alpha=1.0)
     with pytest.raises(ValueError, match="alphas >= 0"):
         replace(options, mixup_alpha=-0.2)
+
+
+def test_randomisation_repeats_with_the_seed_stays_in_range_and_keeps_the_background_black():
+    square = torch.zeros(1, 1, 64, 64)
+    square[..., 16:48, 16:48] = torch.linspace(0.1, 0.9, 32)
+    batch = square.expand(16, -1, -1, -1).contiguous()
+    masks = (batch > 0).float()
+
+    first, moved = Randomise(seed=5, probability=0.5)(batch, masks)
+    again, moved_again = Randomise(seed=5, probability=0.5)(batch, masks)
+    assert torch.equal(first, again) and torch.equal(moved, moved_again)
+    assert first.shape == batch.shape and 0 <= first.min() and first.max() <= 1
+    assert not torch.equal(first, batch)
+    assert len({tuple(np.round(image.flatten()[::53].numpy(), 3)) for image in first}) > 8  # per-image draws
+    # Far corners stay dark (no zoom reaches them; noise stays small), whatever the intensity curve.
+    assert first[..., :4, :4].mean() < 0.12
+    # The masks follow the zoom: their area changes only where the image's did.
+    assert torch.all((moved > 0.5).flatten(1).sum(1) > 0)
+
+
+def test_every_randomisation_is_used_and_none_at_probability_zero():
+    batch = torch.rand(4, 1, 32, 32)
+    assert torch.equal(Randomise(seed=0, probability=0.0)(batch), batch.clamp(0, 1))
+    assert "inversion" in Randomise(seed=0, probability=0.3).note() and "30%" in Randomise(0, 0.3).note()

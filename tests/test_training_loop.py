@@ -19,7 +19,7 @@ from core.preprocess import Preprocessing
 from core.training.data import load_training_data
 from core.training.loop import fit, train
 from core.training.options import TrainOptions
-from tests.conftest import CLASSES, needs_data
+from tests.conftest import CLASSES, copy_shared_slice, needs_data
 from tests.training_support import distilling_options, fit_watching
 
 
@@ -167,3 +167,27 @@ def test_bf16_autocasts_the_training_forward_passes_only(small_dataset, checkpoi
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     student, teacher, _ = dtypes(False)
     assert student == [torch.float32] * 3 and teacher == [torch.float32] * 2
+
+
+@needs_data
+def test_smoke_training_with_counterfactuals_randomisation_template_and_guidance(tmp_path):
+    (tmp_path / "data").mkdir()
+    data = copy_shared_slice(tmp_path / "data", {"train": 5})
+    out = tmp_path / "robust"
+    code = main(["train", "--arch", "tf_efficientnet_lite0", "--data", str(data), "--out", str(out), "--splits", "train",
+                 "--epochs", "1", "--image-size", "64", "--batch-size", "8", "--max-steps", "3", "--holdout-fraction", "0",
+                 "--counterfactuals", "0.5", "--randomise", "0.5", "--healthy-template", "--guidance", "1",
+                 "--no-progress"])  # fmt: skip
+    assert code == 0
+    record = json.loads((out / "training.json").read_text())
+    assert "inversion" in record["randomisation"] and "Telea" in record["counterfactuals"]
+    assert "MNI152" in record["healthy_template"] and record["guidance"].startswith("weight 1")
+    assert load_checkpoint(out).config.label_names == CLASSES
+
+
+def test_guidance_needs_hard_labels_and_shares_stay_in_range(tmp_path):
+    base = {"arch": "convnext_atto", "data": tmp_path, "out": tmp_path}
+    with pytest.raises(ValueError, match="--guidance cannot go with --mixup"):
+        TrainOptions(**base, guidance=1, mixup_alpha=0.8)
+    with pytest.raises(ValueError, match="--counterfactuals is a share"):
+        TrainOptions(**base, counterfactuals=1.5)

@@ -197,10 +197,8 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
                 mixed, target = mix(x[:, None], target)  # soft targets, label smoothing included
                 x = mixed[:, 0]
             with torch.autocast(options.device, dtype=torch.bfloat16, enabled=options.bf16):
-                features = model.forward_features(to_tensor(x, settings))
-                logits = model.forward_head(features)
+                logits, cams = _logits_and_maps(model, to_tensor(x, settings), options.guidance > 0)
                 soft = teacher_targets(data.teacher, data.teacher_probs, batch, x)
-                cams = class_activation_maps(model, features) if options.guidance else None
             logits = logits.float()
             smoothing = 0.0 if mix is not None else 0.1
             loss = F.cross_entropy(logits, target, weight=class_weights, label_smoothing=smoothing)
@@ -232,6 +230,14 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     if transfer is not None:
         transfer.remove()
     return evaluated, history
+
+
+def _logits_and_maps(model: torch.nn.Module, inputs: torch.Tensor, guided: bool):
+    """The logits and, for outline guidance, the class activation maps of the same pass."""
+    if not guided:
+        return model(inputs), None
+    features = model.forward_features(inputs)
+    return model.forward_head(features), class_activation_maps(model, features)
 
 
 def _augmented(augment: Augment, randomise: Randomise | None, x: torch.Tensor, drawn: torch.Tensor | None):

@@ -1,0 +1,67 @@
+"""Counterfactual slices: the tumour goes, the rest of the head stays."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from core.counterfactual import REMOVAL_METHODS, dilate, fill_region, random_region, remove_tumour
+from tests.conftest import head_phantom
+
+
+def lesion_of(image: np.ndarray) -> np.ndarray:
+    """head_phantom()'s lesion: the disc it draws at (0.6, 0.4) of the side."""
+    size = image.shape[0]
+    disc = np.zeros(image.shape, np.uint8)
+    cv2.circle(disc, (int(size * 0.6), int(size * 0.4)), max(2, size // 12), 1, -1)
+    return disc.astype(bool)
+
+
+@pytest.mark.parametrize("method", REMOVAL_METHODS)
+def test_removal_changes_the_tumour_and_leaves_the_head_outside_the_margin_alone(method):
+    image = head_phantom(128)
+    lesion = lesion_of(image)
+    removed = remove_tumour(image, lesion, method, margin=3)
+
+    assert removed.dtype == image.dtype and removed.shape == image.shape
+    # The bright lesion becomes brain-like: close to the brain's 0.45, far from the lesion's 1.0.
+    assert abs(float(removed[lesion].mean()) - 0.45) < 0.12
+    untouched = ~dilate(lesion, 3)
+    assert np.array_equal(removed[untouched], image[untouched])
+
+
+def test_mirror_uses_the_other_hemisphere_on_a_symmetric_slice_and_inpaints_otherwise():
+    image = head_phantom(128, seed=1)
+    lesion = lesion_of(image)
+    healthy = np.where(lesion, 0.45, image)
+    symmetric = np.where(lesion, 1.0, np.maximum(healthy, healthy[:, ::-1])).astype(np.float32)  # lesion on one side
+    mirrored = remove_tumour(symmetric, lesion, "mirror", margin=2)
+    core = lesion & ~dilate(~lesion, 2)  # well inside the lesion, where the blend weight is near 1
+    assert np.abs(mirrored[core] - symmetric[:, ::-1][core]).mean() < 0.05
+
+    lopsided = symmetric.copy()
+    lopsided[:, :40] = 0  # no longer left-right symmetric: inpainting instead of mirroring
+    assert np.array_equal(remove_tumour(lopsided, lesion, "mirror", margin=2), remove_tumour(lopsided, lesion, "telea", 2))
+
+
+def test_uint8_in_uint8_out_and_an_empty_outline_changes_nothing():
+    image = np.uint8(head_phantom(96) * 255)
+    assert remove_tumour(image, lesion_of(image / 255.0), "telea").dtype == np.uint8
+    assert np.array_equal(remove_tumour(image, np.zeros(image.shape, bool), "telea"), image)
+    with pytest.raises(ValueError, match="Unknown removal method"):
+        remove_tumour(image, lesion_of(image / 255.0), "blur")
+
+
+def test_random_region_keeps_the_shape_inside_the_head_off_the_tumour_and_fill_uses_the_head_median():
+    image = head_phantom(128)
+    lesion = lesion_of(image)
+    head = image > 0.2
+    moved = random_region(lesion, head, np.random.default_rng(0))
+    assert moved is not None and moved.sum() == lesion.sum()
+    assert head[moved].all() and not (moved & lesion).any()
+
+    filled = fill_region(image, lesion, head, "median")
+    assert np.allclose(filled[lesion], np.median(image[head & ~lesion]))
+    assert np.array_equal(filled[~lesion], image[~lesion])
+    assert random_region(np.ones((8, 8), bool), np.ones((8, 8), bool), np.random.default_rng(0)) is None
