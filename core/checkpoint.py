@@ -20,6 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.preprocess import Preprocessing
+from core.reliability import Reliability
+from core.reliability import load as load_reliability
 
 SCHEMA_VERSION = 1
 DEFAULT_CHECKPOINT_ROOT = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -161,6 +163,7 @@ class LoadedModel:
     config: ModelConfig
     weights_sha256: str
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    reliability: Reliability | None = None  # familiarity and near-tie margin (core.reliability)
 
 
 def create_model(architecture: str, num_classes: int, **timm_options) -> torch.nn.Module:
@@ -292,7 +295,17 @@ def load_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> Loaded
         ) from error
     _check_layer(model, config.default_target_layer)
     model.eval()
-    return LoadedModel(directory.name, model, config, hashlib.sha256(raw).hexdigest())
+    try:
+        trust = load_reliability(directory)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from error
+    if trust is not None and trust.means.shape != (len(config.label_names), _feature_size(model)):
+        raise CheckpointError(f"{directory}'s reliability file was fitted for other weights; fit it again.")
+    return LoadedModel(directory.name, model, config, hashlib.sha256(raw).hexdigest(), reliability=trust)
+
+
+def _feature_size(model: torch.nn.Module) -> int:
+    return int(model.get_classifier().in_features)
 
 
 def checkpoint_sha256(name_or_dir: str | Path, root: Path | None = None) -> str:

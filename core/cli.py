@@ -30,19 +30,8 @@ DEFAULT = "default"  # --method default: the method the checkpoint's config.json
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core", description="Brain-MRI explainability: " + __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    for register in (
-        _train,
-        _explain,
-        _evaluate,
-        _compare,
-        _sweep,
-        _serve,
-        _bench,
-        _select,
-        _calibrate,
-        _card,
-        _stress,
-    ):
+    registers = [_train, _explain, _evaluate, _compare, _sweep, _serve, _bench, _select, _calibrate, _card]
+    for register in [*registers, _stress, _reliability]:
         register(commands)
     args = parser.parse_args(argv)
     try:
@@ -401,4 +390,27 @@ def _run_stress(args: argparse.Namespace) -> int:
     if args.out:
         write_report(report, args.out)
         print(f"wrote {args.out / 'stress.json'} and stress.csv")
+    return 0
+
+
+def _reliability(commands) -> None:
+    parser = commands.add_parser(
+        "reliability", help="fit familiarity and the near-tie margin; saved beside the weights"
+    )
+    parser.add_argument("--checkpoint", required=True, help="name under checkpoints/ or a folder")
+    parser.add_argument("--data", type=Path, required=True, help="dataset ROOT with train/ and val/")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the grouped hold-out (as in train)")
+    parser.set_defaults(run=_run_reliability)
+
+
+def _run_reliability(args: argparse.Namespace) -> int:
+    from core.checkpoint import resolve_checkpoint
+    from core.reliability import fit_checkpoint, save
+
+    fitted = fit_checkpoint(args.checkpoint, args.data, args.seed, progress=sys.stderr.isatty())
+    path = save(fitted, resolve_checkpoint(args.checkpoint))
+    info = fitted.info
+    print(f"wrote {path}: unfamiliar beyond distance {fitted.threshold:.1f} (95th percentile of the hold-out); "
+          f"uncertain below a lead of {fitted.margin:.2f}, keeping {info['coverage']:.0%} of the hold-out "
+          f"at selective accuracy {info['selective_accuracy']}")  # fmt: skip
     return 0

@@ -31,6 +31,7 @@ from core.checkpoint import LoadedModel, ModelConfig
 from core.inference import prepare_slices
 from core.metrics import softmax
 from core.preprocess import heatmap_to_slice, to_tensor
+from core.reliability import Verdict, penultimate_features, uncertain_text, verdict
 
 CAM_METHODS = {
     "Grad-CAM": GradCAM,
@@ -102,6 +103,7 @@ class Explanation:
     target_layer: str
     timings_ms: dict
     warning: str | None = None
+    reliability: Verdict | None = None  # familiarity, unfamiliar, uncertain (core.reliability)
 
     @property
     def predicted_label(self) -> str:
@@ -114,6 +116,22 @@ class Explanation:
     @property
     def confidence(self) -> float:
         return float(self.probabilities[self.predicted_index])
+
+    @property
+    def uncertain(self) -> bool:
+        return bool(self.reliability and self.reliability.uncertain)
+
+    @property
+    def unfamiliar(self) -> bool:
+        return bool(self.reliability and self.reliability.unfamiliar)
+
+    def headline(self) -> str:
+        """The prediction as a clinician should read it: the class, or 'uncertain: A 48 % or B 41 %'."""
+        if self.uncertain:
+            return uncertain_text(
+                self.probabilities, self.label_names, self.predicted_index, self.reliability.runner_up
+            )
+        return self.predicted_label
 
     def summary(self) -> dict:
         """JSON-ready: prediction, probabilities, settings and timings (no arrays)."""
@@ -128,6 +146,11 @@ class Explanation:
             "brain_mask_note": self.brain_mask_note,
             "timings_ms": dict(self.timings_ms),
             "warning": self.warning,
+            **(
+                self.reliability.fields()
+                if self.reliability
+                else {"familiarity": None, "unfamiliar": False, "uncertain": False}
+            ),
         }
 
 
@@ -173,6 +196,9 @@ def explain_batch(
             targets = None if target_index is None else [ClassifierOutputTarget(target_index)] * len(images)
             with _backpropagate_only_above(_lowest(loaded.model, layers)):
                 cam_squares, logits = _run_cam(CAM_METHODS[settings.method], loaded.model, layers, tensor, targets)
+        familiarity = None
+        if loaded.reliability is not None:
+            familiarity = loaded.reliability.familiarity(penultimate_features(loaded.model, tensor))
     model_ms = _ms_since(step)
 
     results = []
@@ -209,6 +235,9 @@ def explain_batch(
                 target_layer=layer_name,
                 timings_ms={k: round(v, 1) for k, v in timings.items()},
                 warning=warning,
+                reliability=verdict(
+                    probabilities, None if familiarity is None else float(familiarity[len(results)]), loaded.reliability
+                ),
             )
         )
     return results

@@ -55,3 +55,19 @@ def slice_logits(loaded: LoadedModel, images: list[np.ndarray], mask_input: bool
     settings = loaded.config.preprocessing
     squares = np.stack([prepared.square for prepared in prepare_slices(images, settings, mask_input)])
     return batched_logits(loaded.model, squares, settings)
+
+
+@torch.no_grad()
+def slice_scores(loaded: LoadedModel, images: list[np.ndarray], mask_input: bool = True, batch: int = 64):
+    """(logits, penultimate features) for decoded slices from one forward pass each; the
+    features are what core.reliability measures familiarity on."""
+    settings = loaded.config.preprocessing
+    squares = np.stack([prepared.square for prepared in prepare_slices(images, settings, mask_input)])
+    model = loaded.model.eval()
+    logits, features = [], []
+    for start in range(0, len(squares), batch):
+        chunk = model_input(torch.from_numpy(squares[start : start + batch]).float(), settings)
+        pooled = model.forward_head(model.forward_features(chunk), pre_logits=True)
+        features.append(pooled.numpy())
+        logits.append(model.get_classifier()(pooled).numpy())
+    return np.concatenate(logits), np.concatenate(features)

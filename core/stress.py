@@ -27,6 +27,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from core.annotations import load_outline
@@ -35,8 +36,9 @@ from core.checkpoint import LoadedModel, load_checkpoint
 from core.counterfactual import fill_region, random_region
 from core.dataset import Record, holdout_records, list_split
 from core.image_input import load_image
-from core.inference import slice_logits
+from core.inference import slice_logits, slice_scores
 from core.metrics import classification_summary, expected_calibration_error, softmax
+from core.reliability import UNFAMILIAR_SHARE, Reliability
 
 LEVELS = ("mild", "moderate", "strong")
 CHUNK = 32
@@ -155,6 +157,7 @@ def stress_test(
         raise ValueError("No images to stress-test.")
     labels = np.array([names.index(r.label) for r in records])
     scored = {name: [] for name, _, _ in conditions()}
+    features = {name: [] for name, _, _ in conditions()}
     occlusion: list[dict] = []
     rng = np.random.default_rng(seed)
     chunks = range(0, len(records), CHUNK)
@@ -167,20 +170,28 @@ def stress_test(
                 if shift is None
                 else [shifted(im, shift, level, seed + start + i) for i, im in enumerate(images)]
             )
-            scored[name].append(slice_logits(loaded, variants))
+            logits, pooled = slice_scores(loaded, variants)
+            scored[name].append(logits)
+            features[name].append(pooled)
         occlusion += _occlusion_rows(loaded, data, chunk, images, scored["clean"][-1], rng)
     temperature = loaded.config.temperature
+    reliability = loaded.reliability
+    clean_familiarity = _familiarity(reliability, features["clean"])
     table = []
     for name, logits in scored.items():
         probabilities = softmax(np.concatenate(logits), temperature)
         summary = classification_summary(labels, probabilities, names)
-        table.append({
+        row = {
             "condition": name,
             "accuracy": summary["accuracy"],
             "macro_f1": summary["macro_f1"],
             "ece": expected_calibration_error(probabilities, labels),
             **{f"recall {c}": summary["per_class"][c]["recall"] for c in names},
-        })  # fmt: skip
+        }
+        if reliability is not None:
+            row.update(_trust_columns(reliability, probabilities, labels, _familiarity(reliability, features[name]),
+                                      clean_familiarity))  # fmt: skip
+        table.append(row)
     shifted_rows = [row for row in table if row["condition"] != "clean"]
     return {
         "checkpoint": str(checkpoint),
@@ -192,6 +203,29 @@ def stress_test(
         "mean_shifted_accuracy": float(np.mean([row["accuracy"] for row in shifted_rows])),
         "worst_shift": min(shifted_rows, key=lambda row: row["accuracy"])["condition"],
         "occlusion": occlusion_summary(occlusion, names),
+    }
+
+
+def _familiarity(reliability: Reliability | None, features: list[np.ndarray]) -> np.ndarray | None:
+    return None if reliability is None else reliability.familiarity(np.concatenate(features))
+
+
+def _trust_columns(reliability: Reliability, probabilities, labels, familiarity, clean_familiarity) -> dict:
+    """Share called unfamiliar, how well familiarity tells this condition from the clean
+    images (ROC AUC; 0.5 for clean itself), and accuracy on what is kept when uncertain or
+    unfamiliar slices are set aside (selective prediction)."""
+    ordered = np.sort(probabilities, axis=1)
+    confident = ordered[:, -1] - ordered[:, -2] >= reliability.margin
+    familiar = familiarity >= UNFAMILIAR_SHARE
+    kept = confident & familiar
+    correct = probabilities.argmax(1) == labels
+    both = np.concatenate([clean_familiarity, familiarity])
+    is_shifted = np.r_[np.zeros(len(clean_familiarity)), np.ones(len(familiarity))]
+    return {
+        "unfamiliar": float((~familiar).mean()),
+        "familiarity_auc": float(roc_auc_score(is_shifted, -both)),
+        "coverage": float(kept.mean()),
+        "selective_accuracy": float(correct[kept].mean()) if kept.any() else None,
     }
 
 
@@ -237,11 +271,12 @@ def occlusion_summary(rows: list[dict], names: list[str]) -> dict:
         if not mine:
             continue
         controls = [row["left after random region"] for row in mine if row["left after random region"] is not None]
+        sensitivity = {style: float(np.mean([row[f"left after {style} fill"] for row in mine])) for style in FILLS}
         summary[name] = {
             "images": len(mine),
-            **{f"sensitivity ({style} fill)": float(np.mean([r[f"left after {style} fill"] for r in mine])) for style in FILLS},
+            **{f"sensitivity ({style} fill)": value for style, value in sensitivity.items()},
             "random region": float(np.mean(controls)) if controls else None,
-        }  # fmt: skip
+        }
     return summary
 
 
@@ -259,9 +294,17 @@ def print_report(report: dict) -> None:
     print(
         f"{report['checkpoint']} on {report['images']} ({report['num_images']} images, T = {report['temperature']:.3f})"
     )
-    print(f"{'condition':32} {'accuracy':>8} {'macro-F1':>8} {'ECE':>6}")
+    trust = "unfamiliar" in report["table"][0]
+    extra = f" {'unfamiliar':>10} {'AUC':>5} {'kept':>5} {'kept acc':>8}" if trust else ""
+    print(f"{'condition':32} {'accuracy':>8} {'macro-F1':>8} {'ECE':>6}{extra}")
     for row in report["table"]:
-        print(f"{row['condition']:32} {row['accuracy']:8.3f} {row['macro_f1']:8.3f} {row['ece']:6.3f}")
+        line = f"{row['condition']:32} {row['accuracy']:8.3f} {row['macro_f1']:8.3f} {row['ece']:6.3f}"
+        if trust:
+            kept_accuracy = "-" if row["selective_accuracy"] is None else f"{row['selective_accuracy']:.3f}"
+            line += (
+                f" {row['unfamiliar']:10.2f} {row['familiarity_auc']:5.2f} {row['coverage']:5.2f} {kept_accuracy:>8}"
+            )
+        print(line)
     print(f"mean accuracy under shift {report['mean_shifted_accuracy']:.3f}; worst: {report['worst_shift']}")
     for name, row in report["occlusion"].items():
         fills = ", ".join(f"{style} {row[f'sensitivity ({style} fill)']:.2f}" for style in FILLS)

@@ -1,0 +1,205 @@
+"""When not to trust a prediction: unfamiliar scans and near-ties.
+
+Familiarity (Lee et al. 2018): the Mahalanobis distance of a slice's penultimate features
+(the vector the classifier reads) to the nearest class mean, with one shared covariance
+(Ledoit-Wolf shrinkage), all fitted on the training part of train+val. The score in [0, 1]
+is the share of the grouped hold-out's slices that lie at least as far: 0.5 is a typical
+slice, below 0.05 is farther than 95 % of the hold-out, and that slice is called unfamiliar.
+
+Near-ties: a prediction is uncertain when its calibrated probability beats the runner-up by
+less than a margin chosen on the same hold-out, the smallest margin at which the confident
+predictions reach the stated selective accuracy.
+
+Stored beside the weights as reliability.safetensors (tensors plus JSON metadata, no pickle);
+`python -m core reliability --checkpoint NAME --data ROOT` fits it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+RELIABILITY_FILE = "reliability.safetensors"
+UNFAMILIAR_SHARE = 0.05  # farther than 95 % of the hold-out
+SELECTIVE_ACCURACY = 0.98  # what confident predictions must reach on the hold-out
+DEFAULT_MARGIN = 0.2  # for checkpoints without a fitted file
+UNFAMILIAR_MESSAGE = (
+    "This scan is unlike the images this model was trained on; its prediction and heatmap may be wrong."
+)
+
+
+@dataclass(frozen=True, eq=False)
+class Reliability:
+    means: np.ndarray  # (K, C) class means of the penultimate features
+    precision: np.ndarray  # (C, C) inverse of the shared covariance
+    holdout_distances: np.ndarray  # sorted distances of the hold-out slices
+    margin: float  # uncertain below this lead of the top probability over the runner-up
+    info: dict = field(default_factory=dict)
+
+    @property
+    def threshold(self) -> float:
+        return float(np.quantile(self.holdout_distances, 1 - UNFAMILIAR_SHARE))
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance of each feature row to its nearest class mean."""
+        features = np.asarray(features, dtype=np.float64)
+        best = np.full(len(features), np.inf)
+        for mean in self.means.astype(np.float64):
+            centred = features - mean
+            best = np.minimum(best, np.einsum("nc,cd,nd->n", centred, self.precision.astype(np.float64), centred))
+        return np.sqrt(np.maximum(best, 0))
+
+    def familiarity(self, features: np.ndarray) -> np.ndarray:
+        """Share of the hold-out at least as far from the training data, in [0, 1]."""
+        distances = self.distances(features)
+        below = np.searchsorted(self.holdout_distances, distances, side="left")
+        return 1 - below / len(self.holdout_distances)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the app, the CLI and the API say about one prediction's reliability."""
+
+    familiarity: float | None  # None: the checkpoint has no familiarity model
+    unfamiliar: bool
+    uncertain: bool
+    runner_up: int
+
+    def fields(self) -> dict:
+        familiarity = None if self.familiarity is None else round(self.familiarity, 4)
+        return {"familiarity": familiarity, "unfamiliar": self.unfamiliar, "uncertain": self.uncertain}
+
+
+NOT_ASSESSED = Verdict(None, False, False, 0)
+
+
+def verdict(probabilities: np.ndarray, familiarity: float | None, reliability: Reliability | None) -> Verdict:
+    order = np.argsort(probabilities)[::-1]
+    lead = float(probabilities[order[0]] - probabilities[order[1]]) if len(order) > 1 else 1.0
+    margin = reliability.margin if reliability is not None else DEFAULT_MARGIN
+    unfamiliar = familiarity is not None and familiarity < UNFAMILIAR_SHARE
+    return Verdict(familiarity, unfamiliar, lead < margin, int(order[1]) if len(order) > 1 else int(order[0]))
+
+
+def uncertain_text(probabilities: np.ndarray, label_names, top: int, runner_up: int) -> str:
+    """'uncertain: glioma 48 % or meningioma 41 %'."""
+    return (
+        f"uncertain: {label_names[top]} {probabilities[top]:.0%} "
+        f"or {label_names[runner_up]} {probabilities[runner_up]:.0%}"
+    )
+
+
+@torch.no_grad()
+def penultimate_features(model: torch.nn.Module, tensor: torch.Tensor, batch: int = 64) -> np.ndarray:
+    """The pooled features the classifier reads (timm pre-logits), (N, C)."""
+    was_training = model.training
+    model.eval()
+    out = [
+        model.forward_head(model.forward_features(tensor[start : start + batch]), pre_logits=True).float().numpy()
+        for start in range(0, len(tensor), batch)
+    ]
+    model.train(was_training)
+    return np.concatenate(out)
+
+
+def choose_margin(probabilities: np.ndarray, labels: np.ndarray, target: float = SELECTIVE_ACCURACY) -> dict:
+    """The smallest lead (top minus runner-up probability) at which the predictions with at
+    least that lead are right at least `target` of the time; with its coverage."""
+    ordered = np.sort(probabilities, axis=1)
+    lead = ordered[:, -1] - ordered[:, -2]
+    correct = probabilities.argmax(1) == labels
+    for margin in np.round(np.arange(0.0, 0.96, 0.01), 2):
+        kept = lead >= margin
+        if kept.sum() >= 20 and correct[kept].mean() >= target:
+            return {
+                "margin": float(margin),
+                "coverage": float(kept.mean()),
+                "selective_accuracy": float(correct[kept].mean()),
+            }
+    return {"margin": 0.95, "coverage": float((lead >= 0.95).mean()), "selective_accuracy": None}
+
+
+def fit(train_features: np.ndarray, train_labels: np.ndarray, holdout_features: np.ndarray, margin: float, info: dict):
+    from sklearn.covariance import LedoitWolf
+
+    classes = np.unique(train_labels)
+    means = np.stack([train_features[train_labels == k].mean(0) for k in classes])
+    centred = train_features - means[np.searchsorted(classes, train_labels)]
+    precision = LedoitWolf().fit(centred).precision_
+    fitted = Reliability(means.astype(np.float32), precision.astype(np.float32), np.zeros(1), margin, info)
+    distances = np.sort(fitted.distances(holdout_features))
+    return Reliability(fitted.means, fitted.precision, distances.astype(np.float32), margin, info)
+
+
+def save(reliability: Reliability, directory: Path) -> Path:
+    path = Path(directory) / RELIABILITY_FILE
+    tensors = {
+        "means": np.ascontiguousarray(reliability.means, dtype=np.float32),
+        "precision": np.ascontiguousarray(reliability.precision, dtype=np.float32),
+        "holdout_distances": np.ascontiguousarray(reliability.holdout_distances, dtype=np.float32),
+    }
+    save_file(tensors, str(path), metadata={"margin": str(reliability.margin), "info": json.dumps(reliability.info)})
+    return path
+
+
+def load(directory: Path) -> Reliability | None:
+    """The checkpoint's reliability file, None when it has none.
+
+    Raises:
+        ValueError: the file is damaged or does not match the weights' feature size.
+    """
+    path = Path(directory) / RELIABILITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), "np") as handle:
+            metadata = handle.metadata() or {}
+        reliability = Reliability(
+            tensors["means"], tensors["precision"], tensors["holdout_distances"],
+            float(metadata["margin"]), json.loads(metadata.get("info", "{}")),
+        )  # fmt: skip
+    except (SafetensorError, OSError, KeyError, ValueError) as error:
+        raise ValueError(f"{path} is damaged ({error}); fit it again with `python -m core reliability`.") from error
+    size = reliability.means.shape[1]
+    if reliability.precision.shape != (size, size) or len(reliability.holdout_distances) < 20:
+        raise ValueError(f"{path} is inconsistent (feature size or hold-out); fit it again.")
+    return reliability
+
+
+def fit_checkpoint(checkpoint: str | Path, data: Path, seed: int = 0, progress: bool = True) -> Reliability:
+    """Fit familiarity on the training part of train+val and the margin on its grouped hold-out
+    (the split `train` uses, seed 0), with the inputs the app gives the model (brain-masked)."""
+    from core.checkpoint import load_checkpoint
+    from core.dataset import decode_records, grouped_holdout, list_split
+    from core.inference import batched_logits, model_input
+    from core.metrics import softmax
+
+    loaded = load_checkpoint(checkpoint)
+    names = list(loaded.config.label_names)
+    settings = loaded.config.preprocessing
+    records = [record for split in ("train", "val") for record in list_split(data, split, names)]
+    held = grouped_holdout(records, 0.15, seed)
+    _, masked = decode_records(data, records, settings, progress)
+    labels = np.array([names.index(record.label) for record in records])
+    tensor = model_input(torch.from_numpy(masked).float() / 255, settings)
+    features = penultimate_features(loaded.model, tensor)
+    probabilities = softmax(batched_logits(loaded.model, masked, settings), loaded.config.temperature)
+    chosen = choose_margin(probabilities[held], labels[held])
+    info = {
+        "fitted_on": f"training part of train+val ({int((~held).sum())} images), brain-masked inputs",
+        "holdout": f"grouped 15 % of train+val, seed {seed} ({int(held.sum())} images)",
+        "refit_without_holdout": loaded.config.refit_without_holdout,
+        "unfamiliar_below": UNFAMILIAR_SHARE,
+        "target_selective_accuracy": SELECTIVE_ACCURACY,
+        **chosen,
+    }
+    return fit(features[~held], labels[~held], features[held], chosen["margin"], info)
