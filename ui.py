@@ -13,6 +13,7 @@ from core.dataset import DatasetError
 from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, layer_names
 from core.faithfulness import FaithfulnessCheck
 from core.image_input import MAX_FILE_BYTES, ImageInputError, LoadedImage
+from core.reliability import DEFAULT_MARGIN, UNFAMILIAR_MESSAGE
 from core.sanity import SanityCheck
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_images"
@@ -105,6 +106,25 @@ def duration(milliseconds: float) -> str:
 def prediction(scan: Scan, checkpoint: str, mask_input: bool) -> str:
     """The predicted class with or without the input masked (one forward pass, cached)."""
     return _or_stop(cached.prediction, scan, checkpoint, mask_input)
+
+
+def reliability_note(result: Explanation, place=st) -> None:
+    """The unfamiliar-scan banner and the familiarity score, where the checkpoint has one."""
+    verdict = result.reliability
+    if verdict is None or verdict.familiarity is None:
+        place.caption("This model has no familiarity check (fit one with `python -m core reliability`).")
+        return
+    if verdict.unfamiliar:
+        place.error(UNFAMILIAR_MESSAGE)
+    place.caption(
+        f"Familiarity {verdict.familiarity:.2f}: the share of the model's own held-out training-source slices that "
+        "look less typical to it (below 0.05: unfamiliar)."
+    )
+
+
+def margin_text(loaded: LoadedModel) -> str:
+    margin = loaded.reliability.margin if loaded.reliability is not None else DEFAULT_MARGIN
+    return f"{margin:.0%} over the runner-up"
 
 
 def layer_choices(loaded: LoadedModel) -> list[str]:

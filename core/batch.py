@@ -77,7 +77,8 @@ def explain_files(
 
 
 def _write_summary_csv(path: Path, results: list[dict], label_names, method: str) -> None:
-    columns = ["path", "prediction", "confidence", *(f"p_{n}" for n in label_names), "method", "brain_masked", "error"]
+    columns = ["path", "prediction", "confidence", *(f"p_{n}" for n in label_names), "familiarity", "unfamiliar",
+               "uncertain", "method", "brain_masked", "error"]  # fmt: skip
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
@@ -85,9 +86,14 @@ def _write_summary_csv(path: Path, results: list[dict], label_names, method: str
             probabilities = entry.get("probabilities", {})
             writer.writerow(
                 [entry["image"], entry.get("prediction", ""), entry.get("confidence", ""),
-                 *(probabilities.get(n, "") for n in label_names), method,
+                 *(probabilities.get(n, "") for n in label_names), _blank_if_none(entry.get("familiarity")),
+                 entry.get("unfamiliar", ""), entry.get("uncertain", ""), method,
                  entry.get("brain_masked", ""), entry.get("error", "")]
             )  # fmt: skip
+
+
+def _blank_if_none(value):
+    return "" if value is None else value
 
 
 def _stem(path: Path) -> str:

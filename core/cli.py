@@ -207,20 +207,22 @@ def _run_compare(args: argparse.Namespace) -> int:
     settings = _explain_settings(args)
     results = [explain(model, loaded.pixels, settings) for model in models]
     names = (models[0].name, models[1].name)
-    agree, sentence = verdict(names, *results)
+    records = {model.name: model.config.metrics.get("accuracy") for model in models}
+    together = verdict(names, *results, records)
     agreement = heatmap_agreement(results[0].heatmap, results[1].heatmap, args.threshold, loaded.pixel_spacing_mm)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "comparison.png").write_bytes(png_bytes(side_by_side(loaded.pixels, list(zip(names, results)))))
     report = {
         "image": str(args.image),
         "models": {name: result.summary() for name, result in zip(names, results)},
-        "same_prediction": agree,
-        "verdict": sentence,
+        "same_prediction": results[0].predicted_label == results[1].predicted_label,
+        "verdict": together.kind,
+        "sentence": together.sentence,
         "threshold": args.threshold,
         "agreement": agreement.to_dict(),
     }
     (args.out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(sentence)
+    print(together.sentence)
     return 0
 
 

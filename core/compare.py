@@ -63,16 +63,47 @@ def heatmap_agreement(
     return Agreement(iou, pearson, distance, "mm" if spacing_mm else "px", (heatmap_a - heatmap_b).astype(np.float32))
 
 
-def verdict(names: tuple[str, str], first: Explanation, second: Explanation) -> tuple[bool, str]:
-    """(agree, sentence) about the two predictions."""
-    if first.predicted_label == second.predicted_label:
-        return True, (
-            f"Both models predict {first.predicted_label} ({first.confidence:.0%} / {second.confidence:.0%})."
+@dataclass(frozen=True)
+class CompareVerdict:
+    kind: str  # "agree" (both confident and the scan familiar to both), "neutral" or "disagree"
+    sentence: str
+
+
+def verdict(
+    names: tuple[str, str], first: Explanation, second: Explanation, records: dict[str, float] | None = None
+) -> CompareVerdict:
+    """What the two predictions say together. It is agreement only when both models name the
+    same class, neither is uncertain and the scan is familiar to both; `records` (test
+    accuracy per model, from the model cards) names the model with the better record."""
+    results = dict(zip(names, (first, second)))
+    shown = ", ".join(f"{name} {result.confidence:.0%}" for name, result in results.items())
+    doubts = [f"{name} is uncertain" for name, result in results.items() if result.uncertain]
+    doubts += [f"the scan is unfamiliar to {name}" for name, result in results.items() if result.unfamiliar]
+    if first.predicted_label != second.predicted_label:
+        kind = "disagree"
+        sentence = "The models disagree: " + ", ".join(
+            f"{name} predicts {result.predicted_label} ({result.confidence:.0%})" for name, result in results.items()
+        ) + "."  # fmt: skip
+    elif doubts:
+        kind = "neutral"
+        sentence = (
+            f"Both models lean to {first.predicted_label} ({shown}), but {' and '.join(doubts)}: "
+            "do not read this as agreement."
         )
-    return False, (
-        f"The models disagree: {names[0]} predicts {first.predicted_label} ({first.confidence:.0%}), "
-        f"{names[1]} predicts {second.predicted_label} ({second.confidence:.0%})."
-    )
+    else:
+        kind = "agree"
+        sentence = f"Both models predict {first.predicted_label} ({shown})."
+    return CompareVerdict(kind, sentence + _better_record(records or {}))
+
+
+def _better_record(records: dict[str, float]) -> str:
+    known = {name: accuracy for name, accuracy in records.items() if accuracy is not None}
+    if len(known) < 2:
+        return ""
+    (best, best_accuracy), (other, other_accuracy) = sorted(known.items(), key=lambda item: -item[1])[:2]
+    if best_accuracy == other_accuracy:
+        return f" Both have the same test accuracy ({best_accuracy:.1%})."
+    return f" {best} has the better record (test accuracy {best_accuracy:.1%} against {other_accuracy:.1%})."
 
 
 def side_by_side(

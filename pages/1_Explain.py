@@ -66,10 +66,16 @@ if result.warning:
 for note in scan.image.notes:
     st.caption(note)
 
+ui.reliability_note(result)
 prediction, chart = st.columns([1, 2])
-prediction.metric(
-    "Prediction", result.predicted_label, f"{result.confidence:.1%} confidence", delta_color="off", delta_arrow="off"
-)
+if result.uncertain:
+    prediction.metric("Prediction", "uncertain", result.headline().removeprefix("uncertain: "),
+                      delta_color="off", delta_arrow="off")  # fmt: skip
+    st.warning(f"{result.headline()}. The two classes are too close to call; the model's confident predictions "
+               f"are kept for a lead of at least {ui.margin_text(loaded)}.")  # fmt: skip
+else:
+    prediction.metric("Prediction", result.predicted_label, f"{result.confidence:.1%} confidence",
+                      delta_color="off", delta_arrow="off")  # fmt: skip
 prediction.caption(f"{ui.duration(result.timings_ms['total'])}; probabilities are temperature-calibrated.")
 other = ui.prediction(scan, checkpoint, not mask_input)
 if other != result.predicted_label:

@@ -32,8 +32,9 @@ if scan is None:
 settings = ExplainSettings(method, target, None, brain_mask, brain_mask)
 results = {name: ui.explanation(scan, name, settings) for name in (model_a, model_b)}
 first, second = results[model_a], results[model_b]
-agree, sentence = verdict((model_a, model_b), first, second)
-(st.success if agree else st.warning)(sentence)
+records = {name: ui.load_model(name).config.metrics.get("accuracy") for name in (model_a, model_b)}
+together = verdict((model_a, model_b), first, second, records)
+{"agree": st.success, "neutral": st.info, "disagree": st.warning}[together.kind](together.sentence)
 
 pixels = scan.image.pixels
 for name, result in results.items():
@@ -45,8 +46,9 @@ for name, result in results.items():
     columns[2].image(panels.overlay, caption=f"Overlay; outline >= {threshold:.2f} ({panels.region.area_fraction:.1%})",
                      width="stretch")  # fmt: skip
     columns[3].caption("Prediction")  # a subheader wraps a long class name; st.metric would cut it
-    columns[3].subheader(result.predicted_label, anchor=False)
-    columns[3].markdown(f"{result.confidence:.1%} confidence")
+    columns[3].subheader("uncertain" if result.uncertain else result.predicted_label, anchor=False)
+    columns[3].markdown(result.headline() if result.uncertain else f"{result.confidence:.1%} confidence")
+    ui.reliability_note(result, columns[3])
     columns[3].caption(f"{ui.duration(result.timings_ms['total'])}. {result.brain_mask_note}")
     if result.warning:
         st.warning(result.warning)

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from core.compare import heatmap_agreement, side_by_side, verdict
 from core.explain import explain
+from core.reliability import Verdict
 from tests.conftest import head_phantom
 
 
@@ -61,15 +64,34 @@ def test_verdict_and_figure(tiny_model, checkpoint_root):
     other = load_checkpoint(checkpoint_root / "tiny_effnet")
     image = head_phantom(120)
     first, second = explain(tiny_model, image), explain(other, image)
-    agree, text = verdict(("A", "B"), first, second)
-    if agree:
-        assert text.startswith(f"Both models predict {first.predicted_label}")
-    else:
-        assert "disagree" in text and first.predicted_label in text and second.predicted_label in text
-    same, text = verdict(("A", "A"), first, first)
-    assert same and f"({first.confidence:.0%} / {first.confidence:.0%})" in text
     figure = side_by_side(image, [("A", first), ("B", second)], tile=64)
     assert figure.shape == (2 * (28 + 64), 3 * 64, 3) and figure.dtype == np.uint8
+
+
+def _as(result, label_index: int, confidence: float, uncertain=False, unfamiliar=False):
+    probabilities = np.full(4, (1 - confidence) / 3, dtype=np.float32)
+    probabilities[label_index] = confidence
+    trust = Verdict(0.01 if unfamiliar else 0.5, unfamiliar, uncertain, (label_index + 1) % 4)
+    return replace(result, probabilities=probabilities, predicted_index=label_index, reliability=trust)
+
+
+def test_compare_calls_it_agreement_only_when_both_are_confident_on_a_familiar_scan(tiny_model):
+    base = explain(tiny_model, head_phantom(96))
+    records = {"A": 0.887, "B": 0.953}
+    agree = verdict(("A", "B"), _as(base, 0, 0.91), _as(base, 0, 0.8), records)
+    assert agree.kind == "agree" and agree.sentence.startswith("Both models predict glioma (A 91%, B 80%).")
+    assert "B has the better record (test accuracy 95.3% against 88.7%)" in agree.sentence
+
+    torn = verdict(("A", "B"), _as(base, 0, 0.91), _as(base, 0, 0.48, uncertain=True), records)
+    assert (
+        torn.kind == "neutral" and "B is uncertain" in torn.sentence and "not read this as agreement" in torn.sentence
+    )
+    strange = verdict(("A", "B"), _as(base, 0, 0.91, unfamiliar=True), _as(base, 0, 0.9), records)
+    assert strange.kind == "neutral" and "the scan is unfamiliar to A" in strange.sentence
+
+    split = verdict(("A", "B"), _as(base, 0, 0.91), _as(base, 1, 0.7), {})
+    assert split.kind == "disagree" and "A predicts glioma (91%), B predicts meningioma (70%)" in split.sentence
+    assert "record" not in split.sentence  # no model card numbers, no claim
 
 
 def test_compare_command_writes_figure_and_json(use_tiny_checkpoints, tmp_path):

@@ -42,7 +42,9 @@ def test_mirror_uses_the_other_hemisphere_on_a_symmetric_slice_and_inpaints_othe
 
     lopsided = symmetric.copy()
     lopsided[:, :40] = 0  # no longer left-right symmetric: inpainting instead of mirroring
-    assert np.array_equal(remove_tumour(lopsided, lesion, "mirror", margin=2), remove_tumour(lopsided, lesion, "telea", 2))
+    assert np.array_equal(
+        remove_tumour(lopsided, lesion, "mirror", margin=2), remove_tumour(lopsided, lesion, "telea", 2)
+    )
 
 
 def test_uint8_in_uint8_out_and_an_empty_outline_changes_nothing():

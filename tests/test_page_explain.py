@@ -39,7 +39,7 @@ def test_upload_toggle_mask_move_threshold(use_tiny_checkpoints):
     at = upload(at, "scan.png", encode(head_phantom(160), "PNG"))
     assert not at.exception
     assert len(at.image) == 3
-    assert at.metric[0].value in ("glioma", "meningioma", "notumor", "pituitary")
+    assert at.metric[0].value in ("glioma", "meningioma", "notumor", "pituitary", "uncertain")
     assert any("Head region found" in info.value for info in at.info)
 
     at.toggle[0].set_value(False).run()
@@ -137,10 +137,21 @@ def test_the_page_says_when_masking_the_input_changes_the_prediction(use_tiny_ch
     at = upload(run_page(), "scan.png", encode(head_phantom(128), "PNG"))
     assert not at.exception
     warnings = [w.value for w in at.warning if "changes the prediction" in w.value]
-    assert len(warnings) == 1 and f"{at.metric[0].value} with masking" in warnings[0]
+    metric = at.metric[0]
+    shown = metric.delta.split(" ")[0] if metric.value == "uncertain" else metric.value  # 'glioma 30% or ...'
+    assert len(warnings) == 1 and f"{shown} with masking" in warnings[0]
 
 
 def test_times_over_a_second_are_given_in_seconds():
     import ui
 
     assert ui.duration(84.4) == "84 ms" and ui.duration(354367) == "354.4 s"
+
+
+def test_a_near_tie_is_shown_as_uncertain_with_both_classes(use_tiny_checkpoints):
+    at = upload(run_page(), "scan.png", encode(head_phantom(160), "PNG"))
+    warnings = [box.value for box in at.warning if box.value.startswith("uncertain: ")]
+    assert at.metric[0].value == "uncertain"  # an untrained model: its classes are within a few points
+    assert len(warnings) == 1 and " or " in warnings[0] and "%" in warnings[0]
+    assert warnings[0].split(". ")[0].removeprefix("uncertain: ") == at.metric[0].delta
+    assert any("no familiarity check" in caption.value for caption in at.caption)

@@ -174,10 +174,10 @@ def test_smoke_training_with_counterfactuals_randomisation_template_and_guidance
     (tmp_path / "data").mkdir()
     data = copy_shared_slice(tmp_path / "data", {"train": 5})
     out = tmp_path / "robust"
-    code = main(["train", "--arch", "tf_efficientnet_lite0", "--data", str(data), "--out", str(out), "--splits", "train",
-                 "--epochs", "1", "--image-size", "64", "--batch-size", "8", "--max-steps", "3", "--holdout-fraction", "0",
-                 "--counterfactuals", "0.5", "--randomise", "0.5", "--healthy-template", "--guidance", "1",
-                 "--no-progress"])  # fmt: skip
+    code = main(["train", "--arch", "tf_efficientnet_lite0", "--data", str(data), "--out", str(out),
+                 "--splits", "train", "--epochs", "1", "--image-size", "64", "--batch-size", "8", "--max-steps", "3",
+                 "--holdout-fraction", "0", "--counterfactuals", "0.5", "--randomise", "0.5", "--healthy-template",
+                 "--guidance", "1", "--no-progress"])  # fmt: skip
     assert code == 0
     record = json.loads((out / "training.json").read_text())
     assert "inversion" in record["randomisation"] and "Telea" in record["counterfactuals"]

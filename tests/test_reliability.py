@@ -1,0 +1,93 @@
+"""Familiarity and near-ties: fitted, stored without pickle, and said on every output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from core import reliability
+from core.checkpoint import CheckpointError, load_checkpoint
+from core.explain import explain
+from core.reliability import DEFAULT_MARGIN, choose_margin, uncertain_text, verdict
+from tests.conftest import LABELS, head_phantom, make_tiny_checkpoint
+
+
+def gaussian_features(rng, n: int, shift: float = 0.0, size: int = 32):
+    labels = rng.integers(0, 4, n)
+    centres = np.eye(4, size) * 4
+    return centres[labels] + rng.normal(0, 1, (n, size)) + shift, labels
+
+
+def fitted(rng, size: int = 32, margin: float = 0.3):
+    train, train_labels = gaussian_features(rng, 800, size=size)
+    held, _ = gaussian_features(rng, 200, size=size)
+    return reliability.fit(train, train_labels, held, margin, {"note": "test"})
+
+
+def test_familiarity_separates_training_like_features_from_shifted_ones():
+    rng = np.random.default_rng(0)
+    trust = fitted(rng)
+    familiar, _ = gaussian_features(rng, 300)
+    shifted, _ = gaussian_features(rng, 300, shift=1.5)
+    scores = np.r_[trust.familiarity(familiar), trust.familiarity(shifted)]
+    assert roc_auc_score(np.r_[np.ones(300), np.zeros(300)], scores) > 0.95
+    assert 0 <= scores.min() and scores.max() <= 1
+    # About 5 % of fresh in-distribution slices fall below the line, most shifted ones do.
+    assert 0.0 < (trust.familiarity(familiar) < 0.05).mean() < 0.12
+    assert (trust.familiarity(shifted) < 0.05).mean() > 0.8
+
+
+def test_saved_without_pickle_and_read_back_the_same(tmp_path):
+    trust = fitted(np.random.default_rng(1))
+    path = reliability.save(trust, tmp_path)
+    assert path.name == "reliability.safetensors" and b"pickle" not in path.read_bytes()[:200]
+    back = reliability.load(tmp_path)
+    assert np.allclose(back.means, trust.means) and back.margin == trust.margin and back.info == {"note": "test"}
+    assert reliability.load(tmp_path / "nowhere") is None
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="damaged"):
+        reliability.load(tmp_path)
+
+
+def test_the_margin_is_the_smallest_lead_that_reaches_the_selective_accuracy():
+    rng = np.random.default_rng(2)
+    lead = rng.uniform(0, 1, 2000)
+    probabilities = np.stack([(1 + lead) / 2, (1 - lead) / 2, np.zeros_like(lead), np.zeros_like(lead)], 1)
+    labels = np.where(rng.uniform(size=2000) < 0.5 + lead / 2, 0, 1)  # right more often with a bigger lead
+    chosen = choose_margin(probabilities, labels, target=0.9)
+    kept = lead >= chosen["margin"]
+    assert (probabilities.argmax(1)[kept] == labels[kept]).mean() >= 0.9
+    smaller = lead >= chosen["margin"] - 0.01
+    assert (probabilities.argmax(1)[smaller] == labels[smaller]).mean() < 0.9
+    assert chosen["coverage"] == pytest.approx(kept.mean())
+
+
+def test_a_near_tie_is_uncertain_and_says_both_classes():
+    probabilities = np.array([0.478, 0.412, 0.06, 0.05])
+    tie = verdict(probabilities, familiarity=0.4, reliability=None)
+    assert tie.uncertain and not tie.unfamiliar and tie.runner_up == 1
+    assert uncertain_text(probabilities, LABELS, 0, 1) == "uncertain: glioma 48% or meningioma 41%"
+    clear = verdict(np.array([0.9, 0.05, 0.03, 0.02]), familiarity=0.01, reliability=None)
+    assert not clear.uncertain and clear.unfamiliar
+    assert clear.fields() == {"familiarity": 0.01, "unfamiliar": True, "uncertain": False}
+    assert DEFAULT_MARGIN == 0.2
+
+
+def test_a_checkpoint_carries_its_reliability_into_every_explanation(tmp_path):
+    directory = make_tiny_checkpoint(tmp_path / "tiny", "tf_efficientnet_lite0", "conv_head")
+    loaded = load_checkpoint(directory)
+    assert loaded.reliability is None and explain(loaded, head_phantom(96)).summary()["familiarity"] is None
+
+    rng = np.random.default_rng(3)
+    size = loaded.model.get_classifier().in_features
+    reliability.save(fitted(rng, size=size, margin=1.01), directory)  # every prediction a near-tie
+    loaded = load_checkpoint(directory)
+    result = explain(loaded, head_phantom(96))
+    summary = result.summary()
+    assert 0 <= summary["familiarity"] <= 1 and summary["uncertain"] is True
+    assert result.headline().startswith("uncertain: ")
+
+    reliability.save(fitted(rng, size=16), directory)  # fitted for another feature size
+    with pytest.raises(CheckpointError, match="other weights"):
+        load_checkpoint(directory)
