@@ -122,6 +122,12 @@ def reliability_note(result: Explanation, place=st) -> None:
     )
 
 
+def reliability_flags(row) -> str:
+    """'; uncertain; unfamiliar' for a Gallery card (a PredictionRow), empty when neither."""
+    flags = [name for name in ("uncertain", "unfamiliar") if getattr(row, name)]
+    return "".join(f"; {flag}" for flag in flags)
+
+
 def margin_text(loaded: LoadedModel) -> str:
     margin = loaded.reliability.margin if loaded.reliability is not None else DEFAULT_MARGIN
     return f"{margin:.0%} over the runner-up"

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.preprocess import Preprocessing
-from core.reliability import Reliability
+from core.reliability import RELIABILITY_FILE, Reliability
 from core.reliability import load as load_reliability
 
 SCHEMA_VERSION = 1
@@ -318,12 +318,15 @@ def checkpoint_sha256(name_or_dir: str | Path, root: Path | None = None) -> str:
             digest.update((directory / name).read_bytes())
         except FileNotFoundError as error:
             raise CheckpointError(f"{directory} has no {name}; it is not a complete checkpoint.") from error
+    if (directory / RELIABILITY_FILE).is_file():  # familiarity columns depend on it
+        digest.update((directory / RELIABILITY_FILE).read_bytes())
     return digest.hexdigest()
 
 
 def checkpoint_stamp(name_or_dir: str | Path, root: Path | None = None) -> tuple:
     """A cheap fingerprint of a checkpoint's files (size and modification time, no hashing):
-    it changes whenever the weights or config.json are rewritten, for keying caches."""
+    it changes whenever the weights, config.json or the reliability file are rewritten, for
+    keying caches."""
     directory = resolve_checkpoint(name_or_dir, root)
     stamp = []
     for name in (WEIGHTS_FILE, CONFIG_FILE):
@@ -332,6 +335,9 @@ def checkpoint_stamp(name_or_dir: str | Path, root: Path | None = None) -> tuple
         except FileNotFoundError as error:
             raise CheckpointError(f"{directory} has no {name}; it is not a complete checkpoint.") from error
         stamp.append((name, status.st_size, status.st_mtime_ns))
+    trust = directory / RELIABILITY_FILE  # optional; predictions.csv carries its familiarity columns
+    if trust.is_file():
+        stamp.append((RELIABILITY_FILE, trust.stat().st_size, trust.stat().st_mtime_ns))
     return tuple(stamp)
 
 

@@ -33,9 +33,10 @@ from core.evaluation_store import (
 from core.explain import ExplainSettings, Explanation, apply_brain_mask, explain_batch
 from core.faithfulness import check_heatmap
 from core.image_input import ImageInputError, load_image
-from core.inference import slice_logits
+from core.inference import slice_scores
 from core.localisation import bootstrap_mean, localisation_metrics, mass_inside, region_iou
 from core.metrics import classification_summary, expected_calibration_error, softmax
+from core.reliability import verdict
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -152,15 +153,21 @@ class _Scored:
     ) -> None:
         label_names = loaded.config.label_names
         if not heatmaps:
-            logits = slice_logits(loaded, images, settings.mask_input)
+            logits, features = slice_scores(loaded, images, settings.mask_input)
             probabilities = softmax(logits, loaded.config.temperature)
+            trusted = loaded.reliability
+            familiarity = trusted.familiarity(features).tolist() if trusted is not None else [None] * len(images)
+            verdicts = [verdict(p, f, trusted) for p, f in zip(probabilities, familiarity)]
             explanations = [None] * len(images)
         else:
             # The raw heatmap gives the mass outside the brain; the masked one is what the app shows.
             explanations = explain_batch(loaded, images, replace(settings, mask_heatmap=False))
             logits = np.stack([e.logits for e in explanations])
             probabilities = np.stack([e.probabilities for e in explanations])
-        for record, image, scores, row, explanation in zip(records, images, logits, probabilities, explanations):
+            verdicts = [e.reliability for e in explanations]
+        for record, image, scores, row, explanation, trust in zip(
+            records, images, logits, probabilities, explanations, verdicts
+        ):
             predicted = int(row.argmax())
             entry = PredictionRow(
                 image=record.image,
@@ -169,6 +176,9 @@ class _Scored:
                 confidence=float(row[predicted]),
                 probabilities=tuple(float(p) for p in row),
                 outcome=outcome_of(record.label, label_names[predicted]),
+                familiarity=trust.familiarity,
+                unfamiliar=trust.unfamiliar if trust.familiarity is not None else None,
+                uncertain=trust.uncertain,
             )
             if explanation is not None:
                 # The raw heatmap gives the mass outside the brain; the shown one, everything else.

@@ -51,6 +51,10 @@ class PredictionRow:
     insertion_auc: float | None = None
     random_deletion_auc: float | None = None
     random_insertion_auc: float | None = None
+    # Reliability columns (core.reliability): None where the checkpoint has no familiarity model.
+    familiarity: float | None = None
+    unfamiliar: bool | None = None
+    uncertain: bool | None = None
 
     @property
     def correct(self) -> bool:
@@ -142,7 +146,14 @@ def _parse_row(values: dict[str, str], label_names: list[str]) -> PredictionRow:
         pointing_game={"True": True, "False": False}.get(pointing),
         mass_inside_tumour=number("mass_inside_tumour"),
         **{column: number(column) for column in FAITHFULNESS_COLUMNS},
+        familiarity=number("familiarity"),
+        unfamiliar=_flag(values.get("unfamiliar")),
+        uncertain=_flag(values.get("uncertain")),
     )
+
+
+def _flag(text: str | None) -> bool | None:
+    return {"True": True, "False": False}.get(text or "")
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -78,7 +78,8 @@ if chosen:
         card = panels(root, row, result.heatmaps[row.image], threshold)
         iou = f", IoU {row.iou:.2f}" if row.iou is not None else ""
         with columns[i % 4]:
-            st.image(card.overlay, caption=f"true {row.label}, predicted {row.predicted} ({row.confidence:.0%}){iou}")
+            st.image(card.overlay, caption=f"true {row.label}, predicted {row.predicted} ({row.confidence:.0%}){iou}"
+                     f"{ui.reliability_flags(row)}")  # fmt: skip
             if st.button("Open", key=f"open_{row.image}"):
                 st.session_state["gallery_selected"] = row.image
 
