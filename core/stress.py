@@ -37,7 +37,7 @@ from core.counterfactual import fill_region, random_region
 from core.dataset import Record, holdout_records, list_split
 from core.image_input import load_image
 from core.inference import slice_logits, slice_scores
-from core.metrics import classification_summary, expected_calibration_error, softmax
+from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
 from core.reliability import UNFAMILIAR_SHARE, Reliability
 
 LEVELS = ("mild", "moderate", "strong")
@@ -193,6 +193,7 @@ def stress_test(
                                       clean_familiarity))  # fmt: skip
         table.append(row)
     shifted_rows = [row for row in table if row["condition"] != "clean"]
+    pooled = {name: np.concatenate(logits) for name, logits in scored.items()}
     return {
         "checkpoint": str(checkpoint),
         "images": "grouped hold-out of train+val (15 %, seed 0)" if holdout else f"split {split}",
@@ -203,6 +204,38 @@ def stress_test(
         "mean_shifted_accuracy": float(np.mean([row["accuracy"] for row in shifted_rows])),
         "worst_shift": min(shifted_rows, key=lambda row: row["accuracy"])["condition"],
         "occlusion": occlusion_summary(occlusion, names),
+        "temperature_under_shift": shift_temperature(pooled, labels, temperature),
+    }
+
+
+def shift_temperature(logits: dict[str, np.ndarray], labels: np.ndarray, clean_temperature: float) -> dict:
+    """Calibration under shift: the checkpoint's temperature (fitted on clean images) against
+    one fitted on the clean and shifted images together. Each is judged by its ECE on shift
+    families it was not fitted on (two halves of the families, crossed), and on clean images."""
+    families = sorted({name.split(" (")[0] for name in logits if name != "clean"})
+    halves = [families[0::2], families[1::2]]
+
+    def conditions_of(half: list[str]) -> list[str]:
+        return [name for name in logits if name.split(" (")[0] in half]
+
+    def fit_on(names: list[str]) -> float:
+        return fit_temperature(np.concatenate([logits[n] for n in names]), np.tile(labels, len(names)))
+
+    unseen = {"clean": [], "pooled": []}
+    for fitted, judged in ((0, 1), (1, 0)):
+        crossed = fit_on(["clean", *conditions_of(halves[fitted])])
+        for name in conditions_of(halves[judged]):
+            unseen["clean"].append(expected_calibration_error(softmax(logits[name], clean_temperature), labels))
+            unseen["pooled"].append(expected_calibration_error(softmax(logits[name], crossed), labels))
+    pooled = fit_on(list(logits))
+    return {
+        "clean_temperature": clean_temperature,
+        "pooled_temperature": pooled,
+        "mean_ece_on_unseen_shifts": {key: float(np.mean(values)) for key, values in unseen.items()},
+        "clean_ece": {
+            "clean": expected_calibration_error(softmax(logits["clean"], clean_temperature), labels),
+            "pooled": expected_calibration_error(softmax(logits["clean"], pooled), labels),
+        },
     }
 
 
@@ -306,6 +339,11 @@ def print_report(report: dict) -> None:
             )
         print(line)
     print(f"mean accuracy under shift {report['mean_shifted_accuracy']:.3f}; worst: {report['worst_shift']}")
+    calibration = report["temperature_under_shift"]
+    unseen, clean = calibration["mean_ece_on_unseen_shifts"], calibration["clean_ece"]
+    print(f"temperature {calibration['clean_temperature']:.3f} (clean): ECE {clean['clean']:.3f} clean, "
+          f"{unseen['clean']:.3f} on unseen shifts; {calibration['pooled_temperature']:.3f} (clean + shifted): "
+          f"{clean['pooled']:.3f} clean, {unseen['pooled']:.3f} on unseen shifts")  # fmt: skip
     for name, row in report["occlusion"].items():
         fills = ", ".join(f"{style} {row[f'sensitivity ({style} fill)']:.2f}" for style in FILLS)
         control = "n/a" if row["random region"] is None else f"{row['random region']:.2f}"

@@ -51,3 +51,19 @@ def test_stress_needs_a_split_or_the_holdout(capsys):
     with pytest.raises(SystemExit):
         main(["stress", "--checkpoint", "x", "--data", "."])
     assert "--split" in capsys.readouterr().err
+
+
+def test_a_temperature_fitted_with_shifted_images_is_judged_on_shifts_it_did_not_see():
+    from core.stress import shift_temperature
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    clean = np.eye(4)[labels] * 4 + rng.normal(0, 1, (400, 4))
+    # Under shift the model stays just as sure but is often wrong: overconfident.
+    shifted = {f"{family} (strong)": np.eye(4)[rng.integers(0, 4, 400)] * 4 + rng.normal(0, 1, (400, 4))
+               for family in ("blur", "noise", "gamma", "jpeg")}  # fmt: skip
+    report = shift_temperature({"clean": clean, **shifted}, labels, clean_temperature=1.0)
+    assert report["pooled_temperature"] > 1.5
+    unseen = report["mean_ece_on_unseen_shifts"]
+    assert unseen["pooled"] < unseen["clean"]
+    assert report["clean_ece"]["clean"] < report["clean_ece"]["pooled"]  # the price on clean images
