@@ -355,6 +355,7 @@ def _card(commands) -> None:
     parser.add_argument("--test", type=Path, required=True, help="summary.json of the test evaluation")
     parser.add_argument("--localisation", type=Path, nargs="*", default=[], help="summary.json files with heatmaps")
     parser.add_argument("--commit", required=True, help="commit that produced the measurements")
+    parser.add_argument("--stress", type=Path, help="stress.json of the stress test on the same split")
     parser.set_defaults(run=_run_card)
 
 
@@ -362,7 +363,8 @@ def _run_card(args: argparse.Namespace) -> int:
     from core.model_card import write_model_card
 
     summaries = [json.loads(p.read_text()) for p in args.localisation]
-    print(write_model_card(args.checkpoint, json.loads(args.test.read_text()), summaries, args.commit))
+    stress = json.loads(args.stress.read_text()) if args.stress else None
+    print(write_model_card(args.checkpoint, json.loads(args.test.read_text()), summaries, args.commit, stress))
     return 0
 
 

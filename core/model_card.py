@@ -17,13 +17,17 @@ from core.checkpoint import (
     write_config,
 )
 from core.evaluation_store import LOCALISATION_COLUMNS
+from core.reliability import Reliability
+from core.reliability import load as load_reliability
 from core.sweep import baseline_summary, method_table
 
 TARGETS = {"efficientnet": (0.93, 0.91), "convnext": (0.88, 0.85)}  # accuracy, macro-F1 on test
 ECE_TARGET = 0.05
 
 
-def write_model_card(checkpoint: str | Path, test_summary: dict, localisation: list[dict], commit: str) -> Path:
+def write_model_card(
+    checkpoint: str | Path, test_summary: dict, localisation: list[dict], commit: str, stress: dict | None = None
+) -> Path:
     """Update config.json["metrics"] and write README.md; returns the card's path."""
     directory = resolve_checkpoint(checkpoint)
     migrate_checkpoint(directory)  # an older config.json's training record moves to training.json first
@@ -39,7 +43,10 @@ def write_model_card(checkpoint: str | Path, test_summary: dict, localisation: l
     }
     config = replace(read_config(directory), metrics=metrics)
     write_config(directory, config)
-    card = render_card(directory.name, config, read_training_record(directory), test_summary, localisation, commit)
+    training = read_training_record(directory)
+    card = render_card(
+        directory.name, config, training, test_summary, localisation, commit, stress, load_reliability(directory)
+    )
     (directory / "README.md").write_text(card)
     return directory / "README.md"
 
@@ -66,7 +73,14 @@ def preferred_checkpoint(names: list[str], root: Path | None = None) -> int:
 
 
 def render_card(
-    name: str, config: ModelConfig, training: dict, test: dict, localisation: list[dict], commit: str
+    name: str,
+    config: ModelConfig,
+    training: dict,
+    test: dict,
+    localisation: list[dict],
+    commit: str,
+    stress: dict | None = None,
+    reliability: Reliability | None = None,
 ) -> str:
     parameters = sum(p.numel() for p in create_model(config.architecture, len(config.label_names)).parameters())
     ece = test["ece_15_bins"]
@@ -104,6 +118,7 @@ def render_card(
         f"{training.get('loss')}.",
         f"- Weights kept: {training.get('weights', 'last step')}.",
         f"- Augmentation: {training.get('augmentation')}.",
+        *(f"- {title}: {training[key]}." for key, title in RECIPE_EXTRAS if training.get(key)),
         *(
             [f"- Stochastic depth (timm drop path), rising with depth up to {training['drop_path']}."]
             if training.get("drop_path")
@@ -135,6 +150,9 @@ def render_card(
         lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
     if localisation:
         lines += _localisation_section(localisation, config.default_target_layer)
+    lines += _reliability_section(reliability)
+    if stress:
+        lines += _stress_section(stress)
     if training.get("notes"):  # free text in training.json: what was tried, why a target was missed
         lines += ["", "## What was tried, and what was not", "", *(f"- {note}" for note in training["notes"])]
     lines += [
@@ -149,12 +167,82 @@ def render_card(
         "from the sequence rather than the anatomy; its near-perfect scores overstate real-world performance.",
         "- Tumour classes differ in typical view (pituitary mostly coronal/sagittal), another shortcut.",
         "- The split approximates patients by blocks of consecutive slices; patients may still straddle splits.",
-        "- Single 2-D slices, one public dataset, 4 classes; no other tumour types, no healthy T1 scans, no "
-        "external validation. Calibration was fitted on a small hold-out and may not transfer.",
+        "- Single 2-D slices, one public dataset, 4 classes; no other tumour types and no external validation. "
+        "Healthy contrast-T1 slices exist only as counterfactuals (tumours inpainted away) and template slices, "
+        "where the recipe lists them. Calibration was fitted on a small hold-out and may not transfer.",
         "- A heatmap shows what raised the score, not where the tumour is (see the localisation numbers).",
         "",
     ]
     return "\n".join(lines)
+
+
+RECIPE_EXTRAS = (
+    ("randomisation", "Sequence and scanner randomisation"),
+    ("counterfactuals", "Counterfactual healthy slices"),
+    ("healthy_template", "Healthy template slices"),
+    ("guidance", "Outline guidance"),
+)
+
+
+def _reliability_section(reliability: Reliability | None) -> list[str]:
+    if reliability is None:
+        return ["", "## When not to trust it", "", "- No familiarity model is fitted (`python -m core reliability`)."]
+    info = reliability.info
+    kept = info.get("selective_accuracy")
+    return [
+        "", "## When not to trust it", "",
+        f"- Familiarity: Mahalanobis distance of the penultimate features to the nearest class mean (shared "
+        f"Ledoit-Wolf covariance), fitted on the {info.get('fitted_on')}; the score is the share of the "
+        f"{info.get('holdout')} lying at least as far. Below {info.get('unfamiliar_below')}: unfamiliar.",
+        f"- Uncertain when the top calibrated probability leads the runner-up by less than {reliability.margin:.2f}: "
+        f"the smallest lead at which the hold-out's confident predictions are right at least "
+        f"{info.get('target_selective_accuracy'):.0%} of the time (they were "
+        + (f"{kept:.1%}, keeping {info.get('coverage'):.0%} of the hold-out)." if kept is not None else "never; "
+           "every prediction is marked uncertain).")
+        + (" The weights were refit on the hold-out, so these thresholds are optimistic."
+           if info.get("refit_without_holdout") else ""),
+    ]  # fmt: skip
+
+
+def _stress_section(stress: dict) -> list[str]:
+    """The stress test on the reported split: every shift, occlusion, calibration under shift."""
+    trust = "coverage" in stress["table"][0]
+    head = "| condition | accuracy | macro-F1 | ECE |" + (
+        " unfamiliar | familiarity AUC | kept | kept accuracy |" if trust else ""
+    )
+    lines = [
+        "", f"## Stress test on {stress['images']} ({stress['num_images']} images)", "",
+        "Each image changed as another scanner or protocol might (`python -m core stress`; shifts: "
+        + "; ".join(f"{name}: {describe}" for name, describe in stress["shifts"].items())
+        + "). Kept: neither uncertain nor unfamiliar (selective prediction); familiarity AUC: how well the score "
+        "tells these images from the unshifted ones.", "", head,
+        "|" + "---|" * (head.count("|") - 1),
+    ]  # fmt: skip
+    for row in stress["table"]:
+        line = f"| {row['condition']} | {row['accuracy']:.3f} | {row['macro_f1']:.3f} | {row['ece']:.3f} |"
+        if trust:
+            kept = "-" if row["selective_accuracy"] is None else f"{row['selective_accuracy']:.3f}"
+            line += f" {row['unfamiliar']:.2f} | {row['familiarity_auc']:.2f} | {row['coverage']:.2f} | {kept} |"
+        lines.append(line)
+    mean, worst = stress["mean_shifted_accuracy"], stress["worst_shift"]
+    lines += ["", f"Mean accuracy under shift {mean:.3f}; worst: {worst}.", "",
+              "Occlusion (correctly classified tumour images with an outline; share whose prediction leaves the class "
+              "when the outline is filled, against the same shape filled at a random place in the head):", "",
+              "| class | images | median fill | inpainted (Navier-Stokes, never used in training) | random region |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for name, row in stress["occlusion"].items():
+        control = "n/a" if row["random region"] is None else f"{row['random region']:.2f}"
+        lines.append(f"| {name} | {row['images']} | {row['sensitivity (median fill)']:.2f} | "
+                     f"{row['sensitivity (ns fill)']:.2f} | {control} |")  # fmt: skip
+    calibration = stress.get("temperature_under_shift")
+    if calibration:
+        unseen, clean = calibration["mean_ece_on_unseen_shifts"], calibration["clean_ece"]
+        shipped, pooled = calibration["clean_temperature"], calibration["pooled_temperature"]
+        lines += ["", f"Calibration under shift: the shipped temperature {shipped:.3f} gives ECE {clean['clean']:.3f} "
+                  f"here and {unseen['clean']:.3f} on average under shift; one fitted on these images with their "
+                  f"shifts ({pooled:.3f}) would give {clean['pooled']:.3f} and {unseen['pooled']:.3f} (on shift "
+                  "families it was not fitted on)."]  # fmt: skip
+    return lines
 
 
 def _holdout_role(training: dict) -> str:

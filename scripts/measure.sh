@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measure a checkpoint on the test split and write its model card.
+# Measure a checkpoint on the test split (evaluation, heatmaps, stress test) and write its model card.
 # Usage: scripts/measure.sh NAME [DATA_ROOT]
 # $METHODS: the heatmaps to report, each 'default', 'METHOD' (at the default layer) or
 # 'METHOD@LAYER' (default: the checkpoint's default heatmap only).
@@ -23,5 +23,6 @@ for entry in $methods; do
     --cache --out "$folder"
   summaries+=("$folder/summary.json")
 done
+$python -m core stress --checkpoint "$name" --data "$data" --split test --out "$out/stress"
 $python -m core card --checkpoint "$name" --test "$out/test/summary.json" --localisation "${summaries[@]}" \
-  --commit "$commit"
+  --commit "$commit" --stress "$out/stress/stress.json"

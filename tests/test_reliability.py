@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from core import reliability
 from core.checkpoint import CheckpointError, load_checkpoint
 from core.explain import explain
+from core.image_input import load_image
+from core.inference import slice_scores
 from core.reliability import DEFAULT_MARGIN, choose_margin, uncertain_text, verdict
-from tests.conftest import LABELS, head_phantom, make_tiny_checkpoint
+from tests.conftest import LABELS, encode, head_phantom, make_tiny_checkpoint
 
 
 def gaussian_features(rng, n: int, shift: float = 0.0, size: int = 32):
@@ -91,3 +96,37 @@ def test_a_checkpoint_carries_its_reliability_into_every_explanation(tmp_path):
     reliability.save(fitted(rng, size=16), directory)  # fitted for another feature size
     with pytest.raises(CheckpointError, match="other weights"):
         load_checkpoint(directory)
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def non_brain_images() -> dict[str, np.ndarray]:
+    """Images that are not brain MRI, from data pip installs (scikit-image, pydicom)."""
+    import skimage.data
+    from pydicom.data import get_testdata_file
+
+    pictures = {
+        "photo (astronaut)": skimage.data.astronaut(),
+        "photo (coffee)": skimage.data.coffee(),
+        "grey photo (camera)": skimage.data.camera(),
+        "document (text)": skimage.data.text(),
+    }
+    images = {
+        name: load_image(encode(Image.fromarray(picture), "PNG"), f"{name}.png").pixels
+        for name, picture in pictures.items()
+    }
+    for name, file in (("chest CT", "CT_small.dcm"), ("cardiac ultrasound", "examples_ybr_color.dcm")):
+        path = Path(get_testdata_file(file))
+        images[name] = load_image(path.read_bytes(), path.name).pixels
+    return images
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "convnext_atto"])
+def test_images_that_are_not_brain_mri_come_out_unfamiliar_to_the_shipped_models(name):
+    loaded = load_checkpoint(SHIPPED / name)
+    assert loaded.reliability is not None, f"{name} ships without reliability.safetensors"
+    images = non_brain_images()
+    _, features = slice_scores(loaded, list(images.values()))
+    familiarity = dict(zip(images, loaded.reliability.familiarity(features).round(3)))
+    assert all(score < 0.05 for score in familiarity.values()), familiarity
