@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 import cached
+from core import render
 from core.checkpoint import CheckpointError, LoadedModel
 from core.dataset import DatasetError
 from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, layer_names
@@ -120,6 +121,19 @@ def reliability_note(result: Explanation, place=st) -> None:
         f"Familiarity {verdict.familiarity:.2f}: the share of the model's own held-out training-source slices that "
         "look less typical to it (below 0.05: unfamiliar)."
     )
+
+
+def colormap_picker(key: str) -> str:
+    """The heatmap colour map, the same choice on every page (colour-blind-safe ones marked)."""
+    names = list(render.COLORMAPS)
+    label = {name: f"{name} (colour-blind safe)" if name in render.COLOUR_BLIND_SAFE else name for name in names}
+    return st.selectbox("Colour map", names, format_func=label.get, key=key)
+
+
+def colour_bar(place, colormap: str) -> None:
+    """The heatmap's scale under its panel: 0 on the left, this image's maximum on the right."""
+    caption = "0: no influence <- scale -> 1: this image's maximum (relative, not a probability)"
+    place.image(render.colour_bar(colormap), width="stretch", caption=caption)
 
 
 def reliability_flags(row) -> str:

@@ -71,7 +71,10 @@ class Panels:
     has_outline: bool
 
 
-def panels(root: Path, row: PredictionRow, small_heatmap: np.ndarray, threshold: float, opacity: float = 0.4) -> Panels:
+def panels(
+    root: Path, row: PredictionRow, small_heatmap: np.ndarray, threshold: float, opacity: float = 0.4,
+    colormap: str = "Jet",
+) -> Panels:  # fmt: skip
     """Original, annotation mask, heatmap and overlay (tumour outline in green) for one row."""
     path = Path(root) / row.image
     image = load_image(path.read_bytes(), path.name).pixels
@@ -79,8 +82,9 @@ def panels(root: Path, row: PredictionRow, small_heatmap: np.ndarray, threshold:
     outline = load_outline(root, row.image, image.shape)
     tumour = outline.mask if outline.mask is not None else np.zeros(image.shape, dtype=bool)
     pictures = explanation_panels(
-        image, heatmap, threshold=threshold, opacity=opacity, tumour_mask=tumour, region_rgb=REGION_RGB
-    )
+        image, heatmap, threshold=threshold, opacity=opacity, tumour_mask=tumour, region_rgb=REGION_RGB,
+        colormap=colormap,
+    )  # fmt: skip
     return Panels(
         original=pictures.original,
         annotation=np.uint8(np.repeat(tumour[..., None], 3, axis=2) * 255),

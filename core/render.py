@@ -18,8 +18,10 @@ COLORMAPS = {
     "Inferno": cv2.COLORMAP_INFERNO,
     "Viridis": cv2.COLORMAP_VIRIDIS,
     "Turbo": cv2.COLORMAP_TURBO,
+    "Cividis": cv2.COLORMAP_CIVIDIS,
 }
-PLOTLY_SCALES = {"Jet": "Jet", "Inferno": "Inferno", "Viridis": "Viridis", "Turbo": "Turbo"}
+COLOUR_BLIND_SAFE = ("Viridis", "Cividis", "Inferno")  # perceptually uniform, readable with colour-vision deficits
+PLOTLY_SCALES = {"Jet": "Jet", "Inferno": "Inferno", "Viridis": "Viridis", "Turbo": "Turbo", "Cividis": "Cividis"}
 OUTLINE_RGB = (0, 255, 0)
 MASK_RGB = (0, 200, 255)
 
@@ -74,6 +76,12 @@ def explanation_panels(
     if tumour_mask is not None:
         blended = draw_contours(blended, mask_outline(tumour_mask), OUTLINE_RGB)
     return Panels(original, heatmap_rgb(heatmap, colormap), blended, region)
+
+
+def colour_bar(colormap: str = "Jet", width: int = 512, height: int = 16) -> np.ndarray:
+    """The colour map from 0 (left) to 1 (right), uint8 RGB, to show beside a heatmap."""
+    ramp = np.tile(np.linspace(0, 1, width, dtype=np.float32), (height, 1))
+    return heatmap_rgb(ramp, colormap)
 
 
 def grey_to_rgb(image: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ with st.sidebar:
     st.divider()
     threshold = st.slider("Threshold (relative to this heatmap's maximum)", 0.0, 1.0, 0.5, 0.05)
     opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05)
-    colormap = st.selectbox("Colour map", list(render.COLORMAPS))
+    colormap = ui.colormap_picker("explain_colormap")
     show_outline = st.toggle("Draw the detected head outline", value=True)
 
 scan = ui.pick_scan("explain")
@@ -53,6 +53,7 @@ left, middle, right = st.columns(3)
 left.image(panels.original, caption=f"Original ({scan.image.file_format}, {pixels.shape[1]}x{pixels.shape[0]})",
            width="stretch")  # fmt: skip
 middle.image(panels.heatmap, caption=ui.heatmap_caption(result), width="stretch")
+ui.colour_bar(middle, colormap)
 right.image(
     panels.overlay,
     caption=f"Overlay; green outline: heatmap >= {threshold:.2f} ({panels.region.area_fraction:.1%} of the image)",

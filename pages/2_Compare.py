@@ -25,6 +25,7 @@ with st.sidebar:
     brain_mask = st.toggle("Brain masking (input and heatmap)", value=True)
     threshold = st.slider("Threshold (relative to each heatmap's maximum)", 0.0, 1.0, 0.5, 0.05)
     opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05)
+    colormap = ui.colormap_picker("compare_colormap")
 
 scan = ui.pick_scan("compare")
 if scan is None:
@@ -39,10 +40,12 @@ together = verdict((model_a, model_b), first, second, records)
 pixels = scan.image.pixels
 for name, result in results.items():
     st.subheader(name)
-    panels = render.explanation_panels(pixels, result.heatmap, threshold=threshold, opacity=opacity)
+    panels = render.explanation_panels(pixels, result.heatmap, threshold=threshold, opacity=opacity,
+                                       colormap=colormap)  # fmt: skip
     columns = st.columns([3, 3, 3, 2])
     columns[0].image(panels.original, caption="Original", width="stretch")
     columns[1].image(panels.heatmap, caption=ui.heatmap_caption(result), width="stretch")
+    ui.colour_bar(columns[1], colormap)
     columns[2].image(panels.overlay, caption=f"Overlay; outline >= {threshold:.2f} ({panels.region.area_fraction:.1%})",
                      width="stretch")  # fmt: skip
     columns[3].caption("Prediction")  # a subheader wraps a long class name; st.metric would cut it
@@ -69,7 +72,7 @@ if st.toggle("Run every method on this image (Score-CAM and the noise tunnel tak
     columns = st.columns(4)
     for i, grid_method in enumerate(METHODS):
         result = ui.explanation(scan, grid_model, ExplainSettings(grid_method, target, None, brain_mask, brain_mask))
-        panels = render.explanation_panels(pixels, result.heatmap, opacity=opacity)
+        panels = render.explanation_panels(pixels, result.heatmap, opacity=opacity, colormap=colormap)
         columns[i % 4].image(
             panels.overlay, caption=f"{grid_method}: {ui.duration(result.timings_ms['model_and_cam'])}"
         )

@@ -45,6 +45,7 @@ with st.sidebar:
     )  # fmt: skip
     brain_mask = st.toggle("Brain masking", value=True)
     threshold = st.slider("Threshold (relative to each heatmap's maximum)", 0.05, 0.95, 0.5, 0.05)
+    colormap = ui.colormap_picker("gallery_colormap")
 
 # Evaluated once at the default threshold; the slider re-reads stored per-image IoU curves.
 settings = ExplainSettings(method, None, None, brain_mask, brain_mask)
@@ -75,7 +76,7 @@ if chosen:
     page = st.number_input("Page", 1, pages, 1) if pages > 1 else 1
     columns = st.columns(4)
     for i, row in enumerate(chosen[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]):
-        card = panels(root, row, result.heatmaps[row.image], threshold)
+        card = panels(root, row, result.heatmaps[row.image], threshold, colormap=colormap)
         iou = f", IoU {row.iou:.2f}" if row.iou is not None else ""
         with columns[i % 4]:
             st.image(card.overlay, caption=f"true {row.label}, predicted {row.predicted} ({row.confidence:.0%}){iou}"
@@ -86,12 +87,13 @@ if chosen:
 selected = next((r for r in result.rows if r.image == st.session_state.get("gallery_selected")), None)
 if selected:
     st.subheader(selected.image)
-    view = panels(root, selected, result.heatmaps[selected.image], threshold)
+    view = panels(root, selected, result.heatmaps[selected.image], threshold, colormap=colormap)
     iou = f"IoU {selected.iou:.2f}" if selected.iou is not None else "no outline"
     four = st.columns(4)
     four[0].image(view.original, caption=f"Original (true: {selected.label})")
     four[1].image(view.annotation, caption="Radiologist's outline" if view.has_outline else "No annotation")
     four[2].image(view.heatmap, caption=f"{method} heatmap")
+    ui.colour_bar(four[2], colormap)
     four[3].image(view.overlay, caption=f"Predicted {selected.predicted}; green: tumour, white: heatmap >= "
                                         f"{threshold:.2f}; {iou}")  # fmt: skip
 st.caption(ui.DISCLAIMER + " The no-tumour images come from another source and MRI sequence: heat on the "

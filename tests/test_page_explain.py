@@ -38,18 +38,18 @@ def test_upload_toggle_mask_move_threshold(use_tiny_checkpoints):
     assert not at.exception
     at = upload(at, "scan.png", encode(head_phantom(160), "PNG"))
     assert not at.exception
-    assert len(at.image) == 3
+    assert len(at.image) == 4
     assert at.metric[0].value in ("glioma", "meningioma", "notumor", "pituitary", "uncertain")
     assert any("Head region found" in info.value for info in at.info)
 
     at.toggle[0].set_value(False).run()
     at.toggle[1].set_value(False).run()
-    assert not at.exception and len(at.image) == 3
+    assert not at.exception and len(at.image) == 4
     assert any("Brain masking is off" in note.value for note in at.info)
 
     at.slider[0].set_value(0.8).run()
-    assert not at.exception and len(at.image) == 3
-    assert "0.80" in at.image[2].captions[0]
+    assert not at.exception and len(at.image) == 4
+    assert "0.80" in at.image[3].captions[0]
 
 
 def test_bad_upload_shows_a_clear_error(use_tiny_checkpoints):
@@ -63,7 +63,7 @@ def test_bad_upload_shows_a_clear_error(use_tiny_checkpoints):
 def test_samples_render(use_tiny_checkpoints, sample):
     at = run_page(explain_source="Use a sample", explain_sample=sample)
     assert not at.exception
-    assert len(at.image) == 3
+    assert len(at.image) == 4
     if sample.endswith(".nii.gz"):
         assert at.slider(key="explain_slice").value == 47  # middle axial slice of 95
 

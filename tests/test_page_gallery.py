@@ -26,7 +26,7 @@ def test_gallery_browses_cards_and_opens_one(use_tiny_checkpoints, gallery_datas
     assert cards >= 1
     at.button[0].click().run()
     assert not at.exception
-    assert len(at.image) == cards + 4  # original, annotation, heatmap, overlay
+    assert len(at.image) == cards + 5  # original, annotation, heatmap + colour bar, overlay
     assert at.session_state["gallery_selected"]
 
     at.slider[0].set_value(0.3).run()  # IoU re-read from the stored curves: no new evaluation

@@ -162,7 +162,7 @@ def test_uploads_are_never_written_to_disk_and_patient_fields_never_shown(use_ti
     at = AppTest.from_file(str(repo / "pages" / "1_Explain.py"), default_timeout=120).run()
     before = snapshot(watched)
     at.file_uploader(key="explain_upload").set_value(("patient.dcm", dicom, "application/dicom")).run()
-    assert not at.exception and len(at.image) == 3
+    assert not at.exception and len(at.image) == 4
     after = snapshot(watched)
     new_files = {path for path, _ in after - before}
     assert not new_files, f"files written during an upload: {sorted(new_files)[:5]}"
