@@ -112,3 +112,31 @@ def test_pages_open_on_the_most_accurate_checkpoint(checkpoint_root, tmp_path):
     assert preferred_checkpoint(["c_unmeasured"], tmp_path) == 0
     (tmp_path / "a_weak" / "config.json").write_text("{broken")
     assert preferred_checkpoint(["a_weak", "c_unmeasured"], tmp_path) == 0
+
+
+def test_card_reports_the_stress_test_and_when_not_to_trust_the_model(checkpoint_root, tmp_path):
+    import numpy as np
+
+    from core import reliability
+
+    data = phantom_dataset(tmp_path / "data")
+    checkpoint = tmp_path / "model"
+    shutil.copytree(checkpoint_root / "tiny_effnet", checkpoint)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 1280))
+    info = {"fitted_on": "training part", "holdout": "grouped hold-out", "unfamiliar_below": 0.05,
+            "target_selective_accuracy": 0.98, "selective_accuracy": 0.981, "coverage": 0.84}  # fmt: skip
+    reliability.save(reliability.fit(features, rng.integers(0, 4, 200), features[:50], 0.27, info), checkpoint)
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "e")]) == 0
+    assert main(["stress", "--checkpoint", str(checkpoint), "--data", str(data), "--split", "test",
+                 "--out", str(tmp_path / "s")]) == 0  # fmt: skip
+    assert main(["card", "--checkpoint", str(checkpoint), "--test", str(tmp_path / "e" / "summary.json"),
+                 "--commit", "abc1234", "--stress", str(tmp_path / "s" / "stress.json")]) == 0  # fmt: skip
+    card = (checkpoint / "README.md").read_text()
+    stress = json.loads((tmp_path / "s" / "stress.json").read_text())
+    assert "## When not to trust it" in card and "less than 0.27" in card and "98%" in card and "84%" in card
+    assert "## Stress test on split test (8 images)" in card
+    for row in stress["table"]:
+        assert f"| {row['condition']} | {row['accuracy']:.3f} | {row['macro_f1']:.3f} | {row['ece']:.3f} |" in card
+    assert "Calibration under shift: the shipped temperature" in card
+    assert "unfamiliar | familiarity AUC | kept | kept accuracy |" in card
