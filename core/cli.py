@@ -336,14 +336,22 @@ def _calibrate(commands) -> None:
     parser = commands.add_parser(
         "calibrate", help="give a run refit without a hold-out the temperature its hold-out twin fitted"
     )
-    parser.add_argument("--checkpoint", required=True, help="the run trained with --holdout-fraction 0")
-    parser.add_argument("--temperature-from", required=True, help="the same recipe, run with the hold-out")
+    parser.add_argument("--checkpoint", required=True, help="the checkpoint whose temperature to set")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--temperature-from", help="(a run refit with --holdout-fraction 0) its twin with the hold-out")
+    shifted = "stress.json of `stress --holdout`: adopt the shift-fitted temperature if it is better"
+    source.add_argument("--under-shift", type=Path, metavar="STRESS_JSON", help=shifted)
     parser.set_defaults(run=_run_calibrate)
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
-    from core.training.calibrate import adopt_temperature
+    from core.training.calibrate import adopt_shift_temperature, adopt_temperature
 
+    if args.under_shift:
+        adopted = adopt_shift_temperature(args.checkpoint, json.loads(args.under_shift.read_text()))
+        kept = "temperature kept (the shift-fitted one is not better on unseen shifts)"
+        print(f"{args.checkpoint}: {kept if adopted is None else f'temperature {adopted:.3f}, fitted with shifts'}")
+        return 0
     temperature = adopt_temperature(args.checkpoint, args.temperature_from)
     print(f"{args.checkpoint}: temperature {temperature:.3f}, fitted on {args.temperature_from}'s hold-out")
     return 0

@@ -249,6 +249,8 @@ def _holdout_role(training: dict) -> str:
     source = training.get("temperature_from")
     if not source:
         return "It gives the per-epoch log and the temperature."
+    if "rule" in source:  # calibrate --under-shift
+        return f"It gives the per-epoch log and the temperature, {source['rule']}."
     return (f"A twin run of the same recipe (`{source['checkpoint']}`, not shipped) held out {source['holdout']}; "
             f"that hold-out checks the recipe ({_holdout(source['holdout_metrics']).rstrip('.')}) "
             "and gives the temperature.")  # fmt: skip
@@ -256,6 +258,8 @@ def _holdout_role(training: dict) -> str:
 
 def _temperature_source(training: dict) -> str:
     source = training.get("temperature_from")
+    if source and "rule" in source:
+        return "the hold-out with its stress-test shifts"
     return "the twin run's hold-out" if source else "the hold-out"
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from core.checkpoint import load_checkpoint, read_training_record
 from core.cli import main
 from tests.conftest import needs_data
@@ -41,3 +43,31 @@ def test_refit_without_a_holdout_takes_the_temperature_of_its_holdout_twin(small
     assert main(["calibrate", "--checkpoint", calibrate[4], "--temperature-from", calibrate[4]]) == 2
     assert "fitted its own temperature" in capsys.readouterr().err
     assert json.loads((tmp_path / "twin" / "config.json").read_text()) == twin
+
+
+def test_the_shift_fitted_temperature_is_adopted_only_when_it_does_better_on_unseen_shifts(checkpoint_root, tmp_path):
+    import shutil
+
+    from core.checkpoint import CheckpointError, read_config, read_training_record
+    from core.training.calibrate import adopt_shift_temperature
+
+    target = tmp_path / "model"
+    shutil.copytree(checkpoint_root / "tiny_convnext", target)
+    clean_t = read_config(target).temperature
+
+    def report(pooled_unseen: float, pooled_clean: float, images: str = "grouped hold-out of train+val") -> dict:
+        return {"images": images, "temperature_under_shift": {
+            "clean_temperature": clean_t, "pooled_temperature": 2.5,
+            "mean_ece_on_unseen_shifts": {"clean": 0.15, "pooled": pooled_unseen},
+            "clean_ece": {"clean": 0.03, "pooled": pooled_clean}}}  # fmt: skip
+
+    assert adopt_shift_temperature(target, report(0.2, 0.04)) is None  # worse under shift: kept
+    assert adopt_shift_temperature(target, report(0.08, 0.09)) is None  # clean ECE over 0.05: kept
+    assert read_config(target).temperature == clean_t
+    with pytest.raises(CheckpointError, match="grouped hold-out"):
+        adopt_shift_temperature(target, report(0.08, 0.04, images="split test"))
+    assert adopt_shift_temperature(target, report(0.08, 0.04)) == 2.5
+    assert read_config(target).temperature == 2.5
+    assert "unseen shift families" in read_training_record(target)["temperature_from"]["rule"]
+    with pytest.raises(CheckpointError, match="Run the stress test again"):
+        adopt_shift_temperature(target, report(0.08, 0.04))  # made at the old temperature
