@@ -123,6 +123,10 @@ def reliability_note(result: Explanation, place=st) -> None:
     )
 
 
+# Tables indexed by class: a column wide enough for "meningioma" (the default cut it to "mening").
+CLASS_INDEX = {"_index": st.column_config.TextColumn("class", width="medium")}
+
+
 def colormap_picker(key: str) -> str:
     """The heatmap colour map, the same choice on every page (colour-blind-safe ones marked)."""
     names = list(render.COLORMAPS)

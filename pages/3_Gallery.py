@@ -108,7 +108,7 @@ left.plotly_chart(
               labels={"x": "predicted", "y": "true", "color": "images"}, color_continuous_scale="Blues"),
     width="stretch",
 )  # fmt: skip
-right.dataframe(pd.DataFrame(summary["per_class"]).T.round(3))
+right.dataframe(pd.DataFrame(summary["per_class"]).T.round(3), column_config=ui.CLASS_INDEX)
 right.write(f"Accuracy {summary['accuracy']:.2%}, macro-F1 {summary['macro_f1']:.3f}, "
             f"{summary['num_images']} images; ECE {summary['ece_15_bins']['after_temperature']:.3f}.")  # fmt: skip
 
@@ -118,7 +118,7 @@ per_class = {
            for metric, v in values.items()}
     for name, values in summary["localisation"]["per_class"].items()
 }  # fmt: skip
-st.dataframe(pd.DataFrame(per_class).T)
+st.dataframe(pd.DataFrame(per_class).T, column_config=ui.CLASS_INDEX)
 
 st.subheader(f"Every method on this split (IoU at threshold {DEFAULT_THRESHOLD})")
 st.caption("The baselines know nothing of the model (uniform in the head, a centred Gaussian, the slice's "
