@@ -78,7 +78,8 @@ def load_image(
     elif name.endswith(DICOM_SUFFIXES) or _looks_like_dicom(data):
         kind, decode = "DICOM", lambda: _load_dicom(data, slice_index)
     elif name.endswith(RASTER_SUFFIXES) or "." not in name:
-        kind, decode = "image", lambda: _load_raster(data, slice_index)
+        suffix = name.rsplit(".", 1)[-1].upper() if "." in name else ""
+        kind, decode = "image", lambda: _load_raster(data, slice_index, suffix)
     else:
         raise ImageInputError(
             f"'{filename}' is not a supported format. Upload PNG, JPEG, BMP, TIFF, "
@@ -135,7 +136,7 @@ def to_unit_range(values: np.ndarray) -> np.ndarray:
 # --- PNG, JPEG, BMP, TIFF -------------------------------------------------
 
 
-def _load_raster(data: bytes, frame: int | None = None) -> LoadedImage:
+def _load_raster(data: bytes, frame: int | None = None, suffix: str = "") -> LoadedImage:
     num_frames, index = 1, 0
     try:
         with warnings.catch_warnings():
@@ -157,6 +158,12 @@ def _load_raster(data: bytes, frame: int | None = None) -> LoadedImage:
             f"The image declares more than {MAX_PIXELS // 1_000_000} megapixels. Downsample it or export one slice."
         ) from error
     except UnidentifiedImageError as error:
+        named = {"JPG": "JPEG", "TIF": "TIFF"}.get(suffix, suffix)
+        if named:
+            raise ImageInputError(
+                f"This file is named .{suffix.lower()} but is not a readable {named} image: it is damaged, or another "
+                "kind of file was renamed. Export the slice again (PNG, JPEG, BMP, TIFF, DICOM or NIfTI)."
+            ) from error
         raise ImageInputError(
             "This file is not an image we can read. Upload PNG, JPEG, BMP, TIFF, DICOM or NIfTI."
         ) from error

@@ -26,7 +26,7 @@ def test_explain_writes_pngs_and_results(use_tiny_checkpoints, tmp_path, capsys)
     results = json.loads((out / "results.json").read_text())
     assert results["checkpoint"] == "tiny_convnext" and results["method"] == "HiResCAM"
     first, failed, third = results["images"]
-    assert "error" in failed and "not an image" in failed["error"]
+    assert "error" in failed and "named .jpg but is not a readable JPEG image" in failed["error"]
     for entry in (first, third):
         assert entry["prediction"] in entry["probabilities"]
         assert entry["brain_masked"] is True and entry["timings_ms"]["total"] > 0

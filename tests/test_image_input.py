@@ -229,7 +229,8 @@ def png_with_declared_size(width: int, height: int) -> bytes:
     [
         (b"", "empty.png", "empty"),
         (b"\x00" * (MAX_FILE_BYTES + 1), "big.png", "limit is 50 MB"),
-        (np.random.default_rng(1).bytes(5000), "noise.png", "not an image"),
+        (np.random.default_rng(1).bytes(5000), "noise.png", "not a readable PNG image: it is damaged"),
+        (np.random.default_rng(1).bytes(5000), "noise", "not an image we can read"),
         (b"hello, this is a text file", "notes.txt", "not a supported format"),
         (png_with_declared_size(100_000, 100_000), "bomb.png", "megapixel"),
         (encode(head_phantom(64)[:20, :20], "PNG"), "tiny.png", "at least 32x32"),

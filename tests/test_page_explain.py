@@ -55,7 +55,7 @@ def test_upload_toggle_mask_move_threshold(use_tiny_checkpoints):
 def test_bad_upload_shows_a_clear_error(use_tiny_checkpoints):
     at = upload(run_page(), "broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
     assert not at.exception
-    assert "not an image" in at.error[0].value or "truncated" in at.error[0].value
+    assert "not a readable PNG image" in at.error[0].value or "truncated" in at.error[0].value
     assert not at.image
 
 

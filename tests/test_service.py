@@ -46,7 +46,7 @@ def test_target_and_mask_options(client):
     [
         ("notes.txt", b"hello", {}, 415, "not a supported format"),
         ("big.png", b"\0" * (MAX_FILE_BYTES + 1), {}, 413, "50 MB"),
-        ("broken.png", b"\x89PNG\r\n\x1a\n\0\0", {}, 422, "not an image"),
+        ("broken.png", b"\x89PNG\r\n\x1a\n\0\0", {}, 422, "not a readable PNG image"),
         ("empty.dcm", b"", {}, 422, "empty"),
         ("flat.png", encode(head_phantom(64) * 0 + 0.5, "PNG"), {}, 422, "same value"),
         ("scan.png", encode(head_phantom(64), "PNG"), {"target": "astrocytoma"}, 422, "Unknown class"),
