@@ -71,6 +71,26 @@ sort = filters[2].selectbox("Sort by", SORTS)
 chosen = select(result.rows, label, outcome, sort)
 st.write(f"**{len(chosen)}** {outcome} images for **{label}** on `{split}` ({method}, threshold {threshold:.2f}).")
 
+
+def show_detail(image: str | None) -> None:
+    st.session_state["gallery_selected"] = image
+
+
+selected = next((r for r in result.rows if r.image == st.session_state.get("gallery_selected")), None)
+if selected:  # above the grid, where the user looks after "Open"
+    heading, close = st.columns([5, 1])
+    heading.subheader(selected.image)
+    close.button("Close", key="close_detail", on_click=show_detail, args=(None,))
+    view = panels(root, selected, result.heatmaps[selected.image], threshold, colormap=colormap)
+    iou = f"IoU {selected.iou:.2f}" if selected.iou is not None else "no outline"
+    four = st.columns(4)
+    four[0].image(view.original, caption=f"Original (true: {selected.label})")
+    four[1].image(view.annotation, caption="Radiologist's outline" if view.has_outline else "No annotation")
+    four[2].image(view.heatmap, caption=f"{method} heatmap")
+    ui.colour_bar(four[2], colormap)
+    four[3].image(view.overlay, caption=f"Predicted {selected.predicted}; green: tumour, white: heatmap >= "
+                                        f"{threshold:.2f}; {iou}")  # fmt: skip
+
 if chosen:
     pages = max(1, -(-len(chosen) // PAGE_SIZE))
     page = st.number_input("Page", 1, pages, 1) if pages > 1 else 1
@@ -81,21 +101,9 @@ if chosen:
         with columns[i % 4]:
             st.image(card.overlay, caption=f"true {row.label}, predicted {row.predicted} ({row.confidence:.0%}){iou}"
                      f"{ui.reliability_flags(row)}")  # fmt: skip
-            if st.button("Open", key=f"open_{row.image}"):
-                st.session_state["gallery_selected"] = row.image
+            # A callback runs before the rerun, so the detail above the grid already shows this image.
+            st.button("Open", key=f"open_{row.image}", on_click=show_detail, args=(row.image,))
 
-selected = next((r for r in result.rows if r.image == st.session_state.get("gallery_selected")), None)
-if selected:
-    st.subheader(selected.image)
-    view = panels(root, selected, result.heatmaps[selected.image], threshold, colormap=colormap)
-    iou = f"IoU {selected.iou:.2f}" if selected.iou is not None else "no outline"
-    four = st.columns(4)
-    four[0].image(view.original, caption=f"Original (true: {selected.label})")
-    four[1].image(view.annotation, caption="Radiologist's outline" if view.has_outline else "No annotation")
-    four[2].image(view.heatmap, caption=f"{method} heatmap")
-    ui.colour_bar(four[2], colormap)
-    four[3].image(view.overlay, caption=f"Predicted {selected.predicted}; green: tumour, white: heatmap >= "
-                                        f"{threshold:.2f}; {iou}")  # fmt: skip
 st.caption(ui.DISCLAIMER + " The no-tumour images come from another source and MRI sequence: heat on the "
            "skull or background of those images is a sign of shortcut learning.")  # fmt: skip
 

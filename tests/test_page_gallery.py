@@ -27,7 +27,11 @@ def test_gallery_browses_cards_and_opens_one(use_tiny_checkpoints, gallery_datas
     at.button[0].click().run()
     assert not at.exception
     assert len(at.image) == cards + 5  # original, annotation, heatmap + colour bar, overlay
-    assert at.session_state["gallery_selected"]
+    opened = at.session_state["gallery_selected"]
+    assert at.subheader[0].value == opened  # the detail comes first, above the grid, where the user looks
+    at.button(key="close_detail").click().run()
+    assert at.session_state["gallery_selected"] is None and len(at.image) == cards
+    at.button(key=f"open_{opened}").click().run()
 
     at.slider[0].set_value(0.3).run()  # IoU re-read from the stored curves: no new evaluation
     assert not at.exception
