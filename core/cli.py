@@ -383,7 +383,7 @@ def _stress(commands) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--split", help="a split to report on (test: only after choosing)")
     where.add_argument("--holdout", action="store_true", help="the grouped hold-out of train+val, to choose on")
-    parser.add_argument("--limit", type=int, help="at most this many images per class (smoke runs)")
+    parser.add_argument("--limit", type=int, help="at most this many images per class, drawn at random (seeded)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write stress.json and stress.csv here")
     parser.set_defaults(run=_run_stress)

@@ -147,12 +147,17 @@ def stress_test(
     progress: bool = True,
 ) -> dict:
     """The shift table and the occlusion sensitivity of `checkpoint` on `split` (or the grouped
-    hold-out). `limit`: at most this many images per class (for smoke runs)."""
+    hold-out). `limit`: at most this many images per class, drawn at random (seeded)."""
     loaded = load_checkpoint(checkpoint)
     names = list(loaded.config.label_names)
     records = holdout_records(data, names, seed=seed) if holdout else list_split(data, split, names)
-    if limit:
-        records = [r for name in names for r in [x for x in records if x.label == name][:limit]]
+    if limit:  # a seeded random sample of each class, in the split's order
+        rng = np.random.default_rng(seed)
+        keep = set()
+        for name in names:
+            indices = [i for i, record in enumerate(records) if record.label == name]
+            keep.update(rng.choice(indices, size=min(limit, len(indices)), replace=False).tolist())
+        records = [record for i, record in enumerate(records) if i in keep]
     if not records:
         raise ValueError("No images to stress-test.")
     labels = np.array([names.index(r.label) for r in records])
@@ -196,7 +201,8 @@ def stress_test(
     pooled = {name: np.concatenate(logits) for name, logits in scored.items()}
     return {
         "checkpoint": str(checkpoint),
-        "images": "grouped hold-out of train+val (15 %, seed 0)" if holdout else f"split {split}",
+        "images": ("grouped hold-out of train+val (15 %, seed 0)" if holdout else f"split {split}")
+        + (f", a random {limit} per class (seed {seed})" if limit else ""),
         "num_images": len(records),
         "temperature": temperature,
         "shifts": {shift.name: shift.describe for shift in SHIFTS},
