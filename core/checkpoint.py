@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.preprocess import Preprocessing
-from core.reliability import RELIABILITY_FILE, Reliability
+from core.reliability import RELIABILITY_FILE, Reliability, feature_size
 from core.reliability import load as load_reliability
 
 SCHEMA_VERSION = 1
@@ -299,13 +299,10 @@ def load_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> Loaded
         trust = load_reliability(directory)
     except ValueError as error:
         raise CheckpointError(str(error)) from error
-    if trust is not None and trust.means.shape != (len(config.label_names), _feature_size(model)):
+    expected = (len(config.label_names), feature_size(model, config.preprocessing.input_size)) if trust else None
+    if trust is not None and trust.means.shape != expected:
         raise CheckpointError(f"{directory}'s reliability file was fitted for other weights; fit it again.")
     return LoadedModel(directory.name, model, config, hashlib.sha256(raw).hexdigest(), reliability=trust)
-
-
-def _feature_size(model: torch.nn.Module) -> int:
-    return int(model.get_classifier().in_features)
 
 
 def checkpoint_sha256(name_or_dir: str | Path, root: Path | None = None) -> str:

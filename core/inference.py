@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from core.checkpoint import LoadedModel
 from core.preprocess import PreparedSlice, Preprocessing, prepare_for_model, to_tensor
+from core.reliability import scores_and_features
 
 
 def prepare_slices(images: list[np.ndarray], settings: Preprocessing, mask_input: bool) -> list[PreparedSlice]:
@@ -59,7 +60,7 @@ def slice_logits(loaded: LoadedModel, images: list[np.ndarray], mask_input: bool
 
 @torch.no_grad()
 def slice_scores(loaded: LoadedModel, images: list[np.ndarray], mask_input: bool = True, batch: int = 64):
-    """(logits, penultimate features) for decoded slices from one forward pass each; the
+    """(logits, familiarity features) for decoded slices from one forward pass each; the
     features are what core.reliability measures familiarity on."""
     settings = loaded.config.preprocessing
     squares = np.stack([prepared.square for prepared in prepare_slices(images, settings, mask_input)])
@@ -67,7 +68,7 @@ def slice_scores(loaded: LoadedModel, images: list[np.ndarray], mask_input: bool
     logits, features = [], []
     for start in range(0, len(squares), batch):
         chunk = model_input(torch.from_numpy(squares[start : start + batch]).float(), settings)
-        pooled = model.forward_head(model.forward_features(chunk), pre_logits=True)
-        features.append(pooled.numpy())
-        logits.append(model.get_classifier()(pooled).numpy())
+        scores, described = scores_and_features(model, chunk)
+        logits.append(scores.numpy())
+        features.append(described.numpy())
     return np.concatenate(logits), np.concatenate(features)

@@ -1,7 +1,8 @@
 """When not to trust a prediction: unfamiliar scans and near-ties.
 
-Familiarity (Lee et al. 2018): the Mahalanobis distance of a slice's penultimate features
-(the vector the classifier reads) to the nearest class mean, with one shared covariance
+Familiarity (Lee et al. 2018): the Mahalanobis distance of a slice's features (the vector the
+classifier reads, and the channel statistics of an early stage) to the nearest class mean, with
+one shared covariance
 (Ledoit-Wolf shrinkage), all fitted on the training part of train+val. The score in [0, 1]
 is the share of the grouped hold-out's slices that lie at least as far: 0.5 is a typical
 slice, below 0.05 is farther than 95 % of the hold-out, and that slice is called unfamiliar.
@@ -95,17 +96,41 @@ def uncertain_text(probabilities: np.ndarray, label_names, top: int, runner_up: 
     )
 
 
+def early_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """A stage at 1/8 of the input (EfficientNet `blocks.2`, ConvNeXt `stages.1`): its channel
+    statistics describe texture and contrast, where photos, CT and other sequences differ most."""
+    return model.blocks[2] if hasattr(model, "blocks") else model.stages[1]
+
+
+def scores_and_features(model: torch.nn.Module, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, familiarity features) from one forward pass: the pooled features the classifier
+    reads (timm pre-logits), then the mean and standard deviation of each channel of
+    early_layer() (Lee et al. 2018 also score intermediate layers)."""
+    seen = []
+    handle = early_layer(model).register_forward_hook(lambda module, inputs, output: seen.append(output))
+    try:
+        pooled = model.forward_head(model.forward_features(tensor), pre_logits=True)
+    finally:
+        handle.remove()
+    early = seen[0].float()
+    features = torch.cat([pooled.float(), early.mean((2, 3)), early.std((2, 3))], 1)
+    return model.get_classifier()(pooled), features
+
+
 @torch.no_grad()
 def penultimate_features(model: torch.nn.Module, tensor: torch.Tensor, batch: int = 64) -> np.ndarray:
-    """The pooled features the classifier reads (timm pre-logits), (N, C)."""
+    """The familiarity features of scores_and_features(), (N, C), in eval mode."""
     was_training = model.training
     model.eval()
     out = [
-        model.forward_head(model.forward_features(tensor[start : start + batch]), pre_logits=True).float().numpy()
-        for start in range(0, len(tensor), batch)
+        scores_and_features(model, tensor[start : start + batch])[1].numpy() for start in range(0, len(tensor), batch)
     ]
     model.train(was_training)
     return np.concatenate(out)
+
+
+def feature_size(model: torch.nn.Module, input_size: int) -> int:
+    return int(penultimate_features(model, torch.zeros(1, 3, input_size, input_size)).shape[1])
 
 
 def choose_margin(probabilities: np.ndarray, labels: np.ndarray, target: float = SELECTIVE_ACCURACY) -> dict:

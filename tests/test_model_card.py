@@ -123,7 +123,9 @@ def test_card_reports_the_stress_test_and_when_not_to_trust_the_model(checkpoint
     checkpoint = tmp_path / "model"
     shutil.copytree(checkpoint_root / "tiny_effnet", checkpoint)
     rng = np.random.default_rng(0)
-    features = rng.normal(size=(200, 1280))
+    from core.checkpoint import load_checkpoint
+
+    features = rng.normal(size=(200, reliability.feature_size(load_checkpoint(checkpoint).model, 64)))
     info = {"fitted_on": "training part", "holdout": "grouped hold-out", "unfamiliar_below": 0.05,
             "target_selective_accuracy": 0.98, "selective_accuracy": 0.981, "coverage": 0.84}  # fmt: skip
     reliability.save(reliability.fit(features, rng.integers(0, 4, 200), features[:50], 0.27, info), checkpoint)

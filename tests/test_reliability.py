@@ -85,7 +85,7 @@ def test_a_checkpoint_carries_its_reliability_into_every_explanation(tmp_path):
     assert loaded.reliability is None and explain(loaded, head_phantom(96)).summary()["familiarity"] is None
 
     rng = np.random.default_rng(3)
-    size = loaded.model.get_classifier().in_features
+    size = reliability.feature_size(loaded.model, 64)  # pre-logits plus an early stage's channel statistics
     reliability.save(fitted(rng, size=size, margin=1.01), directory)  # every prediction a near-tie
     loaded = load_checkpoint(directory)
     result = explain(loaded, head_phantom(96))
