@@ -260,12 +260,13 @@ def read_config(directory: Path) -> ModelConfig:
     return ModelConfig.from_dict(values)
 
 
-def load_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> LoadedModel:
+def load_checkpoint(name_or_dir: str | Path, root: Path | None = None, reliability: bool = True) -> LoadedModel:
     """Load a checkpoint for inference (eval mode, CPU).
 
     Args:
         name_or_dir: a folder name under checkpoints/ or a path to a checkpoint folder.
         root: where names are looked up.
+        reliability: read reliability.safetensors too (off only to fit a new one).
 
     Returns:
         LoadedModel with its own lock.
@@ -296,7 +297,7 @@ def load_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> Loaded
     _check_layer(model, config.default_target_layer)
     model.eval()
     try:
-        trust = load_reliability(directory)
+        trust = load_reliability(directory) if reliability else None
     except ValueError as error:
         raise CheckpointError(str(error)) from error
     expected = (len(config.label_names), feature_size(model, config.preprocessing.input_size)) if trust else None

@@ -208,7 +208,7 @@ def fit_checkpoint(checkpoint: str | Path, data: Path, seed: int = 0, progress: 
     from core.inference import batched_logits, model_input
     from core.metrics import softmax
 
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint, reliability=False)  # the old file may not fit these weights
     names = list(loaded.config.label_names)
     settings = loaded.config.preprocessing
     records = [record for split in ("train", "val") for record in list_split(data, split, names)]
