@@ -211,7 +211,8 @@ def _stress_section(stress: dict) -> list[str]:
         " unfamiliar | familiarity AUC | kept | kept accuracy |" if trust else ""
     )
     lines = [
-        "", f"## Stress test on {stress['images']} ({stress['num_images']} images)", "",
+        "", f"## Stress test on {stress['images']} ({stress['num_images']} images, commit `{stress.get('commit')}`)",
+        "",
         "Each image changed as another scanner or protocol might (`python -m core stress`; shifts: "
         + "; ".join(f"{name}: {describe}" for name, describe in stress["shifts"].items())
         + "). Kept: neither uncertain nor unfamiliar (selective prediction); familiarity AUC: how well the score "

@@ -39,6 +39,7 @@ from core.image_input import load_image
 from core.inference import slice_logits, slice_scores
 from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
 from core.reliability import UNFAMILIAR_SHARE, Reliability
+from core.training.record import git_commit
 
 LEVELS = ("mild", "moderate", "strong")
 CHUNK = 32
@@ -201,6 +202,7 @@ def stress_test(
     pooled = {name: np.concatenate(logits) for name, logits in scored.items()}
     return {
         "checkpoint": str(checkpoint),
+        "commit": git_commit(),
         "images": ("grouped hold-out of train+val (15 %, seed 0)" if holdout else f"split {split}")
         + (f", a random {limit} per class (seed {seed})" if limit else ""),
         "num_images": len(records),

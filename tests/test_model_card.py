@@ -137,7 +137,7 @@ def test_card_reports_the_stress_test_and_when_not_to_trust_the_model(checkpoint
     card = (checkpoint / "README.md").read_text()
     stress = json.loads((tmp_path / "s" / "stress.json").read_text())
     assert "## When not to trust it" in card and "less than 0.27" in card and "98%" in card and "84%" in card
-    assert "## Stress test on split test (8 images)" in card
+    assert "## Stress test on split test (8 images, commit `" in card
     for row in stress["table"]:
         assert f"| {row['condition']} | {row['accuracy']:.3f} | {row['macro_f1']:.3f} | {row['ece']:.3f} |" in card
     assert "Calibration under shift: the shipped temperature" in card

@@ -52,7 +52,7 @@ def training_record(options: TrainOptions, started: float, history: list, holdou
         "history": history,
         "seconds": round(time.time() - started),
         "machine": _machine(options.device),
-        "commit": _git_commit(),
+        "commit": git_commit(),
     }
 
 
@@ -101,7 +101,7 @@ def _distillation_note(options: TrainOptions) -> str:
     return note
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
         return subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
