@@ -191,7 +191,8 @@ def _reliability_section(reliability: Reliability | None) -> list[str]:
     kept = info.get("selective_accuracy")
     return [
         "", "## When not to trust it", "",
-        f"- Familiarity: Mahalanobis distance of the penultimate features to the nearest class mean (shared "
+        f"- Familiarity: Mahalanobis distance of the features (the pre-logits, and an early stage's channel means "
+        f"and spreads) to the nearest class mean (shared "
         f"Ledoit-Wolf covariance), fitted on the {info.get('fitted_on')}; the score is the share of the "
         f"{info.get('holdout')} lying at least as far. Below {info.get('unfamiliar_below')}: unfamiliar.",
         f"- Uncertain when the top calibrated probability leads the runner-up by less than {reliability.margin:.2f}: "
