@@ -1,15 +1,34 @@
-"""Brain-MRI explainability dashboard. Run: streamlit run app.py
-
-The sidebar's pages, with the first one called Home (not after this file).
-"""
+"""Brain-MRI explainability dashboard. Run: streamlit run app.py"""
 
 import streamlit as st
 
+import cached
+import ui
+
 st.set_page_config(page_title="Brain-MRI explainability", page_icon=":brain:", layout="wide")
-PAGES = [
-    st.Page("pages/0_Home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/1_Explain.py", title="Explain", url_path="Explain"),
-    st.Page("pages/2_Compare.py", title="Compare", url_path="Compare"),
-    st.Page("pages/3_Gallery.py", title="Gallery", url_path="Gallery"),
-]
-st.navigation(PAGES).run()
+st.title("Brain-MRI classifier explainability")
+st.markdown(
+    """
+See where a brain-MRI classifier looks when it predicts **glioma, meningioma, pituitary
+tumour or no tumour**, using Grad-CAM and related methods.
+
+- **Explain**: upload a scan (PNG, JPEG, BMP, TIFF, DICOM, NIfTI) or pick a sample, and see
+  the original, the heatmap and the overlay with the model's prediction.
+- **Compare**: the ConvNeXt and the EfficientNet on the same scan, whether they agree on the
+  class and on where they look, and the same image under every CAM method.
+- **Gallery**: true positives, false positives and false negatives of a dataset split, with
+  heatmaps against the radiologists' tumour outlines, and localisation metrics per method.
+
+Models are trained on a public dataset with known biases (see each model card). This is a
+research tool, **not a medical device**: never use it for diagnosis.
+"""
+)
+models = cached.installed_models()
+if models:
+    with st.spinner("Loading the models (only the first visit after a server start waits for this)..."):
+        usable = [name for name in models if ui.loads(name)]
+    st.success(f"Installed models: {', '.join(usable)}. Open a page in the sidebar.")
+    if len(usable) < len(models):
+        st.warning(f"Not usable (see the Explain page for why): {', '.join(sorted(set(models) - set(usable)))}.")
+else:
+    st.warning("No trained model is installed yet; see the README to train one.")

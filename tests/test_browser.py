@@ -160,8 +160,6 @@ def test_home_page(browser, app_url, artifacts):
     installed = (By.XPATH, "//*[contains(., 'Installed models')]")
     WebDriverWait(browser, 120).until(EC.presence_of_element_located(installed))
     assert_no_error(browser)
-    links = [link.text.strip() for link in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNav"] a')]
-    assert [text.split()[-1] for text in links] == ["Home", "Explain", "Compare", "Gallery"], links  # not "app"
     browser.save_screenshot(str(artifacts / "home.png"))
 
 
