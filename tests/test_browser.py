@@ -195,7 +195,8 @@ def test_explain_panels_share_one_size_for_a_small_scan(browser, app_url, artifa
     widths = browser.execute_script(
         "return [...document.querySelectorAll(\"[data-testid='stImage'] img\")].map(img => img.clientWidth)"
     )
-    assert len(widths) == 3 and widths[0] > 64 and max(widths) - min(widths) <= 2, widths
+    # the three panels and the colour bar under the heatmap, all one column wide
+    assert len(widths) == 4 and widths[0] > 64 and max(widths) - min(widths) <= 2, widths
     browser.save_screenshot(str(artifacts / "explain_small_scan.png"))
 
 
