@@ -85,6 +85,7 @@ def outcome_of(label: str, predicted: str) -> str:
 
 HEATMAP_COLUMNS = ("mass_outside_brain", "annotation", "iou", "iou_otsu", "pointing_game", "mass_inside_tumour")
 FAITHFULNESS_COLUMNS = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc")
+RELIABILITY_COLUMNS = ("familiarity", "unfamiliar", "uncertain")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ def write_evaluation(folder: Path, evaluation: Evaluation) -> None:
     columns = ["image", "label", "predicted", "confidence", *(f"p_{n}" for n in label_names), "outcome"]
     columns += list(HEATMAP_COLUMNS) if with_heatmaps else []
     columns += list(FAITHFULNESS_COLUMNS) if "faithfulness" in evaluation.summary else []
+    columns += list(RELIABILITY_COLUMNS)
     with (folder / PREDICTIONS_FILE).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

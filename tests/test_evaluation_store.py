@@ -31,7 +31,8 @@ def rows() -> list[PredictionRow]:
                       "TP", 0.25, "polygon", 0.4, 0.3, True, 0.2),
         PredictionRow("test/glioma/b.jpg", "glioma", "notumor", 0.6, (0.4, 0.6), "FN", 0.5, "rectangle", 0.0, 0.1,
                       False, 0.05),
-        PredictionRow("test/notumor/c.jpg", "notumor", "notumor", 0.9, (0.1, 0.9), "TP", 0.1, "none"),
+        PredictionRow("test/notumor/c.jpg", "notumor", "notumor", 0.9, (0.1, 0.9), "TP", 0.1, "none",
+                      familiarity=0.03, unfamiliar=True, uncertain=False),
     ]  # fmt: skip
 
 
@@ -52,7 +53,7 @@ def test_rows_round_trip_exactly_through_predictions_csv(tmp_path):
     write_evaluation(tmp_path, written)
     header = (tmp_path / "predictions.csv").read_text().splitlines()[0]
     assert header == ("image,label,predicted,confidence,p_glioma,p_notumor,outcome,mass_outside_brain,annotation,"
-                      "iou,iou_otsu,pointing_game,mass_inside_tumour")  # fmt: skip
+                      "iou,iou_otsu,pointing_game,mass_inside_tumour,familiarity,unfamiliar,uncertain")  # fmt: skip
     back = read_evaluation(tmp_path)
     assert back.rows == written.rows  # floats, booleans and missing values come back as written
     assert back.summary == written.summary
@@ -63,7 +64,7 @@ def test_rows_round_trip_exactly_through_predictions_csv(tmp_path):
 def test_without_heatmaps_only_the_prediction_columns_are_written(tmp_path):
     write_evaluation(tmp_path, evaluation(with_heatmaps=False))
     assert (tmp_path / "predictions.csv").read_text().splitlines()[0] == (
-        "image,label,predicted,confidence,p_glioma,p_notumor,outcome"
+        "image,label,predicted,confidence,p_glioma,p_notumor,outcome,familiarity,unfamiliar,uncertain"
     )
     assert not (tmp_path / "heatmaps.npz").exists()
     assert read_evaluation(tmp_path).rows[2].iou is None
