@@ -31,7 +31,7 @@ from core.checkpoint import LoadedModel, ModelConfig
 from core.inference import prepare_slices
 from core.metrics import softmax
 from core.preprocess import heatmap_to_slice, to_tensor
-from core.reliability import Verdict, familiarity_features, uncertain_text, verdict
+from core.reliability import NOT_ASSESSED, Verdict, familiarity_features, uncertain_text, verdict
 
 CAM_METHODS = {
     "Grad-CAM": GradCAM,
@@ -146,11 +146,7 @@ class Explanation:
             "brain_mask_note": self.brain_mask_note,
             "timings_ms": dict(self.timings_ms),
             "warning": self.warning,
-            **(
-                self.reliability.fields()
-                if self.reliability
-                else {"familiarity": None, "unfamiliar": False, "uncertain": False}
-            ),
+            **(self.reliability or NOT_ASSESSED).fields(),
         }
 
 

@@ -58,16 +58,22 @@ def slice_logits(loaded: LoadedModel, images: list[np.ndarray], mask_input: bool
     return batched_logits(loaded.model, squares, settings)
 
 
-@torch.no_grad()
-def slice_scores(loaded: LoadedModel, images: list[np.ndarray], mask_input: bool = True, batch: int = 64):
+def slice_scores(loaded: LoadedModel, images: list[np.ndarray], mask_input: bool = True):
     """(logits, familiarity features) for decoded slices from one forward pass each; the
     features are what core.reliability measures familiarity on."""
     settings = loaded.config.preprocessing
     squares = np.stack([prepared.square for prepared in prepare_slices(images, settings, mask_input)])
-    model = loaded.model.eval()
+    return square_scores(loaded.model, squares, settings)
+
+
+@torch.no_grad()
+def square_scores(model: torch.nn.Module, squares: np.ndarray, settings: Preprocessing, batch: int = 64):
+    """(logits, familiarity features) for prepared squares (N, S, S): uint8 or float in [0, 1]."""
+    model.eval()
+    scale = 255.0 if squares.dtype == np.uint8 else 1.0
     logits, features = [], []
     for start in range(0, len(squares), batch):
-        chunk = model_input(torch.from_numpy(squares[start : start + batch]).float(), settings)
+        chunk = model_input(torch.from_numpy(squares[start : start + batch]).float() / scale, settings)
         scores, described = scores_and_features(model, chunk)
         logits.append(scores.numpy())
         features.append(described.numpy())

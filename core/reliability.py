@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 RELIABILITY_FILE = "reliability.safetensors"
@@ -184,8 +184,6 @@ def load(directory: Path) -> Reliability | None:
         return None
     try:
         tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), "np") as handle:
             metadata = handle.metadata() or {}
         reliability = Reliability(
@@ -205,7 +203,7 @@ def fit_checkpoint(checkpoint: str | Path, data: Path, seed: int = 0, progress: 
     (the split `train` uses, seed 0), with the inputs the app gives the model (brain-masked)."""
     from core.checkpoint import load_checkpoint
     from core.dataset import decode_records, grouped_holdout, list_split
-    from core.inference import model_input
+    from core.inference import square_scores
     from core.metrics import softmax
 
     loaded = load_checkpoint(checkpoint, reliability=False)  # the old file may not fit these weights
@@ -215,15 +213,8 @@ def fit_checkpoint(checkpoint: str | Path, data: Path, seed: int = 0, progress: 
     held = grouped_holdout(records, 0.15, seed)
     _, masked = decode_records(data, records, settings, progress)
     labels = np.array([names.index(record.label) for record in records])
-    logits, features = [], []
-    with torch.no_grad():
-        for start in range(0, len(masked), 64):  # one forward pass gives both
-            chunk = model_input(torch.from_numpy(masked[start : start + 64]).float() / 255, settings)
-            scores, described = scores_and_features(loaded.model.eval(), chunk)
-            logits.append(scores.numpy())
-            features.append(described.numpy())
-    features = np.concatenate(features)
-    probabilities = softmax(np.concatenate(logits), loaded.config.temperature)
+    logits, features = square_scores(loaded.model, masked, settings)  # one forward pass gives both
+    probabilities = softmax(logits, loaded.config.temperature)
     chosen = choose_margin(probabilities[held], labels[held])
     info = {
         "fitted_on": f"training part of train+val ({int((~held).sum())} images), brain-masked inputs",
