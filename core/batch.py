@@ -10,11 +10,12 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from core.checkpoint import load_checkpoint
+from core.checkpoint import LoadedModel, load_checkpoint, resolve_checkpoint
 from core.explain import ExplainError, ExplainSettings, explain
 from core.image_input import SUPPORTED_SUFFIXES, ImageInputError, load_image
 from core.render import explanation_panels, png_bytes
@@ -39,6 +40,28 @@ def expand_inputs(paths: list[Path]) -> list[tuple[Path, Path]]:
     return unique
 
 
+@dataclass(frozen=True)
+class ExplainedFile:
+    """One input's result as an engine hands it back: its row, and its two pictures as PNG
+    bytes (None where the file failed; the row then says why)."""
+
+    entry: dict
+    overlay_png: bytes | None = None
+    heatmap_png: bytes | None = None
+
+
+def explain_file(loaded: LoadedModel, path: Path, settings: ExplainSettings) -> ExplainedFile:
+    """Read, explain and draw one file: the unit of work of every engine."""
+    entry = {"image": str(path)}
+    try:
+        image = load_image(path.read_bytes(), path.name).pixels
+        result = explain(loaded, image, settings)
+    except (ImageInputError, ExplainError, OSError) as error:
+        return ExplainedFile({**entry, "error": error.strerror if isinstance(error, OSError) else str(error)})
+    pictures = explanation_panels(image, result.heatmap)
+    return ExplainedFile({**entry, **result.summary()}, png_bytes(pictures.overlay), png_bytes(pictures.heatmap))
+
+
 def explain_files(
     paths: list[Path],
     checkpoint: str | Path,
@@ -46,34 +69,48 @@ def explain_files(
     settings: ExplainSettings = ExplainSettings(),
     *,
     progress: bool = True,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> list[dict]:
-    """Explain every image; returns one dict per input (also in results.json / summary.csv)."""
+    """Explain every image; returns one dict per input (also in results.json / summary.csv).
+
+    Args:
+        engine: "local" (this process) or "ray" (an actor pool, core.distributed; `address`
+            and `workers` are its cluster and pool size). Both write the same files and rows.
+    """
     loaded = load_checkpoint(checkpoint)
     settings = settings.resolved(loaded.config)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for path, stem in tqdm(expand_inputs(paths), desc="explain", unit="image", disable=not progress):
-        entry = {"image": str(path)}
-        try:
-            image = load_image(path.read_bytes(), path.name).pixels
-            result = explain(loaded, image, settings)
-        except (ImageInputError, ExplainError, OSError) as error:
-            message = error.strerror if isinstance(error, OSError) else str(error)
-            tqdm.write(f"{path}: {message}", file=sys.stderr)
-            results.append({**entry, "error": message})
-            continue
-        (out / stem).parent.mkdir(parents=True, exist_ok=True)
-        overlay_path, heatmap_path = (out / f"{stem}_overlay.png", out / f"{stem}_heatmap.png")
-        pictures = explanation_panels(image, result.heatmap)
-        overlay_path.write_bytes(png_bytes(pictures.overlay))
-        heatmap_path.write_bytes(png_bytes(pictures.heatmap))
-        entry.update(result.summary(), overlay=str(overlay_path.relative_to(out)),
-                     heatmap=str(heatmap_path.relative_to(out)))  # fmt: skip
-        results.append(entry)
+    inputs = expand_inputs(paths)
+    if engine == "ray":
+        from core.distributed import explain_stream
+
+        files = [path.resolve() for path, _ in inputs]  # workers may not share this process's directory
+        stream = explain_stream(loaded, resolve_checkpoint(checkpoint).resolve(), files, settings, address, workers)
+    else:
+        stream = ((index, explain_file(loaded, path, settings)) for index, (path, _) in enumerate(inputs))
+    results: list[dict | None] = [None] * len(inputs)
+    for index, explained in tqdm(stream, total=len(inputs), desc="explain", unit="image", disable=not progress):
+        path, stem = inputs[index]
+        results[index] = _write_pictures(out, stem, {**explained.entry, "image": str(path)}, explained)
     run = {"checkpoint": loaded.name, "method": settings.method, "images": results}
     (out / "results.json").write_text(json.dumps(run, indent=2) + "\n")
     _write_summary_csv(out / "summary.csv", results, loaded.config.label_names, settings.method)
     return results
+
+
+def _write_pictures(out: Path, stem: Path, entry: dict, explained: ExplainedFile) -> dict:
+    """Write one result's PNGs under OUT; its row, with their paths relative to OUT."""
+    if explained.overlay_png is None:
+        tqdm.write(f"{entry['image']}: {entry['error']}", file=sys.stderr)
+        return entry
+    (out / stem).parent.mkdir(parents=True, exist_ok=True)
+    overlay_path, heatmap_path = (out / f"{stem}_overlay.png", out / f"{stem}_heatmap.png")
+    overlay_path.write_bytes(explained.overlay_png)
+    heatmap_path.write_bytes(explained.heatmap_png)
+    entry.update(overlay=str(overlay_path.relative_to(out)), heatmap=str(heatmap_path.relative_to(out)))
+    return entry
 
 
 def _write_summary_csv(path: Path, results: list[dict], label_names, method: str) -> None:

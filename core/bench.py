@@ -166,3 +166,45 @@ def _print_table(report: dict) -> None:
     print(f"re-render 512x512 (the three panels), CAM-like: p50 {render['rerender_512_p50_ms']} ms, "
           f"p95 {render['rerender_512_p95_ms']} ms (target <= 15 ms); noise heatmap (worst case): "
           f"p50 {render['rerender_512_noise_p50_ms']} ms, p95 {render['rerender_512_noise_p95_ms']} ms")  # fmt: skip
+
+
+def bench_engines(checkpoint: str, folder: Path, out: Path | None, limit: int | None = None) -> dict:
+    """`explain FOLDER` by the local engine at one torch thread, then by Ray with 1 and 2 actors:
+    images/s of each whole command (Ray's start-up included), the two ratios of #31's targets,
+    and whether every row and picture is identical (timings aside)."""
+    import tempfile
+
+    from core.batch import expand_inputs, explain_files
+
+    files = [path for path, _ in expand_inputs([folder])][:limit]
+    threads = torch.get_num_threads()
+    runs, outputs = {}, {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, options in (("local", {}), ("ray_1", {"workers": 1}), ("ray_2", {"workers": 2})):
+            torch.set_num_threads(1)
+            started = time.perf_counter()
+            engine = {"engine": "ray", **options} if options else {}
+            results = explain_files(files, checkpoint, Path(scratch) / name, progress=False, **engine)
+            runs[name] = round(len(files) / (time.perf_counter() - started), 3)
+            outputs[name] = _comparable(Path(scratch) / name, results)
+        torch.set_num_threads(threads)
+    report = {
+        "checkpoint": checkpoint,
+        "images": len(files),
+        "images_per_s": runs,
+        "ray_2_over_ray_1": round(runs["ray_2"] / runs["ray_1"], 2),
+        "ray_1_overhead": round(runs["local"] / runs["ray_1"] - 1, 3),
+        "identical_to_local": {name: outputs[name] == outputs["local"] for name in ("ray_1", "ray_2")},
+        "targets": {"ray_2_over_ray_1": ">= 1.6", "ray_1_overhead": "<= 0.15"},
+    }
+    print(json.dumps(report, indent=2))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _comparable(folder: Path, results: list[dict]) -> tuple:
+    rows = [{k: v for k, v in row.items() if k != "timings_ms"} for row in results]
+    pictures = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
+    return json.dumps(rows, sort_keys=True), (folder / "summary.csv").read_text(), pictures

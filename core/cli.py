@@ -18,12 +18,13 @@ from pathlib import Path
 
 from core.checkpoint import CheckpointError
 from core.dataset import DatasetError
+from core.distributed import EngineError
 from core.evaluation_store import cache_dir
 from core.explain import METHODS, ExplainError, ExplainSettings
 from core.image_input import ImageInputError
 from core.training.options import TrainOptions
 
-USER_ERRORS = (CheckpointError, DatasetError, ExplainError, ImageInputError)
+USER_ERRORS = (CheckpointError, DatasetError, EngineError, ExplainError, ImageInputError)
 DEFAULT = "default"  # --method default: the method the checkpoint's config.json names
 
 
@@ -85,6 +86,17 @@ def _add_explain_options(parser: argparse.ArgumentParser, method_default: str | 
     parser.add_argument("--no-brain-mask", action="store_true", help="no masking of input or heatmap")
 
 
+def _add_engine_options(parser: argparse.ArgumentParser) -> None:
+    engines = "local: this process; ray: a pool of Ray actors (one model and torch thread each)"
+    parser.add_argument("--engine", choices=("local", "ray"), default="local", help=engines)
+    parser.add_argument("--address", help="with --engine ray: the cluster to join (default: start one here)")
+    parser.add_argument("--workers", type=int, help="with --engine ray: actors in the pool (default: every CPU)")
+
+
+def _engine_options(args: argparse.Namespace) -> dict:
+    return {"engine": args.engine, "address": args.address, "workers": args.workers}
+
+
 def _explain_settings(args: argparse.Namespace) -> ExplainSettings:
     mask = not args.no_brain_mask
     method = None if args.method in (None, DEFAULT) else args.method
@@ -122,13 +134,14 @@ def _explain(commands) -> None:
     parser.add_argument("--target", help="class name to explain (default: predicted)")
     _add_explain_options(parser)
     parser.add_argument("--out", type=Path, required=True)
+    _add_engine_options(parser)
     parser.set_defaults(run=_run_explain)
 
 
 def _run_explain(args: argparse.Namespace) -> int:
     from core.batch import explain_files
 
-    results = explain_files(args.images, args.checkpoint, args.out, _explain_settings(args))
+    results = explain_files(args.images, args.checkpoint, args.out, _explain_settings(args), **_engine_options(args))
     failed = sum("error" in r for r in results)
     print(f"{len(results) - failed} of {len(results)} images explained; results in {args.out / 'results.json'}")
     return 1 if failed else 0
@@ -146,6 +159,7 @@ def _evaluate(commands) -> None:
     parser.add_argument(
         "--faithfulness", action="store_true", help="with --method: deletion/insertion AUC per image (~1 s each)"
     )
+    _add_engine_options(parser)
     parser.epilog = (
         "With --method (e.g. 'default'), every image also gets a heatmap and localisation metrics against its outline."
     )
@@ -161,11 +175,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         print("--faithfulness checks heatmaps: add --method (e.g. --method default).", file=sys.stderr)
         return 2
     if args.cache:
-        folder = cached_evaluation(args.checkpoint, args.data, args.split, cache_dir(), **options)
+        folder = cached_evaluation(args.checkpoint, args.data, args.split, cache_dir(), **options,
+                                   **_engine_options(args))  # fmt: skip
         shutil.copytree(folder, args.out, dirs_exist_ok=True)
         summary = json.loads((args.out / "summary.json").read_text())
     else:
-        summary = evaluate(args.checkpoint, args.data, args.split, args.out, faithfulness=args.faithfulness, **options)
+        summary = evaluate(args.checkpoint, args.data, args.split, args.out, faithfulness=args.faithfulness, **options,
+                           **_engine_options(args))  # fmt: skip
     ece = summary["ece_15_bins"]
     print(
         f"{summary['num_images']} images: accuracy {summary['accuracy']:.3f}, macro-F1 {summary['macro_f1']:.3f}, "
@@ -282,13 +298,20 @@ def _bench(commands) -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("bench.json"))
+    engines = "instead: explain FOLDER locally and on Ray with 1 and 2 actors (the first checkpoint)"
+    parser.add_argument("--engines", type=Path, metavar="FOLDER", help=engines)
+    parser.add_argument("--limit", type=int, help="with --engines: the first N files only")
     parser.set_defaults(run=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from core.bench import run_bench
+    from core.bench import bench_engines, run_bench
 
-    run_bench(args.checkpoints, args.repeats, args.batch, args.out)
+    if args.engines:
+        checkpoint = (args.checkpoints or ["efficientnet_lite0"])[0]
+        bench_engines(checkpoint, args.engines, args.out, args.limit)
+    else:
+        run_bench(args.checkpoints, args.repeats, args.batch, args.out)
     return 0
 
 

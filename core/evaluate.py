@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.annotations import load_outline
-from core.checkpoint import LoadedModel, checkpoint_sha256, load_checkpoint
+from core.checkpoint import LoadedModel, checkpoint_sha256, load_checkpoint, resolve_checkpoint
 from core.dataset import Record, list_split
 from core.evaluation_store import (
     FAITHFULNESS_COLUMNS,
@@ -54,6 +54,9 @@ def evaluate(
     batch_size: int = 32,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Predict every image of ROOT/SPLIT (and explain it, with `heatmaps`) and summarise.
 
@@ -74,25 +77,25 @@ def evaluate(
     settings = settings.resolved(loaded.config)
     label_names = list(loaded.config.label_names)
     records = list_split(root, split, label_names)
+    chunks = [records[start : start + batch_size] for start in range(0, len(records), batch_size)]
+    options = {"settings": settings, "heatmaps": heatmaps, "threshold": threshold, "faithfulness": faithfulness}
     started = time.perf_counter()
-    scored = _Scored(threshold, faithfulness and heatmaps)
-    skipped = []
+    if engine == "ray":
+        from core.distributed import evaluate_stream
+
+        folder = resolve_checkpoint(checkpoint).resolve()
+        stream = evaluate_stream(loaded, folder, Path(root).resolve(), chunks, options, address, workers)
+    else:
+        stream = ((index, score_chunk(loaded, Path(root), chunk, **options)) for index, chunk in enumerate(chunks))
+    done: list[_Scored | None] = [None] * len(chunks)
     with tqdm(total=len(records), desc=f"evaluate {split}", unit="image", disable=not progress) as bar:
-        for start in range(0, len(records), batch_size):
-            batch = records[start : start + batch_size]
-            images, kept = [], []
-            for record in batch:
-                path = Path(root) / record.image
-                try:
-                    images.append(load_image(path.read_bytes(), path.name).pixels)
-                    kept.append(record)
-                except ImageInputError as error:
-                    skipped.append({"image": record.image, "error": str(error)})
-            if images:
-                scored.add(loaded, Path(root), kept, images, settings, heatmaps)
-            bar.update(len(batch))
+        for index, chunk_scores in stream:
+            done[index] = chunk_scores
+            bar.update(len(chunks[index]))
             if on_progress:
                 on_progress(bar.n, len(records))
+    scored = _Scored.merged(done, threshold)
+    skipped = scored.skipped
     seconds = time.perf_counter() - started
 
     rows = scored.rows
@@ -136,6 +139,31 @@ def heatmap_settings(settings: ExplainSettings, threshold: float) -> dict:
     }
 
 
+def score_chunk(
+    loaded: LoadedModel,
+    root: Path,
+    records: list[Record],
+    *,
+    settings: ExplainSettings,
+    heatmaps: bool,
+    threshold: float,
+    faithfulness: bool,
+) -> _Scored:
+    """Read and score one batch of records: the unit of work of every engine."""
+    scored = _Scored(threshold, faithfulness and heatmaps)
+    images, kept = [], []
+    for record in records:
+        path = root / record.image
+        try:
+            images.append(load_image(path.read_bytes(), path.name).pixels)
+            kept.append(record)
+        except ImageInputError as error:
+            scored.skipped.append({"image": record.image, "error": str(error)})
+    if images:
+        scored.add(loaded, root, kept, images, settings, heatmaps)
+    return scored
+
+
 class _Scored:
     """What an evaluation collects batch by batch: rows, logits and, with heatmaps, a small
     heatmap per image and its IoU with the outline at every IOU_THRESHOLDS step."""
@@ -147,6 +175,19 @@ class _Scored:
         self.logits: list[np.ndarray] = []
         self.heatmaps: dict[str, np.ndarray] = {}
         self.iou_curves: dict[str, np.ndarray] = {}
+        self.skipped: list[dict] = []
+
+    @classmethod
+    def merged(cls, parts: list[_Scored], threshold: float) -> _Scored:
+        """The parts' contents, in the parts' order."""
+        whole = cls(threshold)
+        for part in parts:
+            whole.rows += part.rows
+            whole.logits += part.logits
+            whole.heatmaps.update(part.heatmaps)
+            whole.iou_curves.update(part.iou_curves)
+            whole.skipped += part.skipped
+        return whole
 
     def add(
         self, loaded: LoadedModel, root: Path, records: list[Record], images, settings: ExplainSettings, heatmaps: bool
