@@ -20,6 +20,7 @@ from core.image_input import LoadedImage, load_image
 from core.inference import slice_logits
 from core.sanity import SanityCheck, randomisation_check
 from core.sweep import baseline_summary, outlined_slices
+from core.volume import VolumeScores, score_volume, slice_reader
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading model...")
@@ -52,6 +53,15 @@ def prediction(
     with loaded.lock:  # no CAM hooks of another session may see this forward pass
         logits = slice_logits(loaded, [image(data, filename, slice_index, axis).pixels], mask_input)
     return loaded.config.label_names[int(logits[0].argmax())]
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def volume_scores(
+    checkpoint: str, data: bytes, filename: str, axis: int, mask_input: bool, _on_progress=None
+) -> VolumeScores:
+    """Every slice of the volume scored (forward passes in batches; core.volume)."""
+    count, read = slice_reader(data, filename, axis)
+    return score_volume(model(checkpoint), count, read, mask_input=mask_input, on_progress=_on_progress)
 
 
 @st.cache_data(max_entries=32, show_spinner="Removing and revealing the hottest pixels...")

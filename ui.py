@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +14,12 @@ from core.checkpoint import CheckpointError, LoadedModel
 from core.dataset import DatasetError
 from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, layer_names
 from core.faithfulness import FaithfulnessCheck
-from core.image_input import MAX_FILE_BYTES, ImageInputError, LoadedImage
+from core.image_input import MAX_FILE_BYTES, MAX_VOLUME_FILE_BYTES, ImageInputError, LoadedImage
 from core.reliability import DEFAULT_MARGIN, UNFAMILIAR_MESSAGE
 from core.sanity import SanityCheck
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_images"
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom", "nii", "gz"]
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom", "nii", "gz", "zip"]
 USER_ERRORS = (ImageInputError, ExplainError, CheckpointError, DatasetError)
 NOTUMOR_CAVEAT = (
     "Caution: every no-tumour training image came from a different source and MRI sequence than the "
@@ -200,7 +201,8 @@ def pick_scan(key: str) -> Scan | None:
     source = st.radio("Image", ["Upload a scan", "Use a sample"], horizontal=True, key=f"{key}_source")
     if source == "Upload a scan":
         upload = st.file_uploader(
-            f"PNG, JPEG, BMP, TIFF, DICOM or NIfTI (up to {MAX_FILE_BYTES // 2**20} MB)",
+            f"PNG, JPEG, BMP, TIFF (up to {MAX_FILE_BYTES // 2**20} MB); DICOM, NIfTI or a ZIP of one DICOM series "
+            f"(up to {MAX_VOLUME_FILE_BYTES // 2**20} MB)",
             type=UPLOAD_TYPES,
             key=f"{key}_upload",
         )
@@ -226,10 +228,60 @@ def pick_scan(key: str) -> Scan | None:
         first = cached.image(data, filename, None, axis)
         slice_index = None
         if first.num_slices > 1:
-            label = {"DICOM": "Frame", "NIfTI": "Slice"}.get(first.file_format, "Page")
+            label = {"DICOM": "Frame", "NIfTI": "Slice", "DICOM series": "Slice"}.get(first.file_format, "Page")
             slice_index = st.slider(label, 0, first.num_slices - 1, first.slice_index, key=f"{key}_slice")
         image = cached.image(data, filename, slice_index, axis)
     except ImageInputError as error:
         st.error(str(error))
         return None
     return Scan(data, filename, slice_index, axis, image)
+
+
+def volume_section(scan: Scan, checkpoint: str, mask_input: bool, key: str) -> None:
+    """For a volume: score every slice when asked, chart the class probabilities along it, and
+    jump to the most suspicious slice or to a clicked point (the slice slider follows)."""
+    count = scan.image.num_slices
+    if count <= 1:
+        return
+    slider, chart_key = f"{key}_slice", f"{key}_volume_chart"
+    request = (checkpoint, hashlib.sha256(scan.data).hexdigest(), scan.filename, scan.axis, mask_input)
+    if st.session_state.get(f"{key}_volume") != request:
+        how = "One forward pass per slice, in batches: the chart shows where the model sees a tumour."
+        if st.button(f"Score all {count} slices", key=f"{key}_score_volume", help=how):
+            st.session_state[f"{key}_volume"] = request
+        else:
+            return
+    bar = st.progress(0.0, text=f"Scoring {count} slices...")
+    try:
+        scores = cached.volume_scores(*request[:1], scan.data, scan.filename, scan.axis, mask_input,
+                                      _on_progress=lambda done, total: bar.progress(
+                                          done / total, text=f"Scored {done} of {total} slices"))  # fmt: skip
+    except ImageInputError as error:
+        bar.empty()
+        st.error(str(error))
+        return
+    bar.empty()
+
+    def jump_to_clicked() -> None:
+        points = st.session_state[chart_key].selection.get("points", [])
+        if points:
+            st.session_state[slider] = int(points[0]["x"])
+
+    current = scan.slice_index if scan.slice_index is not None else scan.image.slice_index
+    st.plotly_chart(render.volume_figure(scores, current), key=chart_key, on_select=jump_to_clicked,
+                    selection_mode="points", width="stretch")  # fmt: skip
+    failed = sum(s.error is not None for s in scores.slices)
+    top = scores.most_suspicious(1)
+    if top:
+        best = scores.slices[top[0]]
+        go, note = st.columns([1, 2])
+        go.button(f"Go to the most suspicious slice ({top[0]})", key=f"{key}_go_top", on_click=_set_state,
+                  args=(slider, top[0]), disabled=top[0] == current)  # fmt: skip
+        note.caption(f"Slice {top[0]}: {best.prediction}, tumour probability {scores.suspicion(best):.0%}"
+                     + ("; unlike the training images" if best.unfamiliar else "") + ". Click a point to go to its "
+                     "slice; open circles mark slices unlike the training images"
+                     + (f"; {failed} slice(s) could not be read (blank or damaged)." if failed else "."))  # fmt: skip
+
+
+def _set_state(key: str, value) -> None:
+    st.session_state[key] = value

@@ -2,7 +2,8 @@
 
 Writes, mirroring the input tree under OUT: `<stem>_overlay.png` and `<stem>_heatmap.png`
 per image, plus `results.json` and `summary.csv` for the run. A bad file is reported in its
-row and the batch goes on.
+row and the batch goes on. With `--all-slices`, every slice of each volume gets a row and the
+most suspicious slices get `<stem>_slice<NNN>_overlay.png` and `_heatmap.png`.
 """
 
 from __future__ import annotations
@@ -58,8 +59,7 @@ def explain_file(loaded: LoadedModel, path: Path, settings: ExplainSettings) -> 
         result = explain(loaded, image, settings)
     except (ImageInputError, ExplainError, OSError) as error:
         return ExplainedFile({**entry, "error": error.strerror if isinstance(error, OSError) else str(error)})
-    pictures = explanation_panels(image, result.heatmap)
-    return ExplainedFile({**entry, **result.summary()}, png_bytes(pictures.overlay), png_bytes(pictures.heatmap))
+    return ExplainedFile({**entry, **result.summary()}, *_panel_pngs(image, result.heatmap))
 
 
 def explain_files(
@@ -139,3 +139,62 @@ def _stem(path: Path) -> str:
         if suffix and name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def explain_volumes(
+    paths: list[Path],
+    checkpoint: str | Path,
+    out: Path,
+    settings: ExplainSettings = ExplainSettings(),
+    *,
+    top: int = 3,
+    progress: bool = True,
+) -> list[dict]:
+    """`explain --all-slices`: every slice of each volume scored (summary.csv: one row per
+    slice), and heatmap + overlay PNGs for its `top` most suspicious slices."""
+    from core.volume import score_volume, slice_reader
+
+    loaded = load_checkpoint(checkpoint)
+    settings = settings.resolved(loaded.config)
+    out.mkdir(parents=True, exist_ok=True)
+    volumes = []
+    for path, stem in expand_inputs(paths):
+        try:
+            count, read = slice_reader(path.read_bytes(), path.name)
+        except (ImageInputError, OSError) as error:
+            message = error.strerror if isinstance(error, OSError) else str(error)
+            tqdm.write(f"{path}: {message}", file=sys.stderr)
+            volumes.append({"image": str(path), "error": message})
+            continue
+        with tqdm(total=count, desc=path.name, unit="slice", disable=not progress) as bar:
+            scores = score_volume(loaded, count, read, mask_input=settings.mask_input,
+                                  on_progress=lambda done, _: bar.update(done - bar.n))  # fmt: skip
+        slices = scores.rows()
+        for index in scores.most_suspicious(top):
+            image = read(index).pixels
+            explained = ExplainedFile({}, *_panel_pngs(image, explain(loaded, image, settings).heatmap))
+            named = stem.with_name(f"{stem.name}_slice{index:03d}")
+            slices[index] = _write_pictures(out, named, slices[index], explained)
+        volumes.append({"image": str(path), "num_slices": count, "most_suspicious": scores.most_suspicious(top),
+                        "slices": slices})  # fmt: skip
+    run = {"checkpoint": loaded.name, "method": settings.method, "volumes": volumes}
+    (out / "results.json").write_text(json.dumps(run, indent=2) + "\n")
+    _write_slice_csv(out / "summary.csv", volumes, loaded.config.label_names, settings.method)
+    return volumes
+
+
+def _panel_pngs(image, heatmap) -> tuple[bytes, bytes]:
+    pictures = explanation_panels(image, heatmap)
+    return png_bytes(pictures.overlay), png_bytes(pictures.heatmap)
+
+
+def _write_slice_csv(path: Path, volumes: list[dict], label_names, method: str) -> None:
+    columns = ["path", "slice", "prediction", *(f"p_{n}" for n in label_names), "familiarity", "unfamiliar",
+               "uncertain", "method", "overlay", "heatmap", "error"]  # fmt: skip
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns, extrasaction="ignore")
+        writer.writeheader()
+        for volume in volumes:
+            for row in volume.get("slices", [{"error": volume.get("error")}]):
+                cells = {key: _blank_if_none(value) for key, value in row.items()}
+                writer.writerow({**cells, "path": volume["image"], "method": method})

@@ -8,12 +8,13 @@ from __future__ import annotations
 import io
 import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_FILE_BYTES = 50 * 1024 * 1024  # a single image
+MAX_VOLUME_FILE_BYTES = 200 * 1024 * 1024  # a volume or series: NIfTI, DICOM, a ZIP of a DICOM series
 MAX_PIXELS = 16_000_000  # per slice: a 4000x4000 image; MRI slices are rarely over 1024x1024
 MAX_DECODED_BYTES = 512 * 1024 * 1024  # a whole decoded series or volume, checked from its header first
 MIN_SIDE = 32
@@ -21,7 +22,9 @@ MIN_SIDE = 32
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-SUPPORTED_SUFFIXES = RASTER_SUFFIXES + DICOM_SUFFIXES + NIFTI_SUFFIXES
+SERIES_SUFFIXES = (".zip",)  # a ZIP of one DICOM series
+VOLUME_SUFFIXES = DICOM_SUFFIXES + NIFTI_SUFFIXES + SERIES_SUFFIXES
+SUPPORTED_SUFFIXES = RASTER_SUFFIXES + VOLUME_SUFFIXES
 
 # Stop Pillow from silently decoding decompression bombs; we raise our own message.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -55,8 +58,8 @@ def load_image(
     Args:
         data: the file's bytes.
         filename: used for its suffix only (never opened).
-        slice_index: frame of a multi-frame DICOM or slice of a NIfTI volume;
-            default the middle one.
+        slice_index: frame of a multi-frame DICOM or TIFF, slice of a NIfTI volume or of a
+            ZIP of a DICOM series; default the middle one.
         axis: NIfTI axis to slice along (0 sagittal, 1 coronal, 2 axial).
 
     Returns:
@@ -67,13 +70,16 @@ def load_image(
     """
     if not data:
         raise ImageInputError("The file is empty (0 bytes). Please upload the scan again.")
-    if len(data) > MAX_FILE_BYTES:
+    name = filename.lower()
+    limit = MAX_VOLUME_FILE_BYTES if name.endswith(VOLUME_SUFFIXES) else MAX_FILE_BYTES
+    if len(data) > limit:
         raise ImageInputError(
-            f"The file is {len(data) / 1e6:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB. "
+            f"The file is {len(data) / 1e6:.0f} MB; the limit is {limit // 2**20} MB for this kind of file. "
             "Export a single slice, or a smaller series, and try again."
         )
-    name = filename.lower()
-    if name.endswith(NIFTI_SUFFIXES):
+    if name.endswith(SERIES_SUFFIXES):
+        kind, decode = "ZIP", lambda: _load_series(data, slice_index)
+    elif name.endswith(NIFTI_SUFFIXES):
         kind, decode = "NIfTI", lambda: _load_nifti(data, slice_index, axis)
     elif name.endswith(DICOM_SUFFIXES) or _looks_like_dicom(data):
         kind, decode = "DICOM", lambda: _load_dicom(data, slice_index)
@@ -83,7 +89,7 @@ def load_image(
     else:
         raise ImageInputError(
             f"'{filename}' is not a supported format. Upload PNG, JPEG, BMP, TIFF, "
-            "DICOM (.dcm) or NIfTI (.nii, .nii.gz)."
+            "DICOM (.dcm), NIfTI (.nii, .nii.gz) or a ZIP of one DICOM series."
         )
     try:
         loaded = decode()
@@ -217,8 +223,10 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
             f"The DICOM declares {frames} frame(s) of {columns}x{rows} ({declared / 2**20:.0f} MB decoded), over the "
             f"{MAX_DECODED_BYTES // 2**20} MB limit. Export fewer frames or a single image."
         )
+    num_frames = frames
+    frame = _choose_index(frame, frames, "frame") if frames > 1 else 0
     try:
-        pixels = dataset.pixel_array
+        pixels = _decode_frame(data, dataset, frame if frames > 1 else None)
     except (NotImplementedError, RuntimeError) as error:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         if _decoder_available(syntax):
@@ -233,10 +241,10 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     except (ValueError, AttributeError, TypeError, KeyError, EOFError) as error:
         raise ImageInputError("The DICOM pixel data is truncated or corrupt. Export it again from the PACS.") from error
 
-    num_frames = frames
     is_colour = samples > 1
-    if num_frames > 1 and pixels.ndim >= 3 and len(pixels) == num_frames:
-        frame = _choose_index(frame, num_frames, "frame")
+    if num_frames > 1 and pixels.ndim == (3 if is_colour else 2):
+        pass  # the one frame asked for
+    elif num_frames > 1 and pixels.ndim >= 3 and len(pixels) == num_frames:
         pixels = pixels[frame]
     else:
         num_frames, frame = 1, 0
@@ -265,6 +273,38 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         pixel_spacing_mm=spacing_mm,
         notes=tuple(notes),
     )
+
+
+def _decode_frame(data: bytes, dataset, frame: int | None) -> np.ndarray:
+    """Every frame's pixels, or with `frame` only that one (a 300-frame series is not decoded
+    300 times to show each of its slices)."""
+    if frame is None:
+        return dataset.pixel_array
+    from pydicom.pixels import pixel_array
+
+    return pixel_array(io.BytesIO(data), index=frame)
+
+
+def _load_series(data: bytes, slice_index: int | None) -> LoadedImage:
+    from core.dicom_series import open_series
+
+    series = open_series(data, MAX_DECODED_BYTES)
+    return series_slice(series, _choose_index(slice_index, len(series.members), "slice"))
+
+
+def series_slice(series, index: int) -> LoadedImage:
+    """Slice `index` of an opened core.dicom_series.DicomSeries."""
+    member = series.members[index]
+    try:
+        loaded = _load_dicom(series.member_bytes(index), None)
+    except ImageInputError as error:
+        raise ImageInputError(f"Slice {index} ({member}): {error}") from error
+    except Exception as error:  # noqa: BLE001 - a damaged member of a valid ZIP
+        raise ImageInputError(f"Slice {index} ({member}) of the ZIP is damaged and cannot be read.") from error
+    loaded = replace(loaded, file_format="DICOM series", num_slices=len(series.members), slice_index=index,
+                     notes=series.notes + loaded.notes)  # fmt: skip
+    _check_size(loaded.pixels.shape)
+    return loaded
 
 
 def _decoder_available(syntax) -> bool:

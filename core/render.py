@@ -215,3 +215,29 @@ def sanity_figure(check) -> go.Figure:
     figure.update_xaxes(title_text="layers randomised so far (from the output)")
     figure.update_layout(margin={"l": 0, "r": 0, "t": 30, "b": 0}, height=320)
     return figure
+
+
+CLASS_COLOURS = ("#d62728", "#1f77b4", "#7f7f7f", "#2ca02c", "#9467bd", "#ff7f0e")  # tumours bright, notumor grey
+
+
+def volume_figure(scores, current: int | None = None) -> go.Figure:
+    """Class probabilities along a volume (core.volume.VolumeScores): one line per class,
+    a dashed line at the slice shown, open circles on slices unlike the training images.
+    Clicking a point selects its slice."""
+    figure = go.Figure()
+    scored = [s for s in scores.slices if s.probabilities is not None]
+    x = [s.index for s in scored]
+    for position, name in enumerate(scores.label_names):
+        figure.add_trace(go.Scatter(
+            x=x, y=[s.probabilities[position] for s in scored], name=name, mode="lines+markers",
+            line={"color": CLASS_COLOURS[position % len(CLASS_COLOURS)]},
+            marker={"size": 6, "symbol": ["circle-open" if s.unfamiliar else "circle" for s in scored]},
+            hovertemplate=f"slice %{{x}}: {name} %{{y:.1%}}<extra></extra>",
+        ))  # fmt: skip
+    if current is not None:
+        figure.add_vline(x=current, line_dash="dash", line_color="black", annotation_text=f"slice {current}")
+    figure.update_yaxes(range=[0, 1], tickformat=".0%", title="probability")
+    figure.update_xaxes(title="slice")
+    figure.update_layout(margin={"l": 0, "r": 0, "t": 30, "b": 0}, height=260, clickmode="event+select",
+                         legend={"orientation": "h", "y": 1.15})  # fmt: skip
+    return figure

@@ -38,6 +38,7 @@ with st.sidebar:
 scan = ui.pick_scan("explain")
 if scan is None:
     st.stop()
+ui.volume_section(scan, checkpoint, mask_input, "explain")
 settings = ExplainSettings(method, target, layer, mask_input, mask_heatmap)
 if settings.slow:
     st.caption(f"{method} runs one forward pass per feature map: expect several seconds.")

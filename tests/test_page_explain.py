@@ -155,3 +155,25 @@ def test_a_near_tie_is_shown_as_uncertain_with_both_classes(use_tiny_checkpoints
     assert len(warnings) == 1 and " or " in warnings[0] and "%" in warnings[0]
     assert warnings[0].split(". ")[0].removeprefix("uncertain: ") == at.metric[0].delta
     assert any("no familiarity check" in caption.value for caption in at.caption)
+
+
+def test_volume_scores_every_slice_and_jumps_to_the_most_suspicious(use_tiny_checkpoints):
+    import numpy as np
+
+    from core.checkpoint import load_checkpoint
+    from core.volume import score_volume, slice_reader
+    from tests.test_image_input import nifti_bytes
+
+    volume = np.stack([head_phantom(64, seed) for seed in range(7)], axis=2).astype(np.float32)
+    data = nifti_bytes(volume, gz=True)
+    at = upload(run_page(), "head.nii.gz", data, "application/gzip")
+    assert not at.exception and at.slider(key="explain_slice").value == 3
+    at = at.button(key="explain_score_volume").click().run()
+    assert not at.exception
+    go = at.button(key="explain_go_top")
+    top = score_volume(load_checkpoint("tiny_convnext"), *slice_reader(data, "head.nii.gz")).most_suspicious(1)[0]
+    assert f"({top})" in go.label
+    if top != 3:
+        at = go.click().run()
+        assert not at.exception and at.slider(key="explain_slice").value == top
+    assert any(c.value.startswith(f"Slice {top}:") for c in at.caption)
