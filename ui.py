@@ -16,7 +16,9 @@ from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, 
 from core.faithfulness import FaithfulnessCheck
 from core.image_input import MAX_FILE_BYTES, MAX_VOLUME_FILE_BYTES, ImageInputError, LoadedImage
 from core.reliability import DEFAULT_MARGIN, UNFAMILIAR_MESSAGE
+from core.report import scan_report
 from core.sanity import SanityCheck
+from core.volume import VolumeScores
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_images"
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom", "nii", "gz", "zip"]
@@ -237,12 +239,13 @@ def pick_scan(key: str) -> Scan | None:
     return Scan(data, filename, slice_index, axis, image)
 
 
-def volume_section(scan: Scan, checkpoint: str, mask_input: bool, key: str) -> None:
+def volume_section(scan: Scan, checkpoint: str, mask_input: bool, key: str) -> VolumeScores | None:
     """For a volume: score every slice when asked, chart the class probabilities along it, and
-    jump to the most suspicious slice or to a clicked point (the slice slider follows)."""
+    jump to the most suspicious slice or to a clicked point (the slice slider follows).
+    Returns the scores once the volume has been scored."""
     count = scan.image.num_slices
     if count <= 1:
-        return
+        return None
     slider, chart_key = f"{key}_slice", f"{key}_volume_chart"
     request = (checkpoint, hashlib.sha256(scan.data).hexdigest(), scan.filename, scan.axis, mask_input)
     if st.session_state.get(f"{key}_volume") != request:
@@ -250,7 +253,7 @@ def volume_section(scan: Scan, checkpoint: str, mask_input: bool, key: str) -> N
         if st.button(f"Score all {count} slices", key=f"{key}_score_volume", help=how):
             st.session_state[f"{key}_volume"] = request
         else:
-            return
+            return None
     bar = st.progress(0.0, text=f"Scoring {count} slices...")
     try:
         scores = cached.volume_scores(*request[:1], scan.data, scan.filename, scan.axis, mask_input,
@@ -259,7 +262,7 @@ def volume_section(scan: Scan, checkpoint: str, mask_input: bool, key: str) -> N
     except ImageInputError as error:
         bar.empty()
         st.error(str(error))
-        return
+        return None
     bar.empty()
 
     def jump_to_clicked() -> None:
@@ -281,7 +284,23 @@ def volume_section(scan: Scan, checkpoint: str, mask_input: bool, key: str) -> N
                      + ("; unlike the training images" if best.unfamiliar else "") + ". Click a point to go to its "
                      "slice; open circles mark slices unlike the training images"
                      + (f"; {failed} slice(s) could not be read (blank or damaged)." if failed else "."))  # fmt: skip
+    return scores
 
 
 def _set_state(key: str, value) -> None:
     st.session_state[key] = value
+
+
+def report_button(place, scan: Scan, loaded: LoadedModel, result: Explanation, settings: ExplainSettings, *,
+                  display: dict, faithfulness: str | None, warnings: tuple[str, ...], volume: VolumeScores | None,
+                  include_patient: bool) -> None:  # fmt: skip
+    """The "Download case report (PDF)" button: the PDF is made only when clicked (core.report.scan_report)."""
+
+    def make() -> bytes:
+        return scan_report(loaded, scan.data, scan.filename, scan.image, result, settings, axis=scan.axis,
+                           display=display, faithfulness=faithfulness, warnings=warnings,
+                           include_patient=include_patient, volume=volume)  # fmt: skip
+
+    stem = Path(scan.filename).name.split(".")[0] or "scan"
+    place.download_button("Download case report (PDF)", make, f"{stem}_report.pdf", "application/pdf",
+                          on_click="ignore")  # fmt: skip

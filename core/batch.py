@@ -9,10 +9,12 @@ most suspicious slices get `<stem>_slice<NNN>_overlay.png` and `_heatmap.png`.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -20,6 +22,9 @@ from core.checkpoint import LoadedModel, load_checkpoint, resolve_checkpoint
 from core.explain import ExplainError, ExplainSettings, explain
 from core.image_input import SUPPORTED_SUFFIXES, ImageInputError, load_image
 from core.render import explanation_panels, png_bytes
+
+if TYPE_CHECKING:
+    from core.report import ReportScan
 
 
 def expand_inputs(paths: list[Path]) -> list[tuple[Path, Path]]:
@@ -49,17 +54,40 @@ class ExplainedFile:
     entry: dict
     overlay_png: bytes | None = None
     heatmap_png: bytes | None = None
+    report_page: ReportScan | None = None  # with report=True
 
 
-def explain_file(loaded: LoadedModel, path: Path, settings: ExplainSettings) -> ExplainedFile:
+def explain_file(loaded: LoadedModel, path: Path, settings: ExplainSettings, report: bool = False) -> ExplainedFile:
     """Read, explain and draw one file: the unit of work of every engine."""
     entry = {"image": str(path)}
     try:
-        image = load_image(path.read_bytes(), path.name).pixels
+        data = path.read_bytes()
+        loaded_image = load_image(data, path.name)
+        image = loaded_image.pixels
         result = explain(loaded, image, settings)
     except (ImageInputError, ExplainError, OSError) as error:
         return ExplainedFile({**entry, "error": error.strerror if isinstance(error, OSError) else str(error)})
-    return ExplainedFile({**entry, **result.summary()}, *_panel_pngs(image, result.heatmap))
+    page = _report_page(path, data, loaded_image, result) if report else None
+    return ExplainedFile({**entry, **result.summary()}, *_panel_pngs(image, result.heatmap), report_page=page)
+
+
+def _report_page(path: Path, data: bytes, image, result, **extra) -> ReportScan:
+    from core.report import ReportScan
+
+    return ReportScan(path.name, hashlib.sha256(data).hexdigest(), image.file_format, image.pixels, result,
+                      image.slice_index, image.num_slices, **extra)  # fmt: skip
+
+
+def write_report(out: Path, pages: list[ReportScan], checkpoint: str | Path, model_name: str) -> Path | None:
+    """OUT/report.pdf with one page per explained scan (core.report); None when nothing was explained."""
+    from core.model_card import card_summary
+    from core.report import case_report
+
+    if not pages:
+        return None
+    path = out / "report.pdf"
+    path.write_bytes(case_report(pages, model_name, card_summary(checkpoint)))
+    return path
 
 
 def explain_files(
@@ -72,12 +100,14 @@ def explain_files(
     engine: str = "local",
     address: str | None = None,
     workers: int | None = None,
+    report: bool = False,
 ) -> list[dict]:
     """Explain every image; returns one dict per input (also in results.json / summary.csv).
 
     Args:
         engine: "local" (this process) or "ray" (an actor pool, core.distributed; `address`
             and `workers` are its cluster and pool size). Both write the same files and rows.
+        report: also write OUT/report.pdf, a case report page per explained image (local engine).
     """
     loaded = load_checkpoint(checkpoint)
     settings = settings.resolved(loaded.config)
@@ -89,11 +119,15 @@ def explain_files(
         files = [path.resolve() for path, _ in inputs]  # workers may not share this process's directory
         stream = explain_stream(loaded, resolve_checkpoint(checkpoint).resolve(), files, settings, address, workers)
     else:
-        stream = ((index, explain_file(loaded, path, settings)) for index, (path, _) in enumerate(inputs))
+        stream = ((index, explain_file(loaded, path, settings, report)) for index, (path, _) in enumerate(inputs))
     results: list[dict | None] = [None] * len(inputs)
+    pages: list[ReportScan | None] = [None] * len(inputs)
     for index, explained in tqdm(stream, total=len(inputs), desc="explain", unit="image", disable=not progress):
         path, stem = inputs[index]
         results[index] = _write_pictures(out, stem, {**explained.entry, "image": str(path)}, explained)
+        pages[index] = explained.report_page
+    if report:
+        write_report(out, [page for page in pages if page is not None], checkpoint, loaded.name)
     run = {"checkpoint": loaded.name, "method": settings.method, "images": results}
     (out / "results.json").write_text(json.dumps(run, indent=2) + "\n")
     _write_summary_csv(out / "summary.csv", results, loaded.config.label_names, settings.method)
@@ -149,18 +183,21 @@ def explain_volumes(
     *,
     top: int = 3,
     progress: bool = True,
+    report: bool = False,
 ) -> list[dict]:
     """`explain --all-slices`: every slice of each volume scored (summary.csv: one row per
-    slice), and heatmap + overlay PNGs for its `top` most suspicious slices."""
+    slice), and heatmap + overlay PNGs for its `top` most suspicious slices. With `report`,
+    OUT/report.pdf: per volume, its most suspicious slice's page and the per-slice chart."""
     from core.volume import score_volume, slice_reader
 
     loaded = load_checkpoint(checkpoint)
     settings = settings.resolved(loaded.config)
     out.mkdir(parents=True, exist_ok=True)
-    volumes = []
+    volumes, pages = [], []
     for path, stem in expand_inputs(paths):
         try:
-            count, read = slice_reader(path.read_bytes(), path.name)
+            data = path.read_bytes()
+            count, read = slice_reader(data, path.name)
         except (ImageInputError, OSError) as error:
             message = error.strerror if isinstance(error, OSError) else str(error)
             tqdm.write(f"{path}: {message}", file=sys.stderr)
@@ -169,17 +206,25 @@ def explain_volumes(
         with tqdm(total=count, desc=path.name, unit="slice", disable=not progress) as bar:
             scores = score_volume(loaded, count, read, mask_input=settings.mask_input,
                                   on_progress=lambda done, _: bar.update(done - bar.n))  # fmt: skip
-        slices = scores.rows()
+        slices, overlays = scores.rows(), []
         for index in scores.most_suspicious(top):
-            image = read(index).pixels
-            explained = ExplainedFile({}, *_panel_pngs(image, explain(loaded, image, settings).heatmap))
+            image = read(index)
+            result = explain(loaded, image.pixels, settings)
+            explained = ExplainedFile({}, *_panel_pngs(image.pixels, result.heatmap))
             named = stem.with_name(f"{stem.name}_slice{index:03d}")
             slices[index] = _write_pictures(out, named, slices[index], explained)
+            overlays.append((index, explanation_panels(image.pixels, result.heatmap).overlay))
+            if report and len(overlays) == 1:
+                first = (image, result)
+        if report and overlays:
+            pages.append(_report_page(path, data, *first, volume=scores, top_slices=tuple(overlays)))
         volumes.append({"image": str(path), "num_slices": count, "most_suspicious": scores.most_suspicious(top),
                         "slices": slices})  # fmt: skip
     run = {"checkpoint": loaded.name, "method": settings.method, "volumes": volumes}
     (out / "results.json").write_text(json.dumps(run, indent=2) + "\n")
     _write_slice_csv(out / "summary.csv", volumes, loaded.config.label_names, settings.method)
+    if report:
+        write_report(out, pages, checkpoint, loaded.name)
     return volumes
 
 

@@ -164,6 +164,7 @@ class LoadedModel:
     weights_sha256: str
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     reliability: Reliability | None = None  # familiarity and near-tie margin (core.reliability)
+    directory: Path | None = None  # the folder it was loaded from
 
 
 def create_model(architecture: str, num_classes: int, **timm_options) -> torch.nn.Module:
@@ -303,7 +304,8 @@ def load_checkpoint(name_or_dir: str | Path, root: Path | None = None, reliabili
     expected = (len(config.label_names), feature_size(model, config.preprocessing.input_size)) if trust else None
     if trust is not None and trust.means.shape != expected:
         raise CheckpointError(f"{directory}'s reliability file was fitted for other weights; fit it again.")
-    return LoadedModel(directory.name, model, config, hashlib.sha256(raw).hexdigest(), reliability=trust)
+    return LoadedModel(directory.name, model, config, hashlib.sha256(raw).hexdigest(), reliability=trust,
+                       directory=directory)  # fmt: skip
 
 
 def checkpoint_sha256(name_or_dir: str | Path, root: Path | None = None) -> str:

@@ -137,6 +137,7 @@ def _explain(commands) -> None:
     every = "score every slice of each volume (a row each) and explain the most suspicious ones"
     parser.add_argument("--all-slices", action="store_true", help=every)
     parser.add_argument("--top", type=int, default=3, help="with --all-slices: slices per volume given PNGs")
+    parser.add_argument("--report", action="store_true", help="also write report.pdf: a case report page per scan")
     _add_engine_options(parser)
     parser.set_defaults(run=_run_explain)
 
@@ -144,17 +145,19 @@ def _explain(commands) -> None:
 def _run_explain(args: argparse.Namespace) -> int:
     from core.batch import explain_files, explain_volumes
 
+    if (args.all_slices or args.report) and args.engine != "local":
+        print("--all-slices and --report run on the local engine; leave out --engine ray.", file=sys.stderr)
+        return 2
     if args.all_slices:
-        if args.engine != "local":
-            print("--all-slices runs on the local engine; leave out --engine ray.", file=sys.stderr)
-            return 2
-        volumes = explain_volumes(args.images, args.checkpoint, args.out, _explain_settings(args), top=args.top)
+        volumes = explain_volumes(args.images, args.checkpoint, args.out, _explain_settings(args), top=args.top,
+                                  report=args.report)  # fmt: skip
         failed = sum("error" in v for v in volumes)
         slices = sum(v.get("num_slices", 0) for v in volumes)
         print(f"{slices} slices of {len(volumes) - failed} of {len(volumes)} volumes scored; "
               f"results in {args.out / 'summary.csv'}")  # fmt: skip
         return 1 if failed else 0
-    results = explain_files(args.images, args.checkpoint, args.out, _explain_settings(args), **_engine_options(args))
+    results = explain_files(args.images, args.checkpoint, args.out, _explain_settings(args), report=args.report,
+                            **_engine_options(args))  # fmt: skip
     failed = sum("error" in r for r in results)
     print(f"{len(results) - failed} of {len(results)} images explained; results in {args.out / 'results.json'}")
     return 1 if failed else 0

@@ -450,3 +450,25 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     """At most `limit` bytes of gzip `data` decompressed: a small .nii.gz that would expand to
     gigabytes is never held in memory whole."""
     return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, limit)
+
+
+PATIENT_FIELDS = ("PatientName", "PatientID", "PatientBirthDate", "StudyDate")
+
+
+def patient_fields(data: bytes, filename: str) -> dict[str, str]:
+    """A DICOM's (or a DICOM series ZIP's first file's) patient fields, for a report the user
+    asked to carry them; empty for other formats or when none is present."""
+    import pydicom
+
+    name = filename.lower()
+    try:
+        if name.endswith(SERIES_SUFFIXES):
+            from core.dicom_series import open_series
+
+            data = open_series(data, MAX_DECODED_BYTES).member_bytes(0)
+        elif not (name.endswith(DICOM_SUFFIXES) or _looks_like_dicom(data)):
+            return {}
+        header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - no readable header, no fields
+        return {}
+    return {key: str(header.get(key)) for key in PATIENT_FIELDS if str(header.get(key, "") or "").strip()}

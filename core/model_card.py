@@ -334,3 +334,45 @@ def _default_heatmap(config: ModelConfig) -> list[str]:
         f"{iou['mean']:.3f}; best baseline ({baseline['name']}) pointing game {baseline['pointing_game']['mean']:.3f}, "
         f"IoU {baseline['iou']['mean']:.3f}."
     ]
+
+
+def card_summary(checkpoint: str | Path, bullets: int = 2, width: int = 260) -> list[str]:
+    """A few lines for a case report: the training data, the test result and the first known
+    biases, read from the checkpoint's config.json and README.md model card."""
+    directory = resolve_checkpoint(checkpoint)
+    lines = []
+    sections = _card_sections(directory / "README.md")
+    data = [line[2:] for line in sections.get("Data and split", []) if line.startswith("- ")]
+    if data:
+        lines.append(_shorten(data[0], width))
+    metrics = read_config(directory).metrics
+    if metrics.get("accuracy") is not None:
+        lines.append(f"Measured on {metrics.get('split', 'test')} ({metrics.get('num_images', '?')} images): accuracy "
+                     f"{metrics['accuracy']:.3f}, macro-F1 {metrics.get('macro_f1', float('nan')):.3f} "
+                     f"(commit {metrics.get('measured_by_commit', '?')}).")  # fmt: skip
+    else:
+        lines.append("No test measurement is recorded for this model.")
+    biases = [line[2:] for line in sections.get("Limitations", []) if line.startswith("- ")][:bullets]
+    lines += [f"Known bias: {_shorten(bias.replace('**', ''), width)}" for bias in biases]
+    return lines
+
+
+def _card_sections(path: Path) -> dict[str, list[str]]:
+    sections: dict[str, list[str]] = {}
+    heading = None
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:].strip()
+            sections[heading] = []
+        elif heading:
+            sections[heading].append(line.strip())
+    return sections
+
+
+def _shorten(text: str, width: int) -> str:
+    text = text.replace("`", "")
+    return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0] + "..."

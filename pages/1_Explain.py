@@ -38,7 +38,7 @@ with st.sidebar:
 scan = ui.pick_scan("explain")
 if scan is None:
     st.stop()
-ui.volume_section(scan, checkpoint, mask_input, "explain")
+volume = ui.volume_section(scan, checkpoint, mask_input, "explain")
 settings = ExplainSettings(method, target, layer, mask_input, mask_heatmap)
 if settings.slow:
     st.caption(f"{method} runs one forward pass per feature map: expect several seconds.")
@@ -80,10 +80,12 @@ else:
                       delta_color="off", delta_arrow="off")  # fmt: skip
 prediction.caption(f"{ui.duration(result.timings_ms['total'])}; probabilities are temperature-calibrated.")
 other = ui.prediction(scan, checkpoint, not mask_input)
+report_warnings = ()
 if other != result.predicted_label:
     with_mask, without = (result.predicted_label, other) if mask_input else (other, result.predicted_label)
-    st.warning(f"Masking the background in the model's input changes the prediction: {with_mask} with masking, "
-               f"{without} without. Treat this prediction as uncertain.")  # fmt: skip
+    report_warnings = (f"Masking the background in the model's input changes the prediction: {with_mask} with "
+                       f"masking, {without} without. Treat this prediction as uncertain.",)  # fmt: skip
+    st.warning(report_warnings[0])
 if result.predicted_label == "notumor":
     prediction.caption(ui.NOTUMOR_CAVEAT)
 chart.plotly_chart(render.probability_figure(labels, result.probabilities, result.predicted_index), width="stretch")
@@ -95,8 +97,10 @@ st.caption("Does the heatmap point at what the model uses? The hottest pixels ar
 check_key = (checkpoint, hashlib.sha256(scan.data).hexdigest(), scan.slice_index, scan.axis, settings)
 if st.button("Check this heatmap"):
     st.session_state["faithfulness_checked"] = check_key
+faithfulness_verdict = None
 if st.session_state.get("faithfulness_checked") == check_key:
     check = ui.faithfulness(scan, checkpoint, settings)
+    faithfulness_verdict = check.verdict()
     (st.success if check.faithful else st.info if check.faithful is None else st.warning)(check.verdict())
     st.plotly_chart(render.faithfulness_figure(check), width="stretch")
 
@@ -120,6 +124,12 @@ summary = {
     "threshold": threshold,
     "region_area_fraction": panels.region.area_fraction,
 }
-down_png, down_json = st.columns(2)
+include_patient = scan.image.file_format.startswith("DICOM") and st.checkbox(
+    "Put the patient's name, ID, birth date and study date from the DICOM in the report", value=False
+)
+down_pdf, down_png, down_json = st.columns(3)
+ui.report_button(down_pdf, scan, loaded, result, settings, display={"threshold": threshold, "opacity": opacity,
+                 "colormap": colormap}, faithfulness=faithfulness_verdict, warnings=report_warnings, volume=volume,
+                 include_patient=include_patient)  # fmt: skip
 down_png.download_button("Download overlay (PNG)", render.png_bytes(panels.overlay), "overlay.png", "image/png")
 down_json.download_button("Download result (JSON)", json.dumps(summary, indent=2), "result.json", "application/json")

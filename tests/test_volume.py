@@ -18,6 +18,7 @@ from core.image_input import MAX_DECODED_BYTES, ImageInputError, load_image
 from core.volume import SliceScore, VolumeScores, score_volume, slice_reader
 from tests.conftest import head_phantom
 from tests.test_image_input import make_dicom, nifti_bytes
+from tests.test_report import pdf_text
 
 AXIAL = [1, 0, 0, 0, 1, 0]
 
@@ -129,7 +130,18 @@ def test_cli_all_slices_writes_a_row_per_slice_and_the_top_slices_pictures(check
     volumes = [str(tmp_path / "head.nii"), str(tmp_path / "broken.zip")]
     checkpoint = str(checkpoint_root / "tiny_convnext")
     code = main(
-        ["explain", *volumes, "--checkpoint", checkpoint, "--all-slices", "--top", "2", "--out", str(tmp_path / "o")]
+        [
+            "explain",
+            *volumes,
+            "--checkpoint",
+            checkpoint,
+            "--all-slices",
+            "--top",
+            "2",
+            "--report",
+            "--out",
+            str(tmp_path / "o"),
+        ]
     )
     assert code == 1  # one volume failed, in its row
     rows = list(csv.DictReader((tmp_path / "o" / "summary.csv").open()))
@@ -139,3 +151,5 @@ def test_cli_all_slices_writes_a_row_per_slice_and_the_top_slices_pictures(check
     top = run["volumes"][0]["most_suspicious"]
     assert len(top) == 2 and all((tmp_path / "o" / f"head_slice{i:03d}_overlay.png").is_file() for i in top)
     assert sorted(r["slice"] for r in rows if r["overlay"]) == sorted(str(i) for i in top)
+    pages = pdf_text((tmp_path / "o" / "report.pdf").read_bytes())  # the volume's two pages, none for the ZIP
+    assert len(pages) == 2 and f"slice {top[0]} of 5" in pages[0] and "Every slice of head.nii" in pages[1]
