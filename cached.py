@@ -55,13 +55,18 @@ def prediction(
     return loaded.config.label_names[int(logits[0].argmax())]
 
 
-@st.cache_data(max_entries=4, show_spinner=False)
 def volume_scores(
-    checkpoint: str, data: bytes, filename: str, axis: int, mask_input: bool, _on_progress=None
+    key: tuple, checkpoint: str, data: bytes, filename: str, axis: int, mask_input: bool, on_progress=None
 ) -> VolumeScores:
-    """Every slice of the volume scored (forward passes in batches; core.volume)."""
-    count, read = slice_reader(data, filename, axis)
-    return score_volume(model(checkpoint), count, read, mask_input=mask_input, on_progress=_on_progress)
+    """Every slice of the volume scored (forward passes in batches; core.volume), kept for this
+    browser session under `key` (the last volume only). Not st.cache_data: that would replay
+    the caller's progress bar into a later run, where it no longer exists."""
+    kept = st.session_state.get("volume_scores")
+    if kept is None or kept[0] != key:
+        count, read = slice_reader(data, filename, axis)
+        kept = (key, score_volume(model(checkpoint), count, read, mask_input=mask_input, on_progress=on_progress))
+        st.session_state["volume_scores"] = kept
+    return kept[1]
 
 
 @st.cache_data(max_entries=32, show_spinner="Removing and revealing the hottest pixels...")

@@ -255,10 +255,12 @@ def volume_section(scan: Scan, checkpoint: str, mask_input: bool, key: str) -> V
         else:
             return None
     bar = st.progress(0.0, text=f"Scoring {count} slices...")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / total, text=f"Scored {done} of {total} slices")
+
     try:
-        scores = cached.volume_scores(*request[:1], scan.data, scan.filename, scan.axis, mask_input,
-                                      _on_progress=lambda done, total: bar.progress(
-                                          done / total, text=f"Scored {done} of {total} slices"))  # fmt: skip
+        scores = cached.volume_scores(request, checkpoint, scan.data, scan.filename, scan.axis, mask_input, progress)
     except ImageInputError as error:
         bar.empty()
         st.error(str(error))
