@@ -6,6 +6,7 @@ import cached
 import ui
 
 st.set_page_config(page_title="Brain-MRI explainability", page_icon=":brain:", layout="wide")
+ui.page_links()
 st.title("Brain-MRI classifier explainability")
 st.markdown(
     """

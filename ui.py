@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 import cached
 from core import render
@@ -42,6 +43,21 @@ class Scan:
     slice_index: int | None
     axis: int
     image: LoadedImage
+
+
+PAGES = (("app.py", "Home"), ("pages/1_Explain.py", "Explain"), ("pages/2_Compare.py", "Compare"),
+         ("pages/3_Gallery.py", "Gallery"))  # fmt: skip
+
+
+def page_links() -> None:
+    """The sidebar's page list, with the home page called Home (Streamlit's own calls it 'app')."""
+    with st.sidebar:
+        try:
+            for page, label in PAGES:
+                st.page_link(page, label=label)
+        except StreamlitAPIException:  # a page run on its own (AppTest) has no other pages to link to
+            return
+        st.divider()
 
 
 def require_models() -> list[str]:

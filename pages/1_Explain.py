@@ -11,6 +11,7 @@ from core.explain import METHODS, ExplainSettings
 from core.model_card import preferred_checkpoint
 
 st.set_page_config(page_title="Explain a scan", layout="wide")
+ui.page_links()
 st.title("Explain a scan")
 
 names = ui.require_models()

@@ -8,6 +8,7 @@ from core.compare import heatmap_agreement, verdict
 from core.explain import METHODS, ExplainSettings
 
 st.set_page_config(page_title="Compare models", layout="wide")
+ui.page_links()
 st.title("Compare two models")
 
 names = ui.require_models()

@@ -18,6 +18,7 @@ from core.sweep import method_table
 PAGE_SIZE = 12
 
 st.set_page_config(page_title="Gallery", layout="wide")
+ui.page_links()
 st.title("Gallery: where the model looks, against the radiologists' outlines")
 
 names = ui.require_models()

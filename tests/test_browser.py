@@ -79,8 +79,15 @@ def app_url(checkpoint_root, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def downloads(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def browser(downloads):
     options = webdriver.ChromeOptions()
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})  # fmt: skip
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -200,6 +207,54 @@ def test_explain_panels_share_one_size_for_a_small_scan(browser, app_url, artifa
     browser.save_screenshot(str(artifacts / "explain_small_scan.png"))
 
 
+def test_sidebar_calls_the_home_page_home_on_every_page(browser, app_url):
+    browser.get(f"{app_url}/Explain")  # opened directly, not through the home page
+    wait = WebDriverWait(browser, 120)
+
+    def links(d) -> list[str]:
+        return [a.text for a in d.find_elements(By.CSS_SELECTOR, "[data-testid='stSidebar'] a")]
+
+    wait.until(lambda d: len(links(d)) >= 4)
+    assert links(browser)[:4] == ["Home", "Explain", "Compare", "Gallery"] and "app" not in links(browser)
+
+
+def test_explain_volume_chart_jump_and_case_report(browser, app_url, artifacts, downloads):
+    import pypdf
+
+    browser.get(f"{app_url}/Explain")
+    wait = WebDriverWait(browser, 180)
+    upload(browser, wait, REPO / "sample_images" / "mni152_t1_2mm.nii.gz")
+    score = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[contains(., 'Score all')]")))
+    score.click()
+    jump = (By.XPATH, "//button[contains(., 'Go to the most suspicious slice')]")
+    button = wait.until(EC.presence_of_element_located(jump))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"))
+    assert_no_error(browser)
+    target = re.search(r"slice \((\d+)\)", button.text)[1]
+
+    def slider_value(d) -> str:  # the slice slider: the only one outside the sidebar
+        return d.find_element(By.CSS_SELECTOR, "[data-testid='stMain'] [data-testid='stSlider'] input").get_attribute(
+            "value"
+        )
+
+    if button.is_enabled():
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+        button.click()
+    wait.until(lambda d: slider_value(d) == target)
+    wait.until(lambda d: images_shown(d) >= 3)
+    assert_no_error(browser)
+    browser.save_screenshot(str(artifacts / "explain_volume.png"))
+
+    report = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[contains(., 'Download case report')]")))
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", report)
+    report.click()
+    wait.until(lambda d: any(p.suffix == ".pdf" for p in downloads.iterdir()))
+    pdf = next(p for p in downloads.iterdir() if p.suffix == ".pdf")
+    wait.until(lambda d: pdf.stat().st_size > 0 and not list(downloads.glob("*.crdownload")))
+    pages = pypdf.PdfReader(pdf).pages
+    assert len(pages) == 2 and f"slice {target} of" in pages[0].extract_text()  # the slice shown, then the chart
+
+
 def test_compare_page(browser, app_url, artifacts):
     browser.get(f"{app_url}/Compare")
     wait = WebDriverWait(browser, 180)
@@ -242,3 +297,19 @@ def test_gallery_page_browses_a_dataset_and_moves_the_threshold(browser, app_url
     wait.until(lambda d: images_shown(d) >= expected)
     assert_no_error(browser)
     browser.save_screenshot(str(artifacts / "gallery_dataset.png"))  # dataset images: never commit
+    if not expected:
+        return
+    # "Open" shows the image's panels above the grid, where the user looks; "Close" hides them.
+    cards = images_shown(browser)
+    opener = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[normalize-space(.)='Open']")))
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", opener)
+    card_top = opener.location["y"]
+    opener.click()
+    closer = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[normalize-space(.)='Close']")))
+    wait.until(lambda d: images_shown(d) >= cards + 4)
+    closer = browser.find_element(By.XPATH, "//button[normalize-space(.)='Close']")
+    assert closer.location["y"] < card_top  # the detail opens above the grid, not below it
+    browser.save_screenshot(str(artifacts / "gallery_detail.png"))  # dataset images: never commit
+    closer.click()
+    wait.until(lambda d: not d.find_elements(By.XPATH, "//button[normalize-space(.)='Close']"))
+    assert_no_error(browser)
