@@ -6,16 +6,19 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 import cached
 from core import render
+from core.annotations import outline_from_labelme
 from core.checkpoint import CheckpointError, LoadedModel
 from core.dataset import DatasetError
 from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, layer_names
 from core.faithfulness import FaithfulnessCheck
 from core.image_input import MAX_FILE_BYTES, MAX_VOLUME_FILE_BYTES, ImageInputError, LoadedImage
+from core.localisation import localisation_metrics
 from core.reliability import DEFAULT_MARGIN, UNFAMILIAR_MESSAGE
 from core.report import scan_report
 from core.sanity import SanityCheck
@@ -322,3 +325,29 @@ def report_button(place, scan: Scan, loaded: LoadedModel, result: Explanation, s
     stem = Path(scan.filename).name.split(".")[0] or "scan"
     place.download_button("Download case report (PDF)", make, f"{stem}_report.pdf", "application/pdf",
                           on_click="ignore")  # fmt: skip
+
+
+def pick_outline(scan: Scan, key: str) -> np.ndarray | None:
+    """An optional LabelMe outline of the tumour on this slice, as a mask (None without one;
+    a file that does not fit says why)."""
+    with st.expander("Radiologist's tumour outline (optional LabelMe JSON): compare the heatmap with it"):
+        upload = st.file_uploader("LabelMe JSON drawn on this slice", type=["json"], key=f"{key}_outline")
+        if upload is None:
+            return None
+        outline = outline_from_labelme(upload.getvalue(), scan.image.pixels.shape)
+        if outline.mask is None:
+            st.error(f"The outline cannot be used: {outline.reason}.")
+        return outline.mask
+
+
+def outline_metrics(place, result: Explanation, tumour: np.ndarray, threshold: float) -> None:
+    """IoU, pointing game and heatmap mass inside the uploaded outline, for this image."""
+    metrics = localisation_metrics(result.heatmap, tumour, threshold, head=result.brain_mask)
+    columns = place.columns(4)
+    columns[0].metric(f"IoU at threshold {threshold:.2f}", f"{metrics['iou']:.2f}")
+    columns[1].metric("IoU at Otsu's threshold", f"{metrics['iou_otsu']:.2f}")
+    columns[2].metric("Pointing game", "hit" if metrics["pointing_game"] else "miss",
+                      help="Whether the heatmap's hottest pixel lies inside the outline.")  # fmt: skip
+    columns[3].metric("Heatmap mass inside the outline", f"{metrics['mass_inside_tumour']:.0%}")
+    place.caption("Against the uploaded outline (green on black on the overlay). One image: see the Gallery for "
+                  "these measures over a split, beside the trivial baselines.")  # fmt: skip

@@ -12,13 +12,12 @@ import numpy as np
 from core.annotations import load_outline
 from core.evaluation_store import PredictionRow
 from core.image_input import load_image
-from core.render import explanation_panels
+from core.render import REGION_RGB, explanation_panels
 
 DATA_VARIABLE = "BRAIN_XAI_DATA"
 DEFAULT_DATA_ROOTS = (Path("data/brain-tumor-mri"), Path(__file__).resolve().parents[2] / "shared/data/brain-tumor-mri")
 OUTCOMES = ("TP", "FP", "FN")
 SORTS = ("confidence, high first", "confidence, low first", "IoU, high first", "IoU, low first")
-REGION_RGB = (255, 255, 255)  # the thresholded heatmap; the tumour outline is green
 
 
 def find_dataset(field: str = "") -> Path | None:

@@ -24,6 +24,7 @@ COLOUR_BLIND_SAFE = ("Viridis", "Cividis", "Inferno")  # perceptually uniform, r
 PLOTLY_SCALES = {"Jet": "Jet", "Inferno": "Inferno", "Viridis": "Viridis", "Turbo": "Turbo", "Cividis": "Cividis"}
 OUTLINE_RGB = (0, 255, 0)
 MASK_RGB = (0, 200, 255)
+REGION_RGB = (255, 255, 255)  # the thresholded heatmap where the green outline is the tumour's
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def explanation_panels(
     Args:
         image: 2-D slice in [0, 1]. heatmap: same shape, in [0, 1].
         threshold: outline the region heatmap >= threshold on the overlay (None: no outline).
-        head_mask: drawn on the original (cyan). tumour_mask: drawn on the overlay (green).
+        head_mask: drawn on the original (cyan). tumour_mask: drawn on the overlay (green on black).
         region_rgb: colour of the thresholded region's outline.
     """
     original = np.uint8(grey_to_rgb(image) * 255)
@@ -74,7 +75,7 @@ def explanation_panels(
         region = threshold_region(heatmap, threshold)
         blended = draw_contours(blended, region.contours, region_rgb)
     if tumour_mask is not None:
-        blended = draw_contours(blended, mask_outline(tumour_mask), OUTLINE_RGB)
+        blended = draw_contours(blended, mask_outline(tumour_mask), OUTLINE_RGB, halo=True)
     return Panels(original, heatmap_rgb(heatmap, colormap), blended, region)
 
 
@@ -113,10 +114,15 @@ def threshold_region(heatmap: np.ndarray, threshold: float) -> Region:
     return Region(mask, tuple(contours), float(mask.mean()))
 
 
-def draw_contours(rgb: np.ndarray, contours, colour=OUTLINE_RGB, thickness: int | None = None) -> np.ndarray:
-    """A copy of `rgb` with the contours drawn; line width scales with the image."""
+def draw_contours(
+    rgb: np.ndarray, contours, colour=OUTLINE_RGB, thickness: int | None = None, halo: bool = False
+) -> np.ndarray:
+    """A copy of `rgb` with the contours drawn; line width scales with the image. With `halo`,
+    a black line under the colour keeps it visible on any colour map (green on jet's green)."""
     canvas = np.ascontiguousarray(rgb.copy())
     width = thickness or max(2, min(rgb.shape[:2]) // 200)
+    if halo:
+        cv2.drawContours(canvas, list(contours), -1, (0, 0, 0), width + 2)
     cv2.drawContours(canvas, list(contours), -1, colour, width)
     return canvas
 

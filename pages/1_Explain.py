@@ -40,6 +40,7 @@ scan = ui.pick_scan("explain")
 if scan is None:
     st.stop()
 volume = ui.volume_section(scan, checkpoint, mask_input, "explain")
+tumour = ui.pick_outline(scan, "explain")
 settings = ExplainSettings(method, target, layer, mask_input, mask_heatmap)
 if settings.slow:
     st.caption(f"{method} runs one forward pass per feature map: expect several seconds.")
@@ -48,7 +49,8 @@ result = ui.explanation(scan, checkpoint, settings)
 pixels = scan.image.pixels
 panels = render.explanation_panels(
     pixels, result.heatmap, threshold=threshold, opacity=opacity, colormap=colormap,
-    head_mask=result.brain_mask if show_outline else None,
+    head_mask=result.brain_mask if show_outline else None, tumour_mask=tumour,
+    region_rgb=render.OUTLINE_RGB if tumour is None else render.REGION_RGB,
 )  # fmt: skip
 left, middle, right = st.columns(3)
 # "stretch": the three panels share one size even when the scan is smaller than a column.
@@ -58,9 +60,13 @@ middle.image(panels.heatmap, caption=ui.heatmap_caption(result), width="stretch"
 ui.colour_bar(middle, colormap)
 right.image(
     panels.overlay,
-    caption=f"Overlay; green outline: heatmap >= {threshold:.2f} ({panels.region.area_fraction:.1%} of the image)",
+    caption=f"Overlay; {'green' if tumour is None else 'white'} outline: heatmap >= {threshold:.2f} "
+    f"({panels.region.area_fraction:.1%} of the image)"
+    + ("; green on black: the tumour outline" if tumour is not None else ""),
     width="stretch",
 )
+if tumour is not None:
+    ui.outline_metrics(st, result, tumour, threshold)
 st.caption(ui.DISCLAIMER)
 
 if result.warning:

@@ -126,3 +126,20 @@ def test_otsu_is_taken_inside_the_head_not_over_the_background_zeros():
     assert otsu_threshold(heatmap) < 0.4  # over the whole image: between background and head
     metrics = localisation_metrics(heatmap, heatmap > 0.8, 0.5, head=head)
     assert metrics["iou_otsu"] == 1.0 and metrics["iou"] == 1.0
+
+
+def test_uploaded_labelme_outline_is_scaled_or_refused_with_a_reason():
+    import json
+
+    from core.annotations import outline_from_labelme
+
+    square = {"shape_type": "polygon", "points": [[10, 10], [30, 10], [30, 30], [10, 30]]}
+    drawn_here = json.dumps({"shapes": [square], "imageHeight": 50, "imageWidth": 50}).encode()
+    drawn_twice_as_large = json.dumps({"shapes": [square], "imageHeight": 100, "imageWidth": 100}).encode()
+    here, halved = outline_from_labelme(drawn_here, (50, 50)), outline_from_labelme(drawn_twice_as_large, (50, 50))
+    assert here.mask[20, 20] and not here.mask[40, 40] and here.mask.sum() == 21 * 21
+    assert halved.mask[10, 10] and not halved.mask[20, 20]  # points scaled by one half
+    wrong_shape = json.dumps({"shapes": [square], "imageHeight": 50, "imageWidth": 80}).encode()
+    assert "drawn on a 80x50 image" in outline_from_labelme(wrong_shape, (50, 50)).reason
+    assert "not a LabelMe outline" in outline_from_labelme(b"\xff\xfe not json", (50, 50)).reason
+    assert outline_from_labelme(b'{"shapes": []}', (50, 50)).mask is None

@@ -177,3 +177,36 @@ def test_volume_scores_every_slice_and_jumps_to_the_most_suspicious(use_tiny_che
         at = go.click().run()
         assert not at.exception and at.slider(key="explain_slice").value == top
     assert any(c.value.startswith(f"Slice {top}:") for c in at.caption)
+
+
+def test_uploaded_outline_is_drawn_and_scored(use_tiny_checkpoints):
+    import json
+
+    import numpy as np
+
+    from core.annotations import outline_from_labelme
+    from core.checkpoint import load_checkpoint
+    from core.explain import explain
+    from core.image_input import load_image
+    from core.localisation import localisation_metrics
+
+    data = encode(head_phantom(160), "PNG")
+    at = upload(run_page(), "scan.png", data)
+    outline = {"shapes": [{"shape_type": "polygon", "points": [[50, 50], [100, 50], [100, 100], [50, 100]]}],
+               "imageHeight": 160, "imageWidth": 160}  # fmt: skip
+    at.file_uploader(key="explain_outline").set_value(("scan.json", json.dumps(outline).encode(), "application/json"))
+    at = at.run()
+    assert not at.exception
+    pixels = load_image(data, "scan.png").pixels
+    result = explain(load_checkpoint("tiny_convnext"), pixels)
+    expected = localisation_metrics(result.heatmap, outline_from_labelme(json.dumps(outline).encode(), (160, 160)).mask,
+                                    0.5, head=result.brain_mask)  # fmt: skip
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["IoU at threshold 0.50"] == f"{expected['iou']:.2f}"
+    assert metrics["Pointing game"] == ("hit" if expected["pointing_game"] else "miss")
+    assert np.isclose(float(metrics["Heatmap mass inside the outline"].rstrip("%")) / 100,
+                      expected["mass_inside_tumour"], atol=0.006)  # fmt: skip
+
+    at.file_uploader(key="explain_outline").set_value(("notes.json", b"[1, 2", "application/json"))
+    at = at.run()
+    assert not at.exception and "not a LabelMe outline" in at.error[0].value

@@ -50,3 +50,17 @@ def test_figures_carry_values_and_colour_bar():
     assert np.asarray(trace.z).shape == (256, 256)
     bars = probability_figure(["a", "b"], [0.25, 0.75], highlight=1)
     assert list(bars.data[0].x) == [0.25, 0.75]
+
+
+def test_tumour_outline_has_a_dark_halo_so_it_shows_on_any_colour_map():
+    from core.render import OUTLINE_RGB, explanation_panels
+
+    image = np.full((200, 200), 0.5, dtype=np.float32)
+    tumour = np.zeros((200, 200), dtype=bool)
+    tumour[60:140, 60:140] = True
+    heatmap = np.full((200, 200), 0.5, dtype=np.float32)  # jet's green, the outline's own colour
+    drawn = explanation_panels(image, heatmap, tumour_mask=tumour).overlay
+    row = drawn[100, 50:75]
+    green = np.flatnonzero((row == OUTLINE_RGB).all(axis=1))
+    black = np.flatnonzero((row == 0).all(axis=1))
+    assert green.size and black.size and black.min() < green.min()  # black beside the green line
