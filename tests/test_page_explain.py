@@ -210,3 +210,19 @@ def test_uploaded_outline_is_drawn_and_scored(use_tiny_checkpoints):
     at.file_uploader(key="explain_outline").set_value(("notes.json", b"[1, 2", "application/json"))
     at = at.run()
     assert not at.exception and "not a LabelMe outline" in at.error[0].value
+
+
+def test_full_file_name_is_shown_and_patient_box_only_for_dicom(use_tiny_checkpoints):
+    import numpy as np
+
+    from tests.test_image_input import make_dicom
+
+    long_name = "brain_mri_study_2026_11_30_series_0042_axial_t1_post_contrast_slice_017.png"
+    at = upload(run_page(), long_name, encode(head_phantom(160), "PNG"))
+    assert not at.exception and any(long_name in c.value for c in at.caption)
+    assert not at.checkbox  # a PNG has no patient fields to offer
+    at = upload(at, "study.dcm", make_dicom(np.uint16(head_phantom(96) * 1000)), "application/dicom")
+    assert not at.exception
+    assert [c.label for c in at.checkbox] == ["Put the patient's name, ID, birth date and study date from the DICOM "
+                                              "in the report"]  # fmt: skip
+    assert not at.checkbox[0].value  # off unless the user opts in
