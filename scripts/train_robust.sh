@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The next robustness candidate (docs/training.md, "Outcome of the second round"): an EfficientNet
+# from the ImageNet start with counterfactual healthy slices, randomisation, the MNI152 slices and
+# outline guidance, then everything the selection rule needs, measured on the grouped hold-out.
+# Usage: scripts/train_robust.sh OUT [DATA_ROOT]   (a GPU if there is one: DEVICE=cuda; EPOCHS=12)
+# Judge OUT/select.log and OUT/stress/stress.json by the rule in docs/training.md before any test run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$1
+data=${2:-../shared/data/brain-tumor-mri}
+python=${PYTHON:-python}
+device=${DEVICE:-cpu}
+precision=()
+[[ $device == cuda ]] && precision=(--bf16)
+mkdir -p "$out"
+$python -m core train --arch tf_efficientnet_lite0 --image-size 256 --data "$data" --out "$out/model" \
+  --init imagenet-lite0 --epochs "${EPOCHS:-12}" --lr 1e-3 --counterfactuals 0.25 --randomise 0.3 \
+  --healthy-template --guidance "${GUIDANCE:-0.3}" --device "$device" "${precision[@]}" --no-progress \
+  | tee "$out/train.log"
+$python -m core reliability --checkpoint "$out/model" --data "$data" | tee "$out/reliability.log"
+$python -m core select checkpoints/efficientnet_lite0 "$out/model" --data "$data" --out "$out/select.json" \
+  | tee "$out/select.log"
+$python -m core stress --checkpoint "$out/model" --data "$data" --holdout --limit "${STRESS_LIMIT:-40}" \
+  --out "$out/stress" | tee "$out/stress.log"
