@@ -157,9 +157,17 @@ def test_dicom_without_pixel_data():
 
 
 def test_compressed_dicom_without_decoder():
-    data = open(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"), "rb").read()
-    with pytest.raises(ImageInputError, match="compressed"):
-        load_image(data, "jls.dcm")
+    dataset = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+    dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG-2 video: no decoder installed
+    with pytest.raises(ImageInputError, match="compressed \\(MPEG2.*no decoder"):
+        load_image(resaved(dataset), "video.dcm")
+
+
+def test_jpeg_ls_and_jpeg_2000_dicoms_decode_with_the_installed_decoders():
+    for name in ("MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm"):
+        loaded = load_image(open(get_testdata_file(name), "rb").read(), name)
+        reference = load_image(open(get_testdata_file("MR_small.dcm"), "rb").read(), "MR_small.dcm")
+        assert loaded.pixels.shape == (64, 64) and np.allclose(loaded.pixels, reference.pixels, atol=1e-6)
 
 
 def test_truncated_dicom():
