@@ -277,12 +277,20 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
 
 def _decode_frame(data: bytes, dataset, frame: int | None) -> np.ndarray:
     """Every frame's pixels, or with `frame` only that one (a 300-frame series is not decoded
-    300 times to show each of its slices)."""
-    if frame is None:
-        return dataset.pixel_array
+    300 times to show each of its slices).
+
+    A decoder written in Rust (pylibjpeg-rle) panics on some corrupt data with an exception
+    outside Exception's tree; it is reported as a decoding failure like the others."""
     from pydicom.pixels import pixel_array
 
-    return pixel_array(io.BytesIO(data), index=frame)
+    try:
+        return dataset.pixel_array if frame is None else pixel_array(io.BytesIO(data), index=frame)
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as error:  # noqa: BLE001 - pyo3's PanicException derives from BaseException
+        if isinstance(error, Exception):
+            raise
+        raise RuntimeError(f"the pixel decoder failed: {error}") from error
 
 
 def _load_series(data: bytes, slice_index: int | None) -> LoadedImage:

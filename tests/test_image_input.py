@@ -349,3 +349,11 @@ def test_corrupt_rle_is_called_corrupt_not_undecodable():
     with pytest.raises(ImageInputError) as error:
         load_image(resaved(dataset), "rle.dcm")
     assert "no decoder" not in str(error.value) and "corrupt" in str(error.value)
+
+
+def test_corrupt_rle_dicom_that_panics_the_rust_decoder_gets_a_message():
+    """Found by the fuzzer: pylibjpeg-rle panics (pyo3's PanicException, not an Exception)."""
+    data = open(get_testdata_file("MR_small_RLE.dcm"), "rb").read()
+    junk = bytes.fromhex("d71484f8cf9bf4b76f47904730")
+    with pytest.raises(ImageInputError, match="corrupt"):
+        load_image(data[:6917] + junk + data[6917 + len(junk) :], "rle.dcm")

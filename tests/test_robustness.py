@@ -23,7 +23,9 @@ from tests.test_explain import hook_count
 from tests.test_image_input import make_dicom, png_with_declared_size
 
 TIME_LIMIT_S = 5.0
-NAMES = ["x.png", "x.jpg", "x.bmp", "x.tif", "x.dcm", "x.nii", "x.nii.gz", "noextension"]
+NAMES = ["x.png", "x.jpg", "x.bmp", "x.tif", "x.dcm", "x.nii", "x.nii.gz", "x.zip", "noextension"]
+# Generated malformed inputs in the suite: 2,000 random byte strings + 3,000 mutated valid files.
+RANDOM_INPUTS, MUTATED_INPUTS = 2000, 3000
 
 
 def decode_within_limit(data: bytes, name: str):
@@ -71,7 +73,7 @@ def test_bad_input_corpus(case):
     decode_within_limit(data, name)
 
 
-@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=RANDOM_INPUTS, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.binary(max_size=2048), name=st.sampled_from(NAMES))
 def test_fuzz_random_bytes(data, name):
     decode_within_limit(data, name)
@@ -79,21 +81,43 @@ def test_fuzz_random_bytes(data, name):
 
 VOLUME = np.random.default_rng(0).random((40, 40, 3)).astype(np.float32)
 PHANTOM = head_phantom(48)
-SEEDS = [
-    encode(PHANTOM, "PNG"),
-    encode(PHANTOM, "JPEG"),
-    encode(PHANTOM, "BMP"),
-    make_dicom((PHANTOM * 900).astype(np.uint16)),
-    nib.Nifti1Image(VOLUME, np.eye(4)).to_bytes(),
-]
-SEED_NAMES = ["a.png", "a.jpg", "a.bmp", "a.dcm", "a.nii"]
 
 
-@settings(max_examples=900, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _series_zip() -> bytes:
+    from tests.test_volume import series_zip
+
+    return series_zip({f"s{i}.dcm": {"value": 100 + i, "SeriesInstanceUID": "1.2.3", "InstanceNumber": i}
+                       for i in range(3)})  # fmt: skip
+
+
+def _pydicom_file(name: str) -> bytes:
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file(name)).read_bytes()
+
+
+SEEDS = {  # one valid file of every format and DICOM encoding the app reads
+    "a.png": encode(PHANTOM, "PNG"),
+    "a.jpg": encode(PHANTOM, "JPEG"),
+    "a.bmp": encode(PHANTOM, "BMP"),
+    "a.tif": encode(Image.fromarray((PHANTOM * 65535).astype(np.uint16)), "TIFF"),
+    "a.dcm": make_dicom((PHANTOM * 900).astype(np.uint16)),
+    "frames.dcm": make_dicom(np.stack([PHANTOM * 900 + i for i in range(3)]).astype(np.uint16)),
+    "rle.dcm": _pydicom_file("MR_small_RLE.dcm"),
+    "j2k.dcm": _pydicom_file("MR_small_jp2klossless.dcm"),
+    "jls.dcm": _pydicom_file("MR_small_jpeg_ls_lossless.dcm"),
+    "a.nii": nib.Nifti1Image(VOLUME, np.eye(4)).to_bytes(),
+    "a.nii.gz": gzip.compress(nib.Nifti1Image(VOLUME, np.eye(4)).to_bytes()),
+    "series.zip": _series_zip(),
+}
+SEED_NAMES = list(SEEDS)
+
+
+@settings(max_examples=MUTATED_INPUTS, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(which=st.integers(0, len(SEEDS) - 1), position=st.floats(0, 1), junk=st.binary(min_size=1, max_size=64),
        cut=st.booleans())  # fmt: skip
 def test_fuzz_mutated_valid_files(which, position, junk, cut):
-    data = SEEDS[which]
+    data = SEEDS[SEED_NAMES[which]]
     at = int(position * (len(data) - 1))
     mutated = data[:at] if cut else data[:at] + junk + data[at + len(junk) :]
     decode_within_limit(mutated, SEED_NAMES[which])
