@@ -271,10 +271,9 @@ def volume_section(scan: Scan, checkpoint: str, mask_input: bool, key: str) -> V
     request = (checkpoint, hashlib.sha256(scan.data).hexdigest(), scan.filename, scan.axis, mask_input)
     if st.session_state.get(f"{key}_volume") != request:
         how = "One forward pass per slice, in batches: the chart shows where the model sees a tumour."
-        if st.button(f"Score all {count} slices", key=f"{key}_score_volume", help=how):
-            st.session_state[f"{key}_volume"] = request
-        else:
-            return None
+        st.button(f"Score all {count} slices", key=f"{key}_score_volume", help=how, on_click=_set_state,
+                  args=(f"{key}_volume", request))  # fmt: skip
+        return None  # a click sets the request before the next run, which scores
     bar = st.progress(0.0, text=f"Scoring {count} slices...")
 
     def progress(done: int, total: int) -> None:

@@ -243,7 +243,7 @@ def volume_figure(scores, current: int | None = None) -> go.Figure:
     if current is not None:
         figure.add_vline(x=current, line_dash="dash", line_color="black", annotation_text=f"slice {current}")
     figure.update_yaxes(range=[0, 1], tickformat=".0%", title="probability")
-    figure.update_xaxes(title="slice")
+    figure.update_xaxes(title="slice", range=[-1, len(scores.slices)])  # every slice, as the slider has
     figure.update_layout(margin={"l": 0, "r": 0, "t": 30, "b": 0}, height=260, clickmode="event+select",
                          legend={"orientation": "h", "y": 1.15})  # fmt: skip
     return figure

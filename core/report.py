@@ -180,6 +180,7 @@ def _volume_page(scan: ReportScan, model_name: str):
     if scan.slice_index is not None:
         chart.axvline(scan.slice_index, color="black", linestyle="--", linewidth=0.8)
     chart.set_ylim(0, 1)
+    chart.set_xlim(-1, len(scores.slices))
     chart.set_xlabel("slice", fontsize=8)
     chart.set_ylabel("probability", fontsize=8)
     chart.legend(

@@ -170,6 +170,7 @@ def test_volume_scores_every_slice_and_jumps_to_the_most_suspicious(use_tiny_che
     assert not at.exception and at.slider(key="explain_slice").value == 3
     at = at.button(key="explain_score_volume").click().run()
     assert not at.exception
+    assert "explain_score_volume" not in [b.key for b in at.button]  # scored: the button has done its job
     go = at.button(key="explain_go_top")
     top = score_volume(load_checkpoint("tiny_convnext"), *slice_reader(data, "head.nii.gz")).most_suspicious(1)[0]
     assert f"({top})" in go.label
