@@ -13,8 +13,10 @@ st.markdown(
 See where a brain-MRI classifier looks when it predicts **glioma, meningioma, pituitary
 tumour or no tumour**, using Grad-CAM and related methods.
 
-- **Explain**: upload a scan (PNG, JPEG, BMP, TIFF, DICOM, NIfTI) or pick a sample, and see
-  the original, the heatmap and the overlay with the model's prediction.
+- **Explain**: upload a scan (PNG, JPEG, BMP, TIFF, DICOM, NIfTI, or a ZIP of one DICOM series)
+  or pick a sample, and see the original, the heatmap and the overlay with the model's
+  prediction; score every slice of a volume, compare the heatmap with a radiologist's outline,
+  and download a PDF case report.
 - **Compare**: the ConvNeXt and the EfficientNet on the same scan, whether they agree on the
   class and on where they look, and the same image under every CAM method.
 - **Gallery**: true positives, false positives and false negatives of a dataset split, with
