@@ -206,18 +206,17 @@ def explain_volumes(
         with tqdm(total=count, desc=path.name, unit="slice", disable=not progress) as bar:
             scores = score_volume(loaded, count, read, mask_input=settings.mask_input,
                                   on_progress=lambda done, _: bar.update(done - bar.n))  # fmt: skip
-        slices, overlays = scores.rows(), []
+        slices, explained = scores.rows(), []
         for index in scores.most_suspicious(top):
             image = read(index)
             result = explain(loaded, image.pixels, settings)
-            explained = ExplainedFile({}, *_panel_pngs(image.pixels, result.heatmap))
+            pictures = ExplainedFile({}, *_panel_pngs(image.pixels, result.heatmap))
             named = stem.with_name(f"{stem.name}_slice{index:03d}")
-            slices[index] = _write_pictures(out, named, slices[index], explained)
-            overlays.append((index, explanation_panels(image.pixels, result.heatmap).overlay))
-            if report and len(overlays) == 1:
-                first = (image, result)
-        if report and overlays:
-            pages.append(_report_page(path, data, *first, volume=scores, top_slices=tuple(overlays)))
+            slices[index] = _write_pictures(out, named, slices[index], pictures)
+            explained.append((image, result))
+        if report and explained:  # the most suspicious slice's page, then the volume's
+            overlays = tuple((i.slice_index, explanation_panels(i.pixels, r.heatmap).overlay) for i, r in explained)
+            pages.append(_report_page(path, data, *explained[0], volume=scores, top_slices=overlays))
         volumes.append({"image": str(path), "num_slices": count, "most_suspicious": scores.most_suspicious(top),
                         "slices": slices})  # fmt: skip
     run = {"checkpoint": loaded.name, "method": settings.method, "volumes": volumes}

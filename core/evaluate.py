@@ -33,10 +33,9 @@ from core.evaluation_store import (
 from core.explain import ExplainSettings, Explanation, apply_brain_mask, explain_batch
 from core.faithfulness import check_heatmap
 from core.image_input import ImageInputError, load_image
-from core.inference import slice_scores
+from core.inference import judged_scores
 from core.localisation import bootstrap_mean, localisation_metrics, mass_inside, region_iou
 from core.metrics import classification_summary, expected_calibration_error, softmax
-from core.reliability import verdict
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -194,11 +193,7 @@ class _Scored:
     ) -> None:
         label_names = loaded.config.label_names
         if not heatmaps:
-            logits, features = slice_scores(loaded, images, settings.mask_input)
-            probabilities = softmax(logits, loaded.config.temperature)
-            trusted = loaded.reliability
-            familiarity = trusted.familiarity(features).tolist() if trusted is not None else [None] * len(images)
-            verdicts = [verdict(p, f, trusted) for p, f in zip(probabilities, familiarity)]
+            logits, probabilities, verdicts = judged_scores(loaded, images, settings.mask_input)
             explanations = [None] * len(images)
         else:
             # The raw heatmap gives the mass outside the brain; the masked one is what the app shows.

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from core.checkpoint import LoadedModel
+from core.metrics import softmax
 from core.preprocess import PreparedSlice, Preprocessing, prepare_for_model, to_tensor
-from core.reliability import scores_and_features
+from core.reliability import Verdict, scores_and_features, verdict
 
 
 def prepare_slices(images: list[np.ndarray], settings: Preprocessing, mask_input: bool) -> list[PreparedSlice]:
@@ -64,6 +65,17 @@ def slice_scores(loaded: LoadedModel, images: list[np.ndarray], mask_input: bool
     settings = loaded.config.preprocessing
     squares = np.stack([prepared.square for prepared in prepare_slices(images, settings, mask_input)])
     return square_scores(loaded.model, squares, settings)
+
+
+def judged_scores(loaded: LoadedModel, images: list[np.ndarray], mask_input: bool = True):
+    """(logits, calibrated probabilities, reliability verdicts) for decoded slices, from one
+    forward pass each: what a prediction without a heatmap reports."""
+    logits, features = slice_scores(loaded, images, mask_input)
+    probabilities = softmax(logits, loaded.config.temperature)
+    trusted = loaded.reliability
+    familiarity = trusted.familiarity(features).tolist() if trusted is not None else [None] * len(images)
+    verdicts: list[Verdict] = [verdict(p, f, trusted) for p, f in zip(probabilities, familiarity)]
+    return logits, probabilities, verdicts
 
 
 @torch.no_grad()

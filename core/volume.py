@@ -23,9 +23,7 @@ from core.image_input import (
     load_image,
     series_slice,
 )
-from core.inference import slice_scores
-from core.metrics import softmax
-from core.reliability import verdict
+from core.inference import judged_scores
 
 SliceReader = Callable[[int], LoadedImage]
 
@@ -120,12 +118,9 @@ def score_volume(
                 scores.append(SliceScore(index, error=str(error)))
         if images:
             with loaded.lock:  # no CAM hooks of another session may see these forward passes
-                logits, features = slice_scores(loaded, images, mask_input)
-            probabilities = softmax(logits, loaded.config.temperature)
-            trusted = loaded.reliability
-            familiarity = trusted.familiarity(features).tolist() if trusted is not None else [None] * len(images)
-            for index, row, known in zip(indices, probabilities, familiarity):
-                trust = verdict(row, known, trusted)
+                _, probabilities, verdicts = judged_scores(loaded, images, mask_input)
+            for index, row, trust in zip(indices, probabilities, verdicts):
+                known = trust.familiarity
                 scores.append(SliceScore(
                     index, tuple(float(p) for p in row), label_names[int(np.argmax(row))], known,
                     trust.unfamiliar if known is not None else None, trust.uncertain,
