@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,11 @@ class Scan:
     slice_index: int | None
     axis: int
     image: LoadedImage
+
+    @cached_property
+    def sha256(self) -> str:
+        """The file's digest, computed once per run however many keys use it (volumes run to 200 MB)."""
+        return hashlib.sha256(self.data).hexdigest()
 
 
 PAGES = (("app.py", "Home"), ("pages/1_Explain.py", "Explain"), ("pages/2_Compare.py", "Compare"),
@@ -268,7 +274,7 @@ def volume_section(scan: Scan, checkpoint: str, mask_input: bool, key: str) -> V
     if count <= 1:
         return None
     slider, chart_key = f"{key}_slice", f"{key}_volume_chart"
-    request = (checkpoint, hashlib.sha256(scan.data).hexdigest(), scan.filename, scan.axis, mask_input)
+    request = (checkpoint, scan.sha256, scan.filename, scan.axis, mask_input)
     if st.session_state.get(f"{key}_volume") != request:
         how = "One forward pass per slice, in batches: the chart shows where the model sees a tumour."
         st.button(f"Score all {count} slices", key=f"{key}_score_volume", help=how, on_click=_set_state,
@@ -292,7 +298,7 @@ def volume_section(scan: Scan, checkpoint: str, mask_input: bool, key: str) -> V
         if points:
             st.session_state[slider] = int(points[0]["x"])
 
-    current = scan.slice_index if scan.slice_index is not None else scan.image.slice_index
+    current = scan.image.slice_index
     st.plotly_chart(render.volume_figure(scores, current), key=chart_key, on_select=jump_to_clicked,
                     selection_mode="points", width="stretch")  # fmt: skip
     failed = sum(s.error is not None for s in scores.slices)

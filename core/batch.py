@@ -9,7 +9,6 @@ most suspicious slices get `<stem>_slice<NNN>_overlay.png` and `_heatmap.png`.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -66,7 +65,7 @@ def explain_file(loaded: LoadedModel, path: Path, settings: ExplainSettings, rep
         image = loaded_image.pixels
         result = explain(loaded, image, settings)
     except (ImageInputError, ExplainError, OSError) as error:
-        return ExplainedFile({**entry, "error": error.strerror if isinstance(error, OSError) else str(error)})
+        return ExplainedFile({**entry, "error": _message(error)})
     page = _report_page(path, data, loaded_image, result) if report else None
     return ExplainedFile({**entry, **result.summary()}, *_panel_pngs(image, result.heatmap), report_page=page)
 
@@ -74,8 +73,7 @@ def explain_file(loaded: LoadedModel, path: Path, settings: ExplainSettings, rep
 def _report_page(path: Path, data: bytes, image, result, **extra) -> ReportScan:
     from core.report import ReportScan
 
-    return ReportScan(path.name, hashlib.sha256(data).hexdigest(), image.file_format, image.pixels, result,
-                      image.slice_index, image.num_slices, **extra)  # fmt: skip
+    return ReportScan.of_file(path.name, data, image, result, **extra)
 
 
 def write_report(out: Path, pages: list[ReportScan], checkpoint: str | Path, model_name: str) -> Path | None:
@@ -199,15 +197,14 @@ def explain_volumes(
             data = path.read_bytes()
             count, read = slice_reader(data, path.name)
         except (ImageInputError, OSError) as error:
-            message = error.strerror if isinstance(error, OSError) else str(error)
-            tqdm.write(f"{path}: {message}", file=sys.stderr)
-            volumes.append({"image": str(path), "error": message})
+            tqdm.write(f"{path}: {_message(error)}", file=sys.stderr)
+            volumes.append({"image": str(path), "error": _message(error)})
             continue
         with tqdm(total=count, desc=path.name, unit="slice", disable=not progress) as bar:
             scores = score_volume(loaded, count, read, mask_input=settings.mask_input,
                                   on_progress=lambda done, _: bar.update(done - bar.n))  # fmt: skip
-        slices, explained = scores.rows(), []
-        for index in scores.most_suspicious(top):
+        slices, explained, suspicious = scores.rows(), [], scores.most_suspicious(top)
+        for index in suspicious:
             image = read(index)
             result = explain(loaded, image.pixels, settings)
             pictures = ExplainedFile({}, *_panel_pngs(image.pixels, result.heatmap))
@@ -217,14 +214,18 @@ def explain_volumes(
         if report and explained:  # the most suspicious slice's page, then the volume's
             overlays = tuple((i.slice_index, explanation_panels(i.pixels, r.heatmap).overlay) for i, r in explained)
             pages.append(_report_page(path, data, *explained[0], volume=scores, top_slices=overlays))
-        volumes.append({"image": str(path), "num_slices": count, "most_suspicious": scores.most_suspicious(top),
-                        "slices": slices})  # fmt: skip
+        volumes.append({"image": str(path), "num_slices": count, "most_suspicious": suspicious, "slices": slices})
     run = {"checkpoint": loaded.name, "method": settings.method, "volumes": volumes}
     (out / "results.json").write_text(json.dumps(run, indent=2) + "\n")
     _write_slice_csv(out / "summary.csv", volumes, loaded.config.label_names, settings.method)
     if report:
         write_report(out, pages, checkpoint, loaded.name)
     return volumes
+
+
+def _message(error: Exception) -> str:
+    """What a row says about a file that failed: the OS's reason, or the decoder's message."""
+    return error.strerror if isinstance(error, OSError) else str(error)
 
 
 def _panel_pngs(image, heatmap) -> tuple[bytes, bytes]:

@@ -242,11 +242,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         raise ImageInputError("The DICOM pixel data is truncated or corrupt. Export it again from the PACS.") from error
 
     is_colour = samples > 1
-    if num_frames > 1 and pixels.ndim == (3 if is_colour else 2):
-        pass  # the one frame asked for
-    elif num_frames > 1 and pixels.ndim >= 3 and len(pixels) == num_frames:
-        pixels = pixels[frame]
-    else:
+    if pixels.ndim != (3 if is_colour else 2):  # not one frame: the file's frame count was wrong
         num_frames, frame = 1, 0
     notes = []
     if is_colour:
@@ -388,7 +384,7 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
     try:
         # The header first (decompressing only its bytes): the declared size is checked before
         # the data are decompressed or decoded.
-        head = _gunzip(data, 1024) if compressed else data[:1024]
+        head = gunzip_at_most(data, 1024) if compressed else data[:1024]
         kind = nib.Nifti2Image if _is_nifti2(head) else nib.Nifti1Image
         header = kind.header_class.from_fileobj(io.BytesIO(head))
         shape = tuple(int(s) for s in header.get_data_shape())
@@ -411,7 +407,7 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
             f"{MAX_DECODED_BYTES // 2**20} MB limit. Export a cropped or single volume."
         )
     try:
-        raw = _gunzip(data, int(header.get_data_offset()) + declared) if compressed else data
+        raw = gunzip_at_most(data, int(header.get_data_offset()) + declared) if compressed else data
         image = kind.from_bytes(raw)
     except broken as error:
         raise ImageInputError("The NIfTI file is truncated or corrupt. Export it again and re-upload.") from error
@@ -454,7 +450,7 @@ def _is_nifti2(raw: bytes) -> bool:
     return len(raw) >= 4 and (int.from_bytes(raw[:4], "little") == 540 or int.from_bytes(raw[:4], "big") == 540)
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
+def gunzip_at_most(data: bytes, limit: int) -> bytes:
     """At most `limit` bytes of gzip `data` decompressed: a small .nii.gz that would expand to
     gigabytes is never held in memory whole."""
     return zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, limit)

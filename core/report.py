@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import subprocess
 import textwrap
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import matplotlib
 
@@ -27,9 +25,9 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from core.explain import CLASS_AGNOSTIC_METHODS, Explanation  # noqa: E402
 from core.reliability import UNFAMILIAR_MESSAGE  # noqa: E402
 from core.render import CLASS_COLOURS, colour_bar, explanation_panels  # noqa: E402
+from core.training.record import git_commit  # noqa: E402
 
 A4 = (8.27, 11.69)  # inches, portrait
-REPO = Path(__file__).resolve().parent.parent
 DISCLAIMER = (
     "Research tool, not a medical device; not for diagnosis. The heatmap marks the regions that most raised the "
     "model's score for the explained class, relative to this image's own maximum: it is not a tumour outline. The "
@@ -57,6 +55,12 @@ class ReportScan:
     volume: object | None = None  # core.volume.VolumeScores, for a volume
     top_slices: tuple[tuple[int, np.ndarray], ...] = field(default_factory=tuple)  # (index, overlay RGB)
 
+    @classmethod
+    def of_file(cls, filename: str, data: bytes, image, result: Explanation, **extra) -> ReportScan:
+        """The page of `image` (a core.image_input.LoadedImage decoded from `data`) and its explanation."""
+        return cls(filename, hashlib.sha256(data).hexdigest(), image.file_format, image.pixels, result,
+                   image.slice_index, image.num_slices, **extra)  # fmt: skip
+
 
 def software_version() -> str:
     """The package version and, in a git checkout, the commit."""
@@ -66,12 +70,8 @@ def software_version() -> str:
         number = version("brain-mri-xai")
     except PackageNotFoundError:
         number = "0.1.0"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=5, check=True).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"brain-mri-xai {number}" + (f" (commit {commit})" if commit else "")
+    commit = git_commit()
+    return f"brain-mri-xai {number}" + (f" (commit {commit})" if commit != "unknown" else "")
 
 
 def case_report(
@@ -240,9 +240,8 @@ def scan_report(
         for index in volume.most_suspicious(top):
             pixels = read(index).pixels
             top_slices.append((index, explanation_panels(pixels, explain(loaded, pixels, settings).heatmap).overlay))
-    page = ReportScan(
-        filename, hashlib.sha256(data).hexdigest(), image.file_format, image.pixels, result, image.slice_index,
-        image.num_slices, **(display or {}), faithfulness=faithfulness, warnings=warnings,
+    page = ReportScan.of_file(
+        filename, data, image, result, **(display or {}), faithfulness=faithfulness, warnings=warnings,
         patient=patient_fields(data, filename) if include_patient else None, volume=volume,
         top_slices=tuple(top_slices),
     )  # fmt: skip

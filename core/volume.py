@@ -20,6 +20,7 @@ from core.image_input import (
     SERIES_SUFFIXES,
     ImageInputError,
     LoadedImage,
+    gunzip_at_most,
     load_image,
     series_slice,
 )
@@ -89,9 +90,7 @@ def slice_reader(data: bytes, filename: str, axis: int = 2) -> tuple[int, SliceR
         series = open_series(data, MAX_DECODED_BYTES)
         return middle.num_slices, lambda index: series_slice(series, index)
     if name.endswith(NIFTI_SUFFIXES) and data[:2] == b"\x1f\x8b":
-        import zlib
-
-        raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, MAX_DECODED_BYTES + 2**20)
+        raw = gunzip_at_most(data, MAX_DECODED_BYTES + 2**20)
         return middle.num_slices, lambda index: load_image(raw, "volume.nii", slice_index=index, axis=axis)
     return middle.num_slices, lambda index: load_image(data, filename, slice_index=index, axis=axis)
 

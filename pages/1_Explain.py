@@ -1,6 +1,5 @@
 """Explain one scan: original | heatmap | overlay, with the prediction and its controls."""
 
-import hashlib
 import json
 
 import streamlit as st
@@ -101,7 +100,7 @@ st.subheader("Check this heatmap", anchor=False)
 st.caption("Does the heatmap point at what the model uses? The hottest pixels are removed (deletion) or revealed "
            "(insertion) a step at a time, and the model's probability is compared with the same steps for random "
            "maps. About 2-3 seconds on a CPU.")  # fmt: skip
-check_key = (checkpoint, hashlib.sha256(scan.data).hexdigest(), scan.slice_index, scan.axis, settings)
+check_key = (checkpoint, scan.sha256, scan.slice_index, scan.axis, settings)
 if st.button("Check this heatmap"):
     st.session_state["faithfulness_checked"] = check_key
 faithfulness_verdict = None

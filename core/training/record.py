@@ -102,9 +102,11 @@ def _distillation_note(options: TrainOptions) -> str:
 
 
 def git_commit() -> str:
+    """The repository's short commit, or "unknown" outside a git checkout."""
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+            text=True, check=True, timeout=5,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
         return "unknown"
