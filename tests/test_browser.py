@@ -133,6 +133,12 @@ def move_slider(driver, wait, index: int, key: str, presses: int) -> None:
     wait.until(lambda d: value(d) != before)
 
 
+def scroll_and_click(driver, element) -> None:
+    """Click a button a user would first scroll to (headless clicks miss elements off screen)."""
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    element.click()
+
+
 def upload(driver, wait, path: Path) -> None:
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "input[type='file']"))).send_keys(str(path))
 
@@ -186,8 +192,7 @@ def test_explain_page_upload_and_threshold(browser, app_url, artifacts):
 
     # "Check this heatmap": the deletion/insertion curves and a verdict appear
     button = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[contains(., 'Check this heatmap')]")))
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
-    button.click()
+    scroll_and_click(browser, button)
     wait.until(lambda d: "deletion AUC" in d.find_element(By.TAG_NAME, "body").text)
     assert_no_error(browser)
     browser.save_screenshot(str(artifacts / "explain_faithfulness.png"))
@@ -243,8 +248,7 @@ def test_explain_volume_chart_jump_and_case_report(browser, app_url, artifacts, 
             break
         button = wait.until(EC.presence_of_element_located(jump))
         if button.is_enabled():
-            browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
-            button.click()
+            scroll_and_click(browser, button)
         try:
             WebDriverWait(browser, 45).until(lambda d: slider_value(d) == target)
         except TimeoutException:
@@ -255,8 +259,7 @@ def test_explain_volume_chart_jump_and_case_report(browser, app_url, artifacts, 
     browser.save_screenshot(str(artifacts / "explain_volume.png"))
 
     report = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[contains(., 'Download case report')]")))
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", report)
-    report.click()
+    scroll_and_click(browser, report)
     wait.until(lambda d: any(p.suffix == ".pdf" for p in downloads.iterdir()))
     pdf = next(p for p in downloads.iterdir() if p.suffix == ".pdf")
     wait.until(lambda d: pdf.stat().st_size > 0 and not list(downloads.glob("*.crdownload")))
