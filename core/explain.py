@@ -8,7 +8,9 @@ and the CAM is zeroed outside the head after it.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -25,7 +27,7 @@ from pytorch_grad_cam import (
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from core.attribution import INPUT_ATTRIBUTIONS, input_attribution
+from core.attribution import INPUT_ATTRIBUTIONS, NOISE_SAMPLES, input_attribution
 from core.brain_mask import BrainMask
 from core.checkpoint import LoadedModel, ModelConfig
 from core.inference import prepare_slices
@@ -45,6 +47,7 @@ CAM_METHODS = {
 METHODS = (*CAM_METHODS, *INPUT_ATTRIBUTIONS)  # everything explain() can draw
 SLOW_METHODS = {"Score-CAM", "Integrated Gradients + noise tunnel"}  # many passes per slice
 GALLERY_METHODS = tuple(m for m in CAM_METHODS if m not in SLOW_METHODS)  # fast enough for a whole split
+SCORE_CAM_BATCH = 32  # feature maps scored per forward pass
 CLASS_AGNOSTIC_METHODS = {"Eigen-CAM"}  # the first principal component of the activations: no class enters
 
 
@@ -150,13 +153,19 @@ class Explanation:
         }
 
 
-def explain(loaded: LoadedModel, image: np.ndarray, settings: ExplainSettings = ExplainSettings()) -> Explanation:
+def explain(
+    loaded: LoadedModel,
+    image: np.ndarray,
+    settings: ExplainSettings = ExplainSettings(),
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Explanation:
     """Predict a slice's class and compute a class activation map for it.
 
     Args:
         loaded: a LoadedModel from core.checkpoint.load_checkpoint.
         image: 2-D float32 slice in [0, 1] (core.image_input.load_image(...).pixels).
         settings: method, class, layer and masking.
+        on_progress: called with (forward passes done, passes expected) after each pass.
 
     Returns:
         Explanation with the heatmap at the slice's resolution.
@@ -164,11 +173,14 @@ def explain(loaded: LoadedModel, image: np.ndarray, settings: ExplainSettings = 
     Raises:
         ExplainError: a class or layer the model does not have.
     """
-    return explain_batch(loaded, [image], settings)[0]
+    return explain_batch(loaded, [image], settings, on_progress)[0]
 
 
 def explain_batch(
-    loaded: LoadedModel, images: list[np.ndarray], settings: ExplainSettings = ExplainSettings()
+    loaded: LoadedModel,
+    images: list[np.ndarray],
+    settings: ExplainSettings = ExplainSettings(),
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> list[Explanation]:
     """explain() for several slices in one forward/backward pass; timings are per slice."""
     started = time.perf_counter()
@@ -184,7 +196,7 @@ def explain_batch(
     preprocess_ms = _ms_since(started)
 
     step = time.perf_counter()
-    with loaded.lock:
+    with loaded.lock, _count_passes(loaded, layers, settings.method, len(images), on_progress):
         if on_input:
             cam_squares, logits = input_attribution(settings.method, loaded.model, tensor, config.preprocessing,
                                                     target_index)  # fmt: skip
@@ -248,11 +260,48 @@ def _run_cam(cam_class, model: torch.nn.Module, layers: list[torch.nn.Module], t
     cam = cam_class(model=model, target_layers=layers)
     try:
         if cam_class is ScoreCAM:
-            cam.batch_size = 32
+            cam.batch_size = SCORE_CAM_BATCH
         squares = cam(input_tensor=tensor, targets=targets)
         return squares, cam.outputs.detach().numpy()
     finally:
         cam.activations_and_grads.release()
+
+
+@contextmanager
+def _count_passes(loaded: LoadedModel, layers: list[torch.nn.Module], method: str, count: int, on_progress):
+    """Report (passes done, passes expected) after each forward pass of the model: the real
+    progress of a slow method (Score-CAM: one pass per batch of SCORE_CAM_BATCH feature maps of
+    every layer; the noise tunnel: one per noisy copy), known once the first pass has shown the
+    layers' channel counts."""
+    if on_progress is None:
+        yield
+        return
+    channels: dict[int, int] = {}
+    done = 0
+
+    def record_channels(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            channels.setdefault(id(module), int(output.shape[1]))
+
+    def counted(module, inputs, output):
+        nonlocal done
+        done += 1
+        total = 1 + (loaded.reliability is not None)  # the prediction's pass and the familiarity features'
+        if method == "Score-CAM":
+            total += count * sum(math.ceil(c / SCORE_CAM_BATCH) for c in channels.values())
+        elif method == "Integrated Gradients":
+            total += count
+        elif method == "Integrated Gradients + noise tunnel":
+            total += count * NOISE_SAMPLES
+        on_progress(min(done, total), total)
+
+    handles = [layer.register_forward_hook(record_channels) for layer in layers]
+    handles.append(loaded.model.register_forward_hook(counted))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager

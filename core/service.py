@@ -1,11 +1,16 @@
 """HTTP API: POST /predict returns the prediction with URLs of its heatmap and overlay PNGs.
 
-The PNGs live in memory only, bounded in number and age; nothing is written to disk.
+Each request is decoded and explained in a bounded pool of worker processes (core.workers),
+each with its own model replicas: a slow method occupies one worker, a full queue answers 503
+with Retry-After, a request past its time limit 504, and a request whose client has gone is
+cancelled. The slice and heatmap are kept in memory only (bounded in number, bytes and age)
+and turned into PNGs when fetched; nothing is written to disk.
 Run: python -m core serve --host 127.0.0.1 --port 8000 (OpenAPI docs at /docs).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -13,19 +18,22 @@ import uuid
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from enum import Enum
-from functools import lru_cache
 
+import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.formparsers import MultiPartParser
 
-from core.checkpoint import CheckpointError, LoadedModel, list_checkpoints, load_checkpoint, read_config
+from core.checkpoint import CheckpointError, list_checkpoints, read_config
 from core.checkpoint import resolve_checkpoint as resolve
-from core.explain import METHODS, ExplainError, ExplainSettings, explain
-from core.image_input import MAX_FILE_BYTES, SUPPORTED_SUFFIXES, ImageInputError, load_image
+from core.explain import METHODS, ExplainError, ExplainSettings
+from core.image_input import MAX_FILE_BYTES, SUPPORTED_SUFFIXES, ImageInputError
 from core.model_card import preferred_checkpoint
 from core.render import explanation_panels, png_bytes
+from core.workers import JobCancelled, JobTimedOut, PoolBusy, WorkerCrashed, WorkerPool, decode_and_explain_task
+
+TIME_LIMIT_S = 300.0  # per request; Score-CAM on a 2-core machine under load takes minutes
 
 # The methods as an enum, so the OpenAPI schema lists them and FastAPI validates them.
 # "default" is the method the checkpoint's config.json names.
@@ -33,36 +41,51 @@ MethodName = Enum("MethodName", {"default": "default", **{name: name for name in
 
 
 class ImageStore:
-    """In-memory PNGs keyed by id, dropped when older than `ttl_s` or beyond `capacity`."""
+    """Each result's slice and heatmap as uint8 (PNG-encoded only when fetched), keyed by id;
+    dropped when older than `ttl_s`, or oldest first beyond `capacity` items or `max_bytes`."""
 
-    def __init__(self, capacity: int = 256, ttl_s: float = 600.0):
-        self.capacity, self.ttl_s = capacity, ttl_s
-        self._items: OrderedDict[str, tuple[float, dict[str, bytes]]] = OrderedDict()
+    def __init__(self, capacity: int = 256, ttl_s: float = 600.0, max_bytes: int = 64 * 2**20):
+        self.capacity, self.ttl_s, self.max_bytes = capacity, ttl_s, max_bytes
+        self._items: OrderedDict[str, tuple[float, np.ndarray, np.ndarray]] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
-    def put(self, pictures: dict[str, bytes]) -> str:
+    def put(self, image: np.ndarray, heatmap: np.ndarray) -> str:
+        """Keep a slice and its heatmap (float in [0, 1]) at the precision the PNGs use."""
+        grey = np.uint8(np.round(np.clip(image, 0, 1) * 255))
+        heat = np.uint8(255 * np.clip(heatmap, 0, 1))
         key = uuid.uuid4().hex
         with self._lock:
             self._expire()
-            self._items[key] = (time.monotonic(), pictures)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self._items[key] = (time.monotonic(), grey, heat)
+            self._bytes += grey.nbytes + heat.nbytes
+            while len(self._items) > self.capacity or (self._bytes > self.max_bytes and len(self._items) > 1):
+                self._drop_oldest()
         return key
 
     def get(self, key: str, kind: str) -> bytes | None:
+        """The PNG of `kind` (heatmap or overlay), or None when expired or unknown."""
         with self._lock:
             self._expire()
             entry = self._items.get(key)
-        return entry[1].get(kind) if entry else None
+        if entry is None or kind not in ("heatmap", "overlay"):
+            return None
+        # Back to floats that the renderer maps to the same uint8 values (+0.5: it truncates the heatmap).
+        panels = explanation_panels(entry[1] / np.float32(255), (entry[2] + np.float32(0.5)) / np.float32(255))
+        return png_bytes(getattr(panels, kind))
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)
 
+    def _drop_oldest(self) -> None:
+        _, grey, heat = self._items.popitem(last=False)[1]
+        self._bytes -= grey.nbytes + heat.nbytes
+
     def _expire(self) -> None:
         now = time.monotonic()
         while self._items and now - next(iter(self._items.values()))[0] > self.ttl_s:
-            self._items.popitem(last=False)
+            self._drop_oldest()
 
 
 # Request bodies larger than this are refused while they arrive (an upload plus the form's
@@ -110,34 +133,45 @@ async def _too_large(send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@asynccontextmanager
-async def _load_models_at_start(app: FastAPI):
-    """Load the installed models once at start-up, so the first request does not wait for it; a
-    damaged checkpoint is skipped here and answered with its reason when asked for."""
+def _usable_checkpoints() -> list:
+    usable = []
     for name in list_checkpoints()[:4]:
         try:
-            app.state.model(name)
-        except CheckpointError:
+            read_config(resolve(name))
+        except CheckpointError:  # answered with its reason when asked for
             continue
-    yield
+        usable.append(resolve(name))
+    return usable
 
 
-def create_app(store: ImageStore | None = None) -> FastAPI:
-    """The FastAPI application (a factory, so tests get a fresh store)."""
+def create_app(
+    store: ImageStore | None = None, workers: int = 2, queue_limit: int = 8, time_limit_s: float = TIME_LIMIT_S
+) -> FastAPI:
+    """The FastAPI application (a factory, so tests get a fresh store and pool).
+
+    Args:
+        workers: worker processes, each with its own model replicas and one torch thread.
+        queue_limit: requests that may wait for a worker before the API answers 503.
+        time_limit_s: a request still running after this is stopped (504).
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # The workers load the installed models as they start, so no request waits for it.
+        app.state.pool = WorkerPool(workers, queue_limit, time_limit_s, preload=_usable_checkpoints())
+        try:
+            yield
+        finally:
+            app.state.pool.close()
+
     app = FastAPI(
         title="Brain-MRI explainability API",
         description="Class prediction and Grad-CAM heatmaps for brain-MRI slices. Not a medical device.",
         version="1",
-        lifespan=_load_models_at_start,
+        lifespan=lifespan,
     )
     app.add_middleware(LimitBody)
     app.state.store = store or ImageStore()
-
-    @lru_cache(maxsize=4)
-    def model(name: str) -> LoadedModel:
-        return load_checkpoint(name)
-
-    app.state.model = model
 
     @app.get("/health")
     def health() -> dict:
@@ -167,7 +201,7 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
         return entries
 
     @app.post("/predict")
-    def predict(
+    async def predict(
         request: Request,
         file: UploadFile = File(..., description="PNG, JPEG, BMP, TIFF, DICOM or NIfTI"),
         checkpoint: str | None = Query(None, description="checkpoint name; default the most accurate installed"),
@@ -178,7 +212,7 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
         name = file.filename or "upload"
         if not name.lower().endswith(SUPPORTED_SUFFIXES) and "." in name:
             raise HTTPException(415, f"'{name}' is not a supported format: {', '.join(SUPPORTED_SUFFIXES)}.")
-        data = file.file.read(MAX_FILE_BYTES + 1)
+        data = await file.read(MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
             raise HTTPException(413, f"The file is over the {MAX_FILE_BYTES // 2**20} MB limit.")
         installed = list_checkpoints()
@@ -186,16 +220,18 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
         if checkpoint not in installed:
             raise HTTPException(404, f"No checkpoint '{checkpoint}'. Installed: {', '.join(installed) or 'none'}.")
         try:
-            image = load_image(data, name).pixels
+            read_config(resolve(checkpoint))
             chosen = None if method.value == "default" else method.value
             settings = ExplainSettings(chosen, target, None, brain_mask, brain_mask)
-            result = explain(model(checkpoint), image, settings)
-        except (ImageInputError, ExplainError) as error:
+            job = app.state.pool.submit(decode_and_explain_task, str(resolve(checkpoint)), data, name, settings)
+        except ExplainError as error:
             raise HTTPException(422, str(error)) from error
         except CheckpointError as error:
             raise HTTPException(503, str(error)) from error
-        pictures = explanation_panels(image, result.heatmap)
-        key = app.state.store.put({"heatmap": png_bytes(pictures.heatmap), "overlay": png_bytes(pictures.overlay)})
+        except PoolBusy as error:
+            raise HTTPException(503, str(error), headers={"Retry-After": str(error.retry_after_s)}) from error
+        image, result = await _outcome(job, request)
+        key = app.state.store.put(image, result.heatmap)
         summary = result.summary()
         return {
             "checkpoint": checkpoint,
@@ -225,7 +261,7 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     def as_json(_request: Request, error: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": error.detail}, status_code=error.status_code)
+        return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
     def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -237,3 +273,25 @@ def create_app(store: ImageStore | None = None) -> FastAPI:
         return JSONResponse({"error": f"Bad request: {problems}."}, status_code=422)
 
     return app
+
+
+async def _outcome(job, request: Request):
+    """The job's result, or the HTTP error that says what happened; cancelled if the client goes."""
+    waiting = asyncio.wrap_future(job.future)
+    while True:
+        done, _ = await asyncio.wait({waiting}, timeout=0.25)
+        if done:
+            break
+        if await request.is_disconnected():
+            job.cancel()
+            raise HTTPException(499, "The client closed the connection; the request was cancelled.")
+    try:
+        return waiting.result()
+    except (ImageInputError, ExplainError) as error:
+        raise HTTPException(422, str(error)) from error
+    except CheckpointError as error:
+        raise HTTPException(503, str(error)) from error
+    except JobTimedOut as error:
+        raise HTTPException(504, f"{error} Try a faster method (the checkpoint's default).") from error
+    except (WorkerCrashed, JobCancelled) as error:
+        raise HTTPException(422, str(error)) from error

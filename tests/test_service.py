@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,14 +11,18 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from core.image_input import MAX_FILE_BYTES
+from core.render import explanation_panels, png_bytes
 from core.service import ImageStore, create_app
 from tests.conftest import encode, head_phantom
 
 
-@pytest.fixture
-def client(use_tiny_checkpoints):
-    with TestClient(create_app(ImageStore(capacity=100, ttl_s=60))) as client:
-        yield client
+@pytest.fixture(scope="module")
+def client(checkpoint_root):
+    """One app (and so one pool of worker processes, which take seconds to start) per module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BRAIN_XAI_CHECKPOINTS", str(checkpoint_root))
+        with TestClient(create_app(ImageStore(capacity=100, ttl_s=60))) as client:
+            yield client
 
 
 def post(client, name: str, data: bytes, **params):
@@ -69,13 +76,30 @@ def test_expired_or_unknown_result_is_404(client):
     assert response.status_code == 404 and "expired" in response.json()["error"]
 
 
-def test_store_is_bounded_in_number_and_age():
+def test_store_is_bounded_in_number_bytes_and_age(phantom):
     store = ImageStore(capacity=2, ttl_s=60)
-    keys = [store.put({"heatmap": bytes([i])}) for i in range(3)]
-    assert len(store) == 2 and store.get(keys[0], "heatmap") is None and store.get(keys[2], "heatmap") == b"\x02"
+    keys = [store.put(phantom, phantom) for _ in range(3)]
+    assert len(store) == 2 and store.get(keys[0], "heatmap") is None and store.get(keys[2], "heatmap") is not None
+    by_bytes = ImageStore(capacity=100, ttl_s=60, max_bytes=3 * 2 * phantom.size)  # room for three
+    for _ in range(5):
+        by_bytes.put(phantom, phantom)
+    assert len(by_bytes) == 3
     old = ImageStore(capacity=5, ttl_s=0.0)
-    key = old.put({"heatmap": b"x"})
+    key = old.put(phantom, phantom)
     assert old.get(key, "heatmap") is None
+
+
+def test_pngs_made_when_fetched_are_the_eager_ones(phantom):
+    """The store keeps uint8 slices and heatmaps; the PNGs it encodes on request must be
+    byte-identical to rendering the float explanation at once."""
+    heatmap = np.random.default_rng(1).random(phantom.shape).astype(np.float32)
+    heatmap[0, :4] = [0.0, 1.0, 13 / 255, 0.99999]  # the ends and values at the renderer's truncation edges
+    store = ImageStore()
+    key = store.put(phantom, heatmap)
+    eager = explanation_panels(phantom, heatmap)
+    assert store.get(key, "heatmap") == png_bytes(eager.heatmap)
+    assert store.get(key, "overlay") == png_bytes(eager.overlay)
+    assert store.get(key, "original") is None
 
 
 def test_models_health_and_openapi(client):
@@ -153,8 +177,68 @@ def test_an_upload_over_the_limit_is_refused_while_it_arrives(client):
     assert response.status_code == 413 and "50 MB" in response.json()["error"]
 
 
-def test_models_are_loaded_at_start_up(use_tiny_checkpoints):
-    app = create_app()
-    assert app.state.model.cache_info().currsize == 0
-    with TestClient(app):
-        assert app.state.model.cache_info().currsize == 2  # both tiny checkpoints, before any request
+def loaded_models_task(report):
+    from core import workers
+
+    return sorted(Path(directory).name for directory in workers._MODELS)
+
+
+def test_models_are_loaded_at_start_up(client):
+    """Every worker loads the installed checkpoints as it starts, before any request."""
+    pool = client.app.state.pool
+    assert [pool.run(loaded_models_task) for _ in range(2)] == [["tiny_convnext", "tiny_effnet"]] * 2
+
+
+def sleep_task(seconds: float, report):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_full_queue_answers_503_with_retry_after(use_tiny_checkpoints):
+    with TestClient(create_app(workers=1, queue_limit=0)) as client:
+        busy = client.app.state.pool.submit(sleep_task, 30)
+        while busy.started is None:
+            time.sleep(0.01)
+        response = post(client, "scan.png", encode(head_phantom(64), "PNG"))
+        busy.cancel()
+    assert response.status_code == 503 and "busy" in response.json()["error"]
+    assert int(response.headers["Retry-After"]) >= 1
+
+
+def test_a_request_past_its_time_limit_answers_504(use_tiny_checkpoints):
+    with TestClient(create_app(workers=1, time_limit_s=0.05)) as client:
+        response = post(client, "scan.png", encode(head_phantom(96), "PNG"), checkpoint="tiny_effnet",
+                        method="Score-CAM")  # fmt: skip
+        pool = client.app.state.pool
+        assert pool.restarts == 1  # the worker running it was stopped and replaced
+    assert response.status_code == 504 and "time limit" in response.json()["error"]
+
+
+def test_a_request_whose_client_has_gone_is_cancelled(use_tiny_checkpoints):
+    """A real server: the client gives up after 0.5 s of a Score-CAM that takes several; the
+    server notices the closed connection and stops the worker running it."""
+    import socket
+
+    import httpx
+    import uvicorn
+
+    app = create_app(workers=1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"http://127.0.0.1:{port}/predict", params={"checkpoint": "tiny_effnet", "method": "Score-CAM"},
+                       files={"file": ("s.png", encode(head_phantom(96), "PNG"))}, timeout=0.5)  # fmt: skip
+        deadline = time.monotonic() + 10
+        while app.state.pool.restarts == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert app.state.pool.restarts == 1
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
