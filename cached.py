@@ -6,6 +6,8 @@ results are copied per session (`st.cache_data`).
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +23,36 @@ from core.inference import slice_logits
 from core.sanity import SanityCheck, randomisation_check
 from core.sweep import baseline_summary, outlined_slices
 from core.volume import VolumeScores, score_volume, slice_reader
+from core.workers import WorkerPool
+
+
+@st.cache_resource(show_spinner=False)
+def worker_pool() -> WorkerPool:
+    """The slow methods' workers, shared by every session: two processes, each with its own
+    model replicas and one torch thread, so a Score-CAM occupies a worker, not the shared model."""
+    return WorkerPool(workers=2, queue_limit=8)
+
+
+class SlowResults:
+    """Finished slow explanations, shared by every session (bounded, oldest dropped first)."""
+
+    def __init__(self, capacity: int = 32):
+        self.capacity, self._items, self._lock = capacity, OrderedDict(), threading.Lock()
+
+    def get(self, key: tuple) -> Explanation | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key: tuple, result: Explanation) -> None:
+        with self._lock:
+            self._items[key] = result
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+
+@st.cache_resource(show_spinner=False)
+def slow_results() -> SlowResults:
+    return SlowResults()
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading model...")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -14,7 +15,7 @@ from streamlit.errors import StreamlitAPIException
 import cached
 from core import render
 from core.annotations import outline_from_labelme
-from core.checkpoint import CheckpointError, LoadedModel
+from core.checkpoint import CheckpointError, LoadedModel, checkpoint_stamp
 from core.dataset import DatasetError
 from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, layer_names
 from core.faithfulness import FaithfulnessCheck
@@ -24,6 +25,7 @@ from core.reliability import DEFAULT_MARGIN, UNFAMILIAR_MESSAGE
 from core.report import scan_report
 from core.sanity import SanityCheck
 from core.volume import VolumeScores
+from core.workers import JobCancelled, JobTimedOut, PoolBusy, WorkerCrashed, explain_task
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_images"
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom", "nii", "gz", "zip"]
@@ -199,9 +201,66 @@ def target_picker(labels: list[str], label: str = "Explain class", key: str | No
     return None if choice == PREDICTED_CLASS else choice
 
 
-def explanation(scan: Scan, checkpoint: str, settings: ExplainSettings) -> Explanation:
-    """The cached explanation of the scan, or a plain error that stops the page."""
+def explanation(scan: Scan, checkpoint: str, settings: ExplainSettings, place: str = "main") -> Explanation | None:
+    """The cached explanation of the scan, or a plain error that stops the page. A slow method
+    runs in a worker process with a progress bar, an estimate and a Cancel button (None when
+    cancelled); `place` names where on the page it is drawn, one running job per place."""
+    if settings.slow:
+        return slow_explanation(scan, checkpoint, settings, place)
     return _or_stop(cached.explanation, scan, checkpoint, settings)
+
+
+def slow_explanation(scan: Scan, checkpoint: str, settings: ExplainSettings, place: str) -> Explanation | None:
+    """A slow method's explanation from the shared worker pool: this session's job for `place`
+    is polled (a rerun finds it again), a new request there cancels the old one."""
+    key = (checkpoint, checkpoint_stamp(checkpoint), scan.sha256, scan.slice_index, scan.axis, settings)
+    finished = cached.slow_results().get(key)
+    if finished is not None:
+        return finished
+    cancelled = st.session_state.setdefault("slow_cancelled", {})
+    if cancelled.get(place) == key:
+        st.info(f"{settings.method} was cancelled. Choose a faster method, or run it again.")
+        if not st.button(f"Run {settings.method} again", key=f"restart_{place}"):
+            return None
+        cancelled.pop(place)
+    jobs = st.session_state.setdefault("slow_jobs", {})
+    running = jobs.get(place)
+    if running is not None and running[0] != key:
+        running[1].cancel()  # the user asked for something else here
+        running = None
+    if running is None:
+        try:
+            job = cached.worker_pool().submit(explain_task, str(load_model(checkpoint).directory), scan.image.pixels,
+                                              settings)  # fmt: skip
+        except PoolBusy as error:
+            st.warning(f"{error} Slow methods from other users are running; a fast method works now.")
+            return None
+        running = jobs[place] = (key, job)
+    job = running[1]
+    holder = st.empty()  # the Cancel button and the progress bar, gone when the job ends
+    with holder.container():
+        if st.button(f"Cancel {settings.method}", key=f"cancel_{place}"):
+            job.cancel()
+            jobs.pop(place, None)
+            cancelled[place] = key
+            st.rerun()
+        bar = st.progress(0.0, text=f"{settings.method}: starting...")
+    while not job.done():
+        done, total = job.progress
+        left = job.eta_s()
+        estimate = f", about {duration(left * 1000)} left" if left is not None else ""
+        text = f"forward pass {done} of {total}{estimate}" if total else "waiting for a worker..."
+        bar.progress(done / total if total else 0.0, text=f"{settings.method}: {text}")
+        time.sleep(0.25)
+    holder.empty()
+    jobs.pop(place, None)
+    try:
+        result = job.result()
+    except (JobCancelled, JobTimedOut, WorkerCrashed, *USER_ERRORS) as error:
+        st.error(str(error))
+        return None
+    cached.slow_results().put(key, result)
+    return result
 
 
 def faithfulness(scan: Scan, checkpoint: str, settings: ExplainSettings) -> FaithfulnessCheck:

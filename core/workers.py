@@ -14,10 +14,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,7 +181,8 @@ class _Slot(threading.Thread):
         self.process = self.pool._context.Process(
             target=_worker_main, args=(child, self.pool._preload), daemon=True, name="brain-xai-worker"
         )
-        self.process.start()
+        with _main_module_hidden():
+            self.process.start()
         child.close()
         self.connection = parent
 
@@ -253,6 +257,23 @@ class _Slot(threading.Thread):
                 "or use an encoding the decoder cannot handle; export it again as PNG or uncompressed DICOM."
             )
         )
+
+
+_START_LOCK = threading.Lock()
+
+
+@contextmanager
+def _main_module_hidden():
+    """A new worker re-imports the parent's __main__ unless told otherwise; under Streamlit that
+    is the page being run (its script runner installs each page as __main__), which must not run
+    again in a worker. So the worker is started while __main__ is a blank module."""
+    with _START_LOCK:
+        real = sys.modules["__main__"]
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            yield
+        finally:
+            sys.modules["__main__"] = real
 
 
 def _context():

@@ -41,9 +41,9 @@ if scan is None:
 volume = ui.volume_section(scan, checkpoint, mask_input, "explain")
 tumour = ui.pick_outline(scan, "explain")
 settings = ExplainSettings(method, target, layer, mask_input, mask_heatmap)
-if settings.slow:
-    st.caption(f"{method} runs one forward pass per feature map: expect several seconds.")
 result = ui.explanation(scan, checkpoint, settings)
+if result is None:  # a slow method cancelled or refused; the page said why
+    st.stop()
 
 pixels = scan.image.pixels
 panels = render.explanation_panels(

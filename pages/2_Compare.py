@@ -32,7 +32,10 @@ scan = ui.pick_scan("compare")
 if scan is None:
     st.stop()
 settings = ExplainSettings(method, target, None, brain_mask, brain_mask)
-results = {name: ui.explanation(scan, name, settings) for name in (model_a, model_b)}
+results = {name: ui.explanation(scan, name, settings, place=f"compare_{side}")
+           for side, name in (("a", model_a), ("b", model_b))}  # fmt: skip
+if None in results.values():  # a slow method cancelled or refused; the page said why
+    st.stop()
 first, second = results[model_a], results[model_b]
 records = {name: ui.load_model(name).config.metrics.get("accuracy") for name in (model_a, model_b)}
 together = verdict((model_a, model_b), first, second, records)
@@ -72,7 +75,10 @@ grid_model = st.selectbox("Model for the method grid", [model_a, model_b], key="
 if st.toggle("Run every method on this image (Score-CAM and the noise tunnel take a while)", key="run_grid"):
     columns = st.columns(4)
     for i, grid_method in enumerate(METHODS):
-        result = ui.explanation(scan, grid_model, ExplainSettings(grid_method, target, None, brain_mask, brain_mask))
+        result = ui.explanation(scan, grid_model, ExplainSettings(grid_method, target, None, brain_mask, brain_mask),
+                                place=f"grid_{i}")  # fmt: skip
+        if result is None:
+            continue
         panels = render.explanation_panels(pixels, result.heatmap, opacity=opacity, colormap=colormap)
         columns[i % 4].image(
             panels.overlay, caption=f"{grid_method}: {ui.duration(result.timings_ms['model_and_cam'])}"

@@ -227,3 +227,12 @@ def test_full_file_name_is_shown_and_patient_box_only_for_dicom(use_tiny_checkpo
     assert [c.label for c in at.checkbox] == ["Put the patient's name, ID, birth date and study date from the DICOM "
                                               "in the report"]  # fmt: skip
     assert not at.checkbox[0].value  # off unless the user opts in
+
+
+def test_a_slow_method_runs_in_a_worker_and_shows_its_result(use_tiny_checkpoints):
+    at = upload(run_page(), "scan.png", encode(head_phantom(128), "PNG"))
+    at.selectbox[1].set_value("Score-CAM").run()
+    assert not at.exception
+    assert "Score-CAM for '" in at.image[1].captions[0]
+    assert not [b for b in at.button if b.label.startswith("Cancel")]  # gone once the job is done
+    assert not at.get("progress")
