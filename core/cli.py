@@ -296,6 +296,9 @@ def _serve(commands) -> None:
     parser = commands.add_parser("serve", help="HTTP API (FastAPI): POST /predict, GET /models, /health")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (one model replica and thread each)")
+    parser.add_argument("--queue", type=int, default=8, help="requests that may wait before the API answers 503")
+    parser.add_argument("--time-limit", type=float, default=300.0, help="seconds before a request is stopped (504)")
     parser.set_defaults(run=_run_serve)
 
 
@@ -304,7 +307,10 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from core.service import create_app
 
-    uvicorn.run(create_app(), host=args.host, port=args.port)
+    if args.workers < 1 or args.queue < 0 or args.time_limit <= 0:
+        raise SystemExit("--workers must be at least 1, --queue at least 0 and --time-limit positive.")
+    uvicorn.run(create_app(workers=args.workers, queue_limit=args.queue, time_limit_s=args.time_limit),
+                host=args.host, port=args.port)  # fmt: skip
     return 0
 
 
@@ -317,14 +323,21 @@ def _bench(commands) -> None:
     engines = "instead: explain FOLDER locally and on Ray with 1 and 2 actors (the first checkpoint)"
     parser.add_argument("--engines", type=Path, metavar="FOLDER", help=engines)
     parser.add_argument("--limit", type=int, help="with --engines: the first N files only")
+    service = "instead: the HTTP API under load (latency with a Score-CAM running, 2 vs 1 workers, memory)"
+    parser.add_argument("--service", action="store_true", help=service)
+    parser.add_argument("--requests", type=int, default=1000, help="with --service: requests for the memory check")
     parser.set_defaults(run=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from core.bench import bench_engines, run_bench
 
-    if args.engines:
-        checkpoint = (args.checkpoints or ["efficientnet_lite0"])[0]
+    checkpoint = (args.checkpoints or ["efficientnet_lite0"])[0]
+    if args.service:
+        from core.load_bench import bench_service
+
+        bench_service(checkpoint, max(args.requests, 200), args.out)
+    elif args.engines:
         bench_engines(checkpoint, args.engines, args.out, args.limit)
     else:
         run_bench(args.checkpoints, args.repeats, args.batch, args.out)

@@ -43,11 +43,26 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(checkpoint_root, tmp_path_factory):
+def browser_checkpoints(checkpoint_root, tmp_path_factory) -> Path:
+    """The tiny checkpoints, the EfficientNet at 224 px input: its Score-CAM then takes a minute
+    on one thread, long enough for another session's work to finish while it runs."""
+    import json
+
+    root = tmp_path_factory.mktemp("browser_checkpoints")
+    shutil.copytree(checkpoint_root, root, dirs_exist_ok=True)
+    config_path = root / "tiny_effnet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["preprocessing"]["input_size"] = 224
+    config_path.write_text(json.dumps(config))
+    return root
+
+
+@pytest.fixture(scope="module")
+def app_url(browser_checkpoints, tmp_path_factory):
     port = free_port()
     env = {
         **os.environ,
-        "BRAIN_XAI_CHECKPOINTS": os.environ.get("BROWSER_CHECKPOINTS") or str(checkpoint_root),
+        "BRAIN_XAI_CHECKPOINTS": os.environ.get("BROWSER_CHECKPOINTS") or str(browser_checkpoints),
         "BRAIN_XAI_CACHE": str(tmp_path_factory.mktemp("evaluations")),
     }
     if SHARED_DATA.is_dir():
@@ -83,8 +98,7 @@ def downloads(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("downloads")
 
 
-@pytest.fixture(scope="module")
-def browser(downloads):
+def chromium(downloads: Path):
     options = webdriver.ChromeOptions()
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
                                               "download.prompt_for_download": False})  # fmt: skip
@@ -93,7 +107,12 @@ def browser(downloads):
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--window-size=1500,1800"):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser(downloads):
+    driver = chromium(downloads)
     yield driver
     driver.quit()
 
@@ -162,6 +181,19 @@ def enter_dataset_folder(driver, wait, folder: Path, expect: str) -> None:
         except TimeoutException:
             continue
     raise AssertionError(f"the page never showed {expect!r} after typing {folder}")
+
+
+def choose(driver, wait, label: str, option: str) -> None:
+    """Pick `option` in the select box labelled `label` (a combobox: open it, click the option)."""
+    box = wait.until(EC.element_to_be_clickable(
+        (By.CSS_SELECTOR, f"[data-testid='stSelectbox'] input[aria-label='{label}']")))  # fmt: skip
+    box.click()
+    wait.until(EC.element_to_be_clickable((By.XPATH, f"//*[@role='option'][normalize-space(.)='{option}']"))).click()
+    wait.until(lambda d: box.get_attribute("value") == option)
+
+
+def body_text(driver) -> str:
+    return driver.find_element(By.TAG_NAME, "body").text
 
 
 def choose_sample(driver, wait) -> None:
@@ -325,3 +357,35 @@ def test_gallery_page_browses_a_dataset_and_moves_the_threshold(browser, app_url
     closer.click()
     wait.until(lambda d: not d.find_elements(By.XPATH, "//button[normalize-space(.)='Close']"))
     assert_no_error(browser)
+
+
+def test_two_sessions_one_running_score_cam(browser, app_url, artifacts, downloads):
+    """Session A runs Score-CAM (a minute here) and sees its progress; session B meanwhile uploads
+    a scan and gets its Grad-CAM at once; then A cancels."""
+    browser.get(f"{app_url}/Explain")
+    wait = WebDriverWait(browser, 180)
+    upload(browser, wait, REPO / "sample_images" / "mni152_axial.png")
+    wait.until(lambda d: images_shown(d) >= 3)
+    choose(browser, wait, "Model", "tiny_effnet")
+    wait.until(lambda d: images_shown(d) >= 3)
+    choose(browser, wait, "Method", "Score-CAM")
+    wait.until(lambda d: re.search(r"Score-CAM: forward pass \d+ of \d+", body_text(d)))
+    browser.save_screenshot(str(artifacts / "explain_score_cam_progress.png"))
+
+    other = chromium(downloads)
+    try:
+        other.get(f"{app_url}/Explain")
+        started = time.monotonic()
+        upload(other, WebDriverWait(other, 180), REPO / "sample_images" / "pydicom_mr_small.dcm")
+        WebDriverWait(other, 180).until(lambda d: images_shown(d) >= 3)
+        other_s = time.monotonic() - started
+        assert_no_error(other)
+    finally:
+        other.quit()
+    assert "Score-CAM: forward pass" in body_text(browser), "session A finished before B's answer: no overlap seen"
+    assert other_s < 30, f"session B waited {other_s:.0f} s behind A's Score-CAM"
+
+    scroll_and_click(browser, wait.until(EC.element_to_be_clickable((By.XPATH, "//button[contains(., 'Cancel')]"))))
+    wait.until(lambda d: "Score-CAM was cancelled" in body_text(d))
+    assert "forward pass" not in body_text(browser)
+    browser.save_screenshot(str(artifacts / "explain_score_cam_cancelled.png"))
