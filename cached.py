@@ -6,6 +6,7 @@ results are copied per session (`st.cache_data`).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from core import evaluate
 from core.checkpoint import LoadedModel, checkpoint_stamp, list_checkpoints, load_checkpoint
 from core.evaluation_store import Evaluation, at_threshold, cache_dir, read_evaluation
 from core.explain import GALLERY_METHODS, ExplainSettings, Explanation, explain
-from core.faithfulness import FaithfulnessCheck, check_heatmap
+from core.faithfulness import FaithfulnessCheck, RoadCheck, check_heatmap, road_check
 from core.image_input import LoadedImage, load_image
 from core.inference import slice_logits
 from core.sanity import SanityCheck, randomisation_check
@@ -53,6 +54,23 @@ class SlowResults:
 @st.cache_resource(show_spinner=False)
 def slow_results() -> SlowResults:
     return SlowResults()
+
+
+def slow_key(checkpoint: str, sha256: str, slice_index: int | None, axis: int, settings: ExplainSettings) -> tuple:
+    return checkpoint, checkpoint_stamp(checkpoint), sha256, slice_index, axis, settings
+
+
+def _explained(
+    checkpoint: str, data: bytes, filename: str, slice_index: int | None, axis: int, settings: ExplainSettings
+) -> Explanation:
+    """The explanation the page shows: a slow method's from the workers' results, so that a check
+    of its heatmap does not compute it again here, under the shared model's lock."""
+    if settings.slow:
+        key = slow_key(checkpoint, hashlib.sha256(data).hexdigest(), slice_index, axis, settings)
+        found = slow_results().get(key)
+        if found is not None:
+            return found
+    return explanation(checkpoint, data, filename, slice_index, axis, settings)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading model...")
@@ -106,8 +124,17 @@ def faithfulness(
     checkpoint: str, data: bytes, filename: str, slice_index: int | None, axis: int, settings: ExplainSettings
 ) -> FaithfulnessCheck:
     pixels = image(data, filename, slice_index, axis).pixels
-    result = explanation(checkpoint, data, filename, slice_index, axis, settings)
+    result = _explained(checkpoint, data, filename, slice_index, axis, settings)
     return check_heatmap(model(checkpoint), pixels, result, settings)
+
+
+@st.cache_data(max_entries=32, show_spinner="Filling the removed pixels in from their neighbours (ROAD)...")
+def road(
+    checkpoint: str, data: bytes, filename: str, slice_index: int | None, axis: int, settings: ExplainSettings
+) -> RoadCheck:
+    pixels = image(data, filename, slice_index, axis).pixels
+    result = _explained(checkpoint, data, filename, slice_index, axis, settings)
+    return road_check(model(checkpoint), pixels, result, settings)
 
 
 @st.cache_data(max_entries=32, show_spinner="Randomising the model's layers from the top down...")

@@ -15,10 +15,10 @@ from streamlit.errors import StreamlitAPIException
 import cached
 from core import render
 from core.annotations import outline_from_labelme
-from core.checkpoint import CheckpointError, LoadedModel, checkpoint_stamp
+from core.checkpoint import CheckpointError, LoadedModel
 from core.dataset import DatasetError
 from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, layer_names
-from core.faithfulness import FaithfulnessCheck
+from core.faithfulness import FaithfulnessCheck, RoadCheck
 from core.image_input import MAX_FILE_BYTES, MAX_VOLUME_FILE_BYTES, ImageInputError, LoadedImage
 from core.localisation import localisation_metrics
 from core.reliability import DEFAULT_MARGIN, UNFAMILIAR_MESSAGE
@@ -213,7 +213,7 @@ def explanation(scan: Scan, checkpoint: str, settings: ExplainSettings, place: s
 def slow_explanation(scan: Scan, checkpoint: str, settings: ExplainSettings, place: str) -> Explanation | None:
     """A slow method's explanation from the shared worker pool: this session's job for `place`
     is polled (a rerun finds it again), a new request there cancels the old one."""
-    key = (checkpoint, checkpoint_stamp(checkpoint), scan.sha256, scan.slice_index, scan.axis, settings)
+    key = cached.slow_key(checkpoint, scan.sha256, scan.slice_index, scan.axis, settings)
     finished = cached.slow_results().get(key)
     if finished is not None:
         return finished
@@ -266,6 +266,11 @@ def slow_explanation(scan: Scan, checkpoint: str, settings: ExplainSettings, pla
 def faithfulness(scan: Scan, checkpoint: str, settings: ExplainSettings) -> FaithfulnessCheck:
     """The cached deletion/insertion check of the scan's heatmap, or a plain error that stops the page."""
     return _or_stop(cached.faithfulness, scan, checkpoint, settings)
+
+
+def road(scan: Scan, checkpoint: str, settings: ExplainSettings) -> RoadCheck:
+    """The cached ROAD check of the scan's heatmap, or a plain error that stops the page."""
+    return _or_stop(cached.road, scan, checkpoint, settings)
 
 
 def sanity(scan: Scan, checkpoint: str, settings: ExplainSettings) -> SanityCheck:

@@ -334,7 +334,7 @@ def _worker_main(connection, preload: list[str]) -> None:
 
 def _return_freed_memory() -> None:
     """Give the memory a job freed back to the system: glibc keeps it otherwise, and a worker
-    that once ran a Score-CAM (batches of 32 feature maps) would hold ~1 GB from then on."""
+    that once ran a Score-CAM would hold its peak (~0.4-1 GB more) from then on."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc

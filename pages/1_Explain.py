@@ -110,6 +110,15 @@ if st.session_state.get("faithfulness_checked") == check_key:
     (st.success if check.faithful else st.info if check.faithful is None else st.warning)(check.verdict())
     st.plotly_chart(render.faithfulness_figure(check), width="stretch")
 
+st.caption("ROAD (Rong et al. 2022) repeats the test with the removed pixels filled in from their "
+           "neighbours instead of black, so the model cannot react to the shape of the hole. About 10-15 "
+           "seconds on a CPU.")  # fmt: skip
+if st.button("Check with ROAD"):
+    st.session_state["road_checked"] = check_key
+if st.session_state.get("road_checked") == check_key:
+    road = ui.road(scan, checkpoint, settings)
+    (st.success if road.faithful else st.warning)(road.verdict())
+
 st.caption("Sanity check (Adebayo et al. 2018): randomise the model's layers from the top down and see whether "
            "the heatmap changes. About a second per layer group.")  # fmt: skip
 if st.button("Randomise the model and compare"):

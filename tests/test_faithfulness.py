@@ -10,7 +10,7 @@ import torch
 
 from core.checkpoint import LoadedModel, ModelConfig
 from core.explain import ExplainSettings, Explanation, explain
-from core.faithfulness import FRACTIONS, FaithfulnessCheck, area, check_heatmap, curves
+from core.faithfulness import FRACTIONS, FaithfulnessCheck, area, check_heatmap, curves, road_check
 from core.preprocess import Preprocessing, to_tensor
 
 SIZE = 16
@@ -91,3 +91,22 @@ def test_the_check_runs_on_a_real_explanation(tiny_model):
     assert all(0 <= p <= 1 for p in check.deletion + check.insertion)
     assert check.deletion[-1] == pytest.approx(check.insertion[0])  # both: the black slice
     assert check.deletion[0] == pytest.approx(check.insertion[-1])  # both: the intact slice
+
+
+def test_road_ranks_a_map_on_the_evidence_above_a_random_one_above_one_beside_it():
+    """ROAD fills removed pixels from their neighbours: removing the bright left half (the
+    evidence) lets the dark right half flow in, so the score falls; removing the right half lets
+    the left flow in, which the model ignores."""
+    loaded = loaded_left_half()
+    image = np.zeros((SIZE, SIZE), dtype=np.float32)
+    image[:, : SIZE // 2] = 1.0
+    base = explain_like(loaded, image)
+    left = np.zeros((SIZE, SIZE), dtype=np.float32)
+    left[:, : SIZE // 2] = np.linspace(1, 0.5, SIZE // 2)[None, :]
+    settings = ExplainSettings(mask_input=False)
+    on_evidence = road_check(loaded, image, replace_heatmap(base, left), settings)
+    beside = road_check(loaded, image, replace_heatmap(base, left[:, ::-1].copy()), settings)
+    assert on_evidence.road > 0.05 and on_evidence.faithful and on_evidence.verdict().startswith("ROAD agrees")
+    assert beside.road < on_evidence.random_road < on_evidence.road
+    assert not beside.faithful and beside.verdict().startswith("ROAD does not confirm")
+    assert road_check(loaded, image, replace_heatmap(base, left), settings) == on_evidence  # seeded

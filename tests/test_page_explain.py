@@ -236,3 +236,11 @@ def test_a_slow_method_runs_in_a_worker_and_shows_its_result(use_tiny_checkpoint
     assert "Score-CAM for '" in at.image[1].captions[0]
     assert not [b for b in at.button if b.label.startswith("Cancel")]  # gone once the job is done
     assert not at.get("progress")
+
+
+def test_road_check_on_request(use_tiny_checkpoints):
+    at = upload(run_page(), "scan.png", encode(head_phantom(128), "PNG"))
+    next(button for button in at.button if button.label == "Check with ROAD").click().run()
+    assert not at.exception
+    verdicts = [box.value for box in [*at.success, *at.warning] if "ROAD" in box.value and "random map" in box.value]
+    assert len(verdicts) == 1 and verdicts[0].startswith(("ROAD agrees", "ROAD does not confirm"))
