@@ -17,17 +17,18 @@ import streamlit as st
 from core import evaluate
 from core.checkpoint import LoadedModel, checkpoint_stamp, list_checkpoints, load_checkpoint
 from core.evaluation_store import Evaluation, at_threshold, cache_dir, read_evaluation
-from core.explain import GALLERY_METHODS, ExplainSettings, Explanation, explain
+from core.explain import ExplainSettings, Explanation, explain
 from core.faithfulness import FaithfulnessCheck, RoadCheck, check_heatmap, road_check
 from core.image_input import LoadedImage, load_image
 from core.inference import slice_logits
 from core.sanity import SanityCheck, randomisation_check
-from core.sweep import baseline_summary, outlined_slices
+from core.sanity import sanity_table as core_sanity_table
+from core.sweep import baseline_summary
 from core.volume import VolumeScores, score_volume, slice_reader
 from core.workers import WorkerPool
 
 
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner="Starting the workers for slow methods (once per server)...")
 def worker_pool() -> WorkerPool:
     """The slow methods' workers, shared by every session: two processes, each with its own
     model replicas and one torch thread, so a Score-CAM occupies a worker, not the shared model."""
@@ -147,13 +148,7 @@ def sanity(
 @st.cache_data(max_entries=8, show_spinner="Randomising the model for every method (a minute or two)...")
 def sanity_table(checkpoint: str, root: str, split: str, mask: bool, images: int = 4) -> list[dict]:
     """The randomisation check of every Gallery method on outlined tumours of the split."""
-    slices = outlined_slices(Path(root), split, list(model(checkpoint).config.label_names), images)
-    rows = []
-    for method in GALLERY_METHODS:
-        check = randomisation_check(model(checkpoint), slices, ExplainSettings(method, None, None, mask, mask))
-        rows.append({"method": method, "rank correlation, all randomised": check.spearman[-1],
-                     "SSIM, all randomised": check.ssim[-1], "passes": check.passed})  # fmt: skip
-    return rows
+    return core_sanity_table(model(checkpoint), Path(root), split, mask, images)
 
 
 def evaluation_folder(

@@ -31,7 +31,7 @@ DEFAULT = "default"  # --method default: the method the checkpoint's config.json
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core", description="Brain-MRI explainability: " + __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    registers = [_train, _explain, _evaluate, _compare, _sweep, _serve, _bench, _select, _calibrate, _card]
+    registers = [_train, _explain, _evaluate, _compare, _sweep, _serve, _bench, _select, _calibrate, _card, _sanity]
     for register in [*registers, _stress, _reliability]:
         register(commands)
     args = parser.parse_args(argv)
@@ -172,6 +172,7 @@ def _evaluate(commands) -> None:
     _add_explain_options(parser, method_default=None)
     parser.add_argument("--threshold", type=float, default=0.5, help="relative heatmap threshold for IoU")
     parser.add_argument("--cache", action="store_true", help="reuse/store the result in the gallery's disk cache")
+    parser.add_argument("--per-class", type=int, help="a seeded random sample of N images per class (not with --cache)")
     parser.add_argument(
         "--faithfulness", action="store_true", help="with --method: deletion/insertion AUC per image (~1 s each)"
     )
@@ -190,14 +191,17 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if args.faithfulness and not heatmaps:
         print("--faithfulness checks heatmaps: add --method (e.g. --method default).", file=sys.stderr)
         return 2
+    if args.cache and args.per_class:
+        print("--per-class samples the split; the cache holds whole splits only: drop --cache.", file=sys.stderr)
+        return 2
     if args.cache:
         folder = cached_evaluation(args.checkpoint, args.data, args.split, cache_dir(), **options,
                                    **_engine_options(args))  # fmt: skip
         shutil.copytree(folder, args.out, dirs_exist_ok=True)
         summary = json.loads((args.out / "summary.json").read_text())
     else:
-        summary = evaluate(args.checkpoint, args.data, args.split, args.out, faithfulness=args.faithfulness, **options,
-                           **_engine_options(args))  # fmt: skip
+        summary = evaluate(args.checkpoint, args.data, args.split, args.out, faithfulness=args.faithfulness,
+                           per_class=args.per_class, **options, **_engine_options(args))  # fmt: skip
     ece = summary["ece_15_bins"]
     print(
         f"{summary['num_images']} images: accuracy {summary['accuracy']:.3f}, macro-F1 {summary['macro_f1']:.3f}, "
@@ -416,6 +420,8 @@ def _card(commands) -> None:
     parser.add_argument("--localisation", type=Path, nargs="*", default=[], help="summary.json files with heatmaps")
     parser.add_argument("--commit", required=True, help="commit that produced the measurements")
     parser.add_argument("--stress", type=Path, help="stress.json of the stress test on the same split")
+    parser.add_argument("--faithfulness", type=Path, help="summary.json of `evaluate --faithfulness`")
+    parser.add_argument("--sanity", type=Path, help="sanity.json of `python -m core sanity`")
     parser.set_defaults(run=_run_card)
 
 
@@ -423,8 +429,36 @@ def _run_card(args: argparse.Namespace) -> int:
     from core.model_card import write_model_card
 
     summaries = [json.loads(p.read_text()) for p in args.localisation]
-    stress = json.loads(args.stress.read_text()) if args.stress else None
-    print(write_model_card(args.checkpoint, json.loads(args.test.read_text()), summaries, args.commit, stress))
+    stress, faithfulness, sanity = (json.loads(p.read_text()) if p else None for p in (args.stress, args.faithfulness,
+                                                                                        args.sanity))  # fmt: skip
+    print(write_model_card(args.checkpoint, json.loads(args.test.read_text()), summaries, args.commit, stress,
+                           faithfulness, sanity))  # fmt: skip
+    return 0
+
+
+def _sanity(commands) -> None:
+    parser = commands.add_parser("sanity", help="the randomisation check of every fast method on outlined tumours")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--images", type=int, default=8, help="the first N outlined tumour images of the split")
+    parser.add_argument("--out", type=Path, required=True, help="a JSON file")
+    parser.set_defaults(run=_run_sanity)
+
+
+def _run_sanity(args: argparse.Namespace) -> int:
+    from core.checkpoint import load_checkpoint
+    from core.sanity import sanity_table
+    from core.training.record import git_commit
+
+    rows = sanity_table(load_checkpoint(args.checkpoint), args.data, args.split, images=args.images)
+    report = {"checkpoint": args.checkpoint, "split": args.split, "images": args.images, "commit": git_commit(),
+              "methods": rows}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for row in rows:
+        print(f"{row['method']}: rank correlation {row['rank correlation, all randomised']:.2f}, "
+              f"{'passes' if row['passes'] else 'fails'}")  # fmt: skip
     return 0
 
 

@@ -36,6 +36,7 @@ from core.image_input import ImageInputError, load_image
 from core.inference import judged_scores
 from core.localisation import bootstrap_mean, localisation_metrics, mass_inside, region_iou
 from core.metrics import classification_summary, expected_calibration_error, softmax
+from core.training.record import git_commit
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -50,6 +51,7 @@ def evaluate(
     heatmaps: bool = False,
     threshold: float = DEFAULT_THRESHOLD,
     faithfulness: bool = False,
+    per_class: int | None = None,
     batch_size: int = 32,
     progress: bool = True,
     on_progress: Callable[[int, int], None] | None = None,
@@ -64,6 +66,8 @@ def evaluate(
         threshold: relative heatmap level for IoU.
         faithfulness: with heatmaps, also deletion and insertion curves per image (about a
             second each on a CPU; core.faithfulness).
+        per_class: a seeded random sample of this many images per class instead of all (for
+            expensive measurements); the summary says so.
 
     Returns:
         The summary written to OUT/summary.json.
@@ -76,6 +80,8 @@ def evaluate(
     settings = settings.resolved(loaded.config)
     label_names = list(loaded.config.label_names)
     records = list_split(root, split, label_names)
+    if per_class:
+        records = sample_per_class(records, per_class)
     chunks = [records[start : start + batch_size] for start in range(0, len(records), batch_size)]
     options = {"settings": settings, "heatmaps": heatmaps, "threshold": threshold, "faithfulness": faithfulness}
     started = time.perf_counter()
@@ -106,6 +112,11 @@ def evaluate(
         "weights_sha256": loaded.weights_sha256,
         "data": str(Path(root).resolve()),  # the gallery matches summaries by resolved root
         "split": split,
+        **(
+            {"sample": f"{per_class} images per class, seeded random (seed 0)", "commit": git_commit()}
+            if per_class
+            else {}
+        ),
         "brain_masked_input": settings.mask_input,
         **classification_summary(labels, calibrated, label_names),
         "ece_15_bins": {
@@ -136,6 +147,16 @@ def heatmap_settings(settings: ExplainSettings, threshold: float) -> dict:
         "threshold": threshold,
         "target_layer": settings.target_layer,
     }
+
+
+def sample_per_class(records: list[Record], count: int, seed: int = 0) -> list[Record]:
+    """A seeded random sample of `count` records of each class (all of a smaller class), in listing order."""
+    rng = np.random.default_rng(seed)
+    chosen = set()
+    for label in sorted({record.label for record in records}):
+        indices = [i for i, record in enumerate(records) if record.label == label]
+        chosen.update(rng.choice(indices, size=min(count, len(indices)), replace=False).tolist())
+    return [record for i, record in enumerate(records) if i in chosen]
 
 
 def score_chunk(

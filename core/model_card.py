@@ -26,7 +26,13 @@ ECE_TARGET = 0.05
 
 
 def write_model_card(
-    checkpoint: str | Path, test_summary: dict, localisation: list[dict], commit: str, stress: dict | None = None
+    checkpoint: str | Path,
+    test_summary: dict,
+    localisation: list[dict],
+    commit: str,
+    stress: dict | None = None,
+    faithfulness: dict | None = None,
+    sanity: dict | None = None,
 ) -> Path:
     """Update config.json["metrics"] and write README.md; returns the card's path."""
     directory = resolve_checkpoint(checkpoint)
@@ -44,9 +50,8 @@ def write_model_card(
     config = replace(read_config(directory), metrics=metrics)
     write_config(directory, config)
     training = read_training_record(directory)
-    card = render_card(
-        directory.name, config, training, test_summary, localisation, commit, stress, load_reliability(directory)
-    )
+    card = render_card(directory.name, config, training, test_summary, localisation, commit, stress,
+                       load_reliability(directory), faithfulness, sanity)  # fmt: skip
     (directory / "README.md").write_text(card)
     return directory / "README.md"
 
@@ -81,6 +86,8 @@ def render_card(
     commit: str,
     stress: dict | None = None,
     reliability: Reliability | None = None,
+    faithfulness: dict | None = None,
+    sanity: dict | None = None,
 ) -> str:
     parameters = sum(p.numel() for p in create_model(config.architecture, len(config.label_names)).parameters())
     ece = test["ece_15_bins"]
@@ -150,6 +157,10 @@ def render_card(
         lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
     if localisation:
         lines += _localisation_section(localisation, config.default_target_layer)
+    if faithfulness:
+        lines += _faithfulness_section(faithfulness)
+    if sanity:
+        lines += _sanity_section(sanity)
     lines += _reliability_section(reliability)
     if stress:
         lines += _stress_section(stress)
@@ -316,6 +327,41 @@ def _localisation_section(summaries: list[dict], default_layer: str) -> list[str
               "method's value over the best baseline's."]  # fmt: skip
     if best:
         lines.append(f"Best IoU: **{best[0]}** at layer `{best[2]}` ({best[1]:.3f}).")
+    return lines
+
+
+def _faithfulness_section(summary: dict) -> list[str]:
+    """Deletion and insertion AUC of the default heatmap against random maps' (evaluate --faithfulness)."""
+    means = summary["faithfulness"]
+
+    def cell(column: str) -> str:
+        value = means[column]
+        low, high = value["ci95"]
+        return f"{value['mean']:.3f} [{low:.3f}, {high:.3f}]"
+
+    sample = summary.get("sample", "every image")
+    heatmaps = summary.get("heatmaps", {})
+    commit = f", commit `{summary['commit']}`" if summary.get("commit") else ""
+    return ["", f"## Faithfulness on {summary['split']} ({summary['num_images']} images: {sample}{commit})", "",
+            f"Deletion and insertion of the default heatmap ({heatmaps.get('method')} at "
+            f"`{heatmaps.get('target_layer')}`) against smooth random maps, mean [95 % interval]. Deletion: lower "
+            "is more faithful; insertion: higher is.", "",
+            "| curve | heatmap | random maps |", "|---|---|---|",
+            f"| deletion AUC | {cell('deletion_auc')} | {cell('random_deletion_auc')} |",
+            f"| insertion AUC | {cell('insertion_auc')} | {cell('random_insertion_auc')} |"]  # fmt: skip
+
+
+def _sanity_section(report: dict) -> list[str]:
+    """The model-parameter randomisation check per method (python -m core sanity)."""
+    commit = f", commit `{report['commit']}`" if report.get("commit") else ""
+    lines = ["", f"## Sanity check on {report['split']} (the first {report['images']} outlined tumour images{commit})",
+             "",
+             "Every layer randomised from the top down (Adebayo et al. 2018): a heatmap that still correlates "
+             "with the original (rank correlation 0.5 or more) shows the image, not the model.", "",
+             "| method | rank correlation | SSIM | passes |", "|---|---|---|---|"]  # fmt: skip
+    for row in report["methods"]:
+        lines.append(f"| {row['method']} | {row['rank correlation, all randomised']:.2f} | "
+                     f"{row['SSIM, all randomised']:.2f} | {'yes' if row['passes'] else 'no'} |")  # fmt: skip
     return lines
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,7 +22,8 @@ from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 
 from core.checkpoint import LoadedModel
-from core.explain import ExplainSettings, explain_batch
+from core.explain import GALLERY_METHODS, ExplainSettings, explain_batch
+from core.sweep import outlined_slices
 
 SIDE = 64  # heatmaps are compared at this side: the comparison is about where, not pixel detail
 PASS_BELOW = 0.5  # fully randomised, the rank correlation must fall below this to pass
@@ -100,3 +102,14 @@ def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     if a.std() == 0 or b.std() == 0:
         return 0.0  # a constant map carries no ranking to keep
     return float(spearmanr(a.ravel(), b.ravel()).statistic)
+
+
+def sanity_table(loaded: LoadedModel, root: Path, split: str, mask: bool = True, images: int = 4) -> list[dict]:
+    """The randomisation check of every Gallery method on the first `images` outlined tumours of the split."""
+    slices = outlined_slices(Path(root), split, list(loaded.config.label_names), images)
+    rows = []
+    for method in GALLERY_METHODS:
+        check = randomisation_check(loaded, slices, ExplainSettings(method, None, None, mask, mask))
+        rows.append({"method": method, "rank correlation, all randomised": check.spearman[-1],
+                     "SSIM, all randomised": check.ssim[-1], "passes": check.passed})  # fmt: skip
+    return rows

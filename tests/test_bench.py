@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import core.bench
 from core.bench import bench_render
 
@@ -18,3 +21,27 @@ def test_rerender_bench_times_the_pages_panels_at_both_thresholds(monkeypatch):
     report = bench_render(repeats=4)
     assert calls == [((512, 512), 0.3), ((512, 512), 0.7)] * 4  # CAM-like heatmap, then per-pixel noise
     assert set(report) == {f"{name}_{p}_ms" for name in ("rerender_512", "rerender_512_noise") for p in ("p50", "p95")}
+
+
+def test_server_memory_is_read_for_the_whole_process_tree():
+    """bench --service reads the server's memory from /proc: its workers are grandchildren."""
+    import subprocess
+    import sys
+
+    from core.load_bench import process_tree, reset_peaks, tree_peak_mb, tree_rss_mb
+
+    code = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import time; time.sleep(30)'])"
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(100):
+            if len(process_tree(parent.pid)) == 2:
+                break
+            time.sleep(0.1)
+        assert len(process_tree(parent.pid)) == 2
+        assert 0 < tree_rss_mb(parent.pid) < 500
+        reset_peaks(parent.pid)
+        assert 0 < tree_peak_mb(parent.pid) < 500
+    finally:
+        for pid in process_tree(parent.pid)[::-1]:
+            os.kill(pid, 9)
+        parent.wait()

@@ -118,3 +118,15 @@ def test_faithfulness_columns_and_their_means(checkpoint_root, tmp_path, capsys)
     assert main(["evaluate", "--checkpoint", str(checkpoint_root / "tiny_effnet"), "--data", str(data),
                  "--faithfulness", "--out", str(out)]) == 2  # fmt: skip
     assert "add --method" in capsys.readouterr().err
+
+
+def test_a_seeded_sample_per_class():
+    from core.dataset import Record
+    from core.evaluate import sample_per_class
+
+    sizes = (("a", 10), ("b", 3))
+    records = [Record(f"{label}/{i}.png", label, f"g{i}") for label, count in sizes for i in range(count)]
+    sample = sample_per_class(records, 4)
+    assert [r.label for r in sample].count("a") == 4 and [r.label for r in sample].count("b") == 3
+    assert sample == sample_per_class(records, 4)  # seeded
+    assert [records.index(r) for r in sample] == sorted(records.index(r) for r in sample)  # listing order kept

@@ -142,3 +142,30 @@ def test_card_reports_the_stress_test_and_when_not_to_trust_the_model(checkpoint
         assert f"| {row['condition']} | {row['accuracy']:.3f} | {row['macro_f1']:.3f} | {row['ece']:.3f} |" in card
     assert "Calibration under shift: the shipped temperature" in card
     assert "unfamiliar | familiarity AUC | kept | kept accuracy |" in card
+
+
+def test_card_reports_faithfulness_on_a_sample_and_the_sanity_check(checkpoint_root, tmp_path):
+    data = phantom_dataset(tmp_path / "data")
+    checkpoint = tmp_path / "model"
+    shutil.copytree(checkpoint_root / "tiny_convnext", checkpoint)
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "e")]) == 0
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "f"),
+                 "--method", "default", "--faithfulness", "--per-class", "1"]) == 0  # fmt: skip
+    assert main(["sanity", "--checkpoint", str(checkpoint), "--data", str(data), "--images", "1",
+                 "--out", str(tmp_path / "sanity.json")]) == 0  # fmt: skip
+    assert main(["card", "--checkpoint", str(checkpoint), "--test", str(tmp_path / "e" / "summary.json"),
+                 "--faithfulness", str(tmp_path / "f" / "summary.json"), "--sanity", str(tmp_path / "sanity.json"),
+                 "--commit", "abc1234"]) == 0  # fmt: skip
+
+    sampled = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert sampled["num_images"] == 4 and sampled["sample"].startswith("1 images per class")
+    card = (checkpoint / "README.md").read_text()
+    deletion = sampled["faithfulness"]["deletion_auc"]["mean"]
+    assert "## Faithfulness on test (4 images: 1 images per class, seeded random (seed 0), commit `" in card
+    assert f"| deletion AUC | {deletion:.3f} [" in card
+    sanity = json.loads((tmp_path / "sanity.json").read_text())
+    assert "## Sanity check on test (the first 1 outlined tumour images, commit `" in card
+    for row in sanity["methods"]:
+        assert f"| {row['method']} | {row['rank correlation, all randomised']:.2f} |" in card
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "c"),
+                 "--per-class", "1", "--cache"]) == 2  # fmt: skip
