@@ -92,6 +92,15 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss_mb(pid: int) -> float:
     """The server's memory, workers included: the sum of proportional set sizes (pages shared
     by the workers and the fork server they come from are counted once)."""
@@ -157,15 +166,24 @@ def bench_throughput(checkpoint: str, sample: bytes, requests: int = 80) -> dict
     throughput = {}
     fast = {"checkpoint": checkpoint, "method": "Grad-CAM"}
     for workers in (1, 2):
-        with running_server(workers=workers) as (base, _):
+        with running_server(workers=workers) as (base, pid):
             with ThreadPoolExecutor(4) as clients:
                 list(clients.map(lambda _: post(base, "s.png", sample, **fast), range(8)))  # warm-up, every client
-                started = time.perf_counter()
+                started, main_cpu, all_cpu = time.perf_counter(), cpu_seconds(pid), _tree_cpu(pid)
                 list(clients.map(lambda _: post(base, "s.png", sample, **fast), range(requests)))
             throughput[f"workers_{workers}_requests_per_s"] = round(requests / (time.perf_counter() - started), 2)
+            main_ms = (cpu_seconds(pid) - main_cpu) * 1000 / requests
+            throughput[f"workers_{workers}_cpu_ms_per_request"] = {
+                "server_process": round(main_ms, 1),
+                "workers": round((_tree_cpu(pid) - all_cpu) * 1000 / requests - main_ms, 1),
+            }
     one, two = throughput["workers_1_requests_per_s"], throughput["workers_2_requests_per_s"]
     throughput["ratio_2_over_1"] = round(two / one, 2)
     return throughput
+
+
+def _tree_cpu(pid: int) -> float:
+    return sum(cpu_seconds(p) for p in process_tree(pid))
 
 
 def bench_service(checkpoint: str, requests: int = 1000, out: Path | None = None) -> dict:

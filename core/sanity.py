@@ -5,7 +5,9 @@ and the heatmap is recomputed after each step. A method whose heatmap hardly cha
 weights it is meant to explain are destroyed is showing the image (edges, brightness), not the
 model. Randomising here permutes each parameter tensor's values (seeded): the scale of every
 layer stays, what it learned goes. Similarity: Spearman rank correlation (scipy) and SSIM
-(scikit-image) between the original and the randomised heatmap.
+(scikit-image) between the original and the randomised heatmap, inside the head when a head
+was found: outside it both maps are zeroed by the brain mask, and that shared blank would count
+as agreement (it raised the EfficientNet's rank correlations by about 0.3).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def randomisation_check(
     randomised = LoadedModel(f"{loaded.name} (randomised)", model, loaded.config, "", threading.Lock())
     generator = torch.Generator().manual_seed(seed)
     groups, spearman, ssim = layer_groups(model), [], []
+    heads = [_head(original.brain_mask) for original in originals]
     for group in groups:
         with torch.no_grad():
             for parameter in model.get_submodule(group).parameters():
@@ -88,9 +91,9 @@ def randomisation_check(
                 settings.mask_heatmap))[0]
             for image, original in zip(images, originals)
         ]  # fmt: skip
-        pairs = [(_small(a.heatmap), _small(b.heatmap)) for a, b in zip(originals, after)]
-        spearman.append(float(np.mean([_rank_correlation(a, b) for a, b in pairs])))
-        ssim.append(float(np.mean([structural_similarity(a, b, data_range=1.0) for a, b in pairs])))
+        triples = [(_small(a.heatmap), _small(b.heatmap), head) for a, b, head in zip(originals, after, heads)]
+        spearman.append(float(np.mean([_rank_correlation(a, b, head) for a, b, head in triples])))
+        ssim.append(float(np.mean([_ssim(a, b, head) for a, b, head in triples])))
     return SanityCheck(settings.method, tuple(groups), tuple(spearman), tuple(ssim))
 
 
@@ -98,7 +101,22 @@ def _small(heatmap: np.ndarray) -> np.ndarray:
     return cv2.resize(heatmap.astype(np.float32), (SIDE, SIDE), interpolation=cv2.INTER_AREA)
 
 
-def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+def _head(mask: np.ndarray | None) -> np.ndarray | None:
+    """The head at the comparison's side, or None (compare whole maps) when none was found."""
+    if mask is None:
+        return None
+    head = cv2.resize(mask.astype(np.float32), (SIDE, SIDE), interpolation=cv2.INTER_AREA) > 0.5
+    return head if head.sum() >= 16 else None
+
+
+def _ssim(a: np.ndarray, b: np.ndarray, head: np.ndarray | None) -> float:
+    score, local = structural_similarity(a, b, data_range=1.0, full=True)
+    return float(local[head].mean()) if head is not None else float(score)
+
+
+def _rank_correlation(a: np.ndarray, b: np.ndarray, head: np.ndarray | None = None) -> float:
+    if head is not None:
+        a, b = a[head], b[head]
     if a.std() == 0 or b.std() == 0:
         return 0.0  # a constant map carries no ranking to keep
     return float(spearmanr(a.ravel(), b.ravel()).statistic)

@@ -50,3 +50,24 @@ def test_a_gradient_cam_follows_the_weights(tiny_model):
     assert check.to_dict()["verdict"] == check.verdict()
     with pytest.raises(engine.ExplainError):
         randomisation_check(tiny_model, [head_phantom(64)], ExplainSettings(target_layer="no.such"))
+
+
+class NoiseCAM(engine.GradCAM):
+    """A 'method' that returns fresh noise on every call: it follows nothing, so any agreement
+    between its maps before and after randomisation is an artefact of the comparison."""
+
+    calls = 0
+
+    def forward(self, input_tensor, targets=None, eigen_smooth=False):
+        self.outputs = self.activations_and_grads(input_tensor)
+        NoiseCAM.calls += 1
+        rng = np.random.default_rng(NoiseCAM.calls)
+        return rng.random((len(input_tensor), *input_tensor.shape[2:])).astype(np.float32)
+
+
+def test_the_shared_blank_outside_the_head_is_not_agreement(tiny_model, monkeypatch):
+    """With the heatmap masked to the head, two unrelated maps share their zeros outside it;
+    compared whole, those ties alone gave a rank correlation of about 0.5."""
+    monkeypatch.setitem(engine.CAM_METHODS, "Noise", NoiseCAM)
+    check = randomisation_check(tiny_model, [head_phantom(96, seed) for seed in range(2)], ExplainSettings("Noise"))
+    assert abs(check.spearman[-1]) < 0.15 and check.passed
