@@ -7,7 +7,8 @@ model. Randomising here permutes each parameter tensor's values (seeded): the sc
 layer stays, what it learned goes. Similarity: Spearman rank correlation (scipy) and SSIM
 (scikit-image) between the original and the randomised heatmap, inside the head when a head
 was found: outside it both maps are zeroed by the brain mask, and that shared blank would count
-as agreement (it raised the EfficientNet's rank correlations by about 0.3).
+as agreement (on 8 test tumours it lifted the EfficientNet's rank correlations from -0.05-0.25
+to 0.61-0.73, so that every method seemed to fail).
 """
 
 from __future__ import annotations
