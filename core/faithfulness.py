@@ -121,13 +121,9 @@ def check_heatmap(
         settings: its settings (the input is prepared with the same masking).
     """
     config = loaded.config
-    prepared = prepare_slices([image], config.preprocessing, settings.mask_input)[0]
+    tensor, heatmap, head = on_model_input(loaded, image, explanation, settings)
     size = config.preprocessing.input_size
-    heatmap = heatmap_to_square(explanation.heatmap, prepared.box, size)
-    head = heatmap_to_square(explanation.brain_mask.astype(np.float32), prepared.box, size) > 0.5 \
-        if explanation.brain_mask is not None else np.ones((size, size), dtype=bool)  # fmt: skip
     randoms = random_maps(size, head, seed)
-    tensor = to_tensor(prepared.square, config.preprocessing)
     # Ties (a CAM's flat zeros) would be removed all at once; a jitter far below any map's
     # resolution orders them at random, inside the head only.
     jitter = np.random.default_rng(seed).random((1 + len(randoms), size, size)) * 1e-6 * head
@@ -141,6 +137,20 @@ def check_heatmap(
         random_insertion=tuple(insertion[1:].mean(0)),
         target_label=explanation.target_label,
     )
+
+
+def on_model_input(
+    loaded: LoadedModel, image: np.ndarray, explanation: Explanation, settings: ExplainSettings
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """(the model's input tensor (1, 3, S, S), the heatmap and the head mask on that S x S square):
+    the slice prepared with the explanation's masking, where the perturbations are applied."""
+    config = loaded.config
+    prepared = prepare_slices([image], config.preprocessing, settings.mask_input)[0]
+    size = config.preprocessing.input_size
+    heatmap = heatmap_to_square(explanation.heatmap, prepared.box, size)
+    head = heatmap_to_square(explanation.brain_mask.astype(np.float32), prepared.box, size) > 0.5 \
+        if explanation.brain_mask is not None else np.ones((size, size), dtype=bool)  # fmt: skip
+    return to_tensor(prepared.square, config.preprocessing), heatmap, head
 
 
 def random_maps(size: int, head: np.ndarray, seed: int) -> list[np.ndarray]:
@@ -223,14 +233,11 @@ def road_check(
     """ROAD (pytorch-grad-cam's ROADCombined at ROAD_PERCENTILES) of `explanation`'s heatmap and of
     one random map, on the model's own input; seeded (the imputation adds noise)."""
     config = loaded.config
-    prepared = prepare_slices([image], config.preprocessing, settings.mask_input)[0]
+    tensor, heatmap, head = on_model_input(loaded, image, explanation, settings)
     size = config.preprocessing.input_size
-    heatmap = heatmap_to_square(explanation.heatmap, prepared.box, size)
-    head = heatmap_to_square(explanation.brain_mask.astype(np.float32), prepared.box, size) > 0.5 \
-        if explanation.brain_mask is not None else np.ones((size, size), dtype=bool)  # fmt: skip
     jitter = np.random.default_rng(seed).random((2, size, size)) * 1e-6 * head  # orders ties at random
     maps = (np.stack([heatmap, random_maps(size, head, seed)[0]]) + jitter).astype(np.float32)
-    tensor = to_tensor(prepared.square, config.preprocessing).expand(2, -1, -1, -1)
+    tensor = tensor.expand(2, -1, -1, -1)
     score = _probability(explanation.target_index, config.temperature)
 
     def forward(batch: torch.Tensor) -> torch.Tensor:  # the lock for the model's passes only, not the solves
