@@ -136,11 +136,12 @@ async def _too_large(send) -> None:
 def _usable_checkpoints() -> list:
     usable = []
     for name in list_checkpoints()[:4]:
+        folder = resolve(name)
         try:
-            read_config(resolve(name))
+            read_config(folder)
         except CheckpointError:  # answered with its reason when asked for
             continue
-        usable.append(resolve(name))
+        usable.append(folder)
     return usable
 
 
@@ -220,10 +221,11 @@ def create_app(
         if checkpoint not in installed:
             raise HTTPException(404, f"No checkpoint '{checkpoint}'. Installed: {', '.join(installed) or 'none'}.")
         try:
-            read_config(resolve(checkpoint))
+            folder = resolve(checkpoint)
+            read_config(folder)  # a damaged checkpoint is answered here, before a worker is taken
             chosen = None if method.value == "default" else method.value
             settings = ExplainSettings(chosen, target, None, brain_mask, brain_mask)
-            job = app.state.pool.submit(decode_and_explain_task, str(resolve(checkpoint)), data, name, settings)
+            job = app.state.pool.submit(decode_and_explain_task, str(folder), data, name, settings)
         except ExplainError as error:
             raise HTTPException(422, str(error)) from error
         except CheckpointError as error:
