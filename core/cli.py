@@ -498,6 +498,7 @@ def _reliability(commands) -> None:
     parser.add_argument("--checkpoint", required=True, help="name under checkpoints/ or a folder")
     parser.add_argument("--data", type=Path, required=True, help="dataset ROOT with train/ and val/")
     parser.add_argument("--seed", type=int, default=0, help="seed of the grouped hold-out (as in train)")
+    parser.add_argument("--no-texture", action="store_true", help="measure familiarity on the model's features alone")
     parser.set_defaults(run=_run_reliability)
 
 
@@ -505,7 +506,9 @@ def _run_reliability(args: argparse.Namespace) -> int:
     from core.checkpoint import resolve_checkpoint
     from core.reliability import fit_checkpoint, save
 
-    fitted = fit_checkpoint(args.checkpoint, args.data, args.seed, progress=sys.stderr.isatty())
+    fitted = fit_checkpoint(
+        args.checkpoint, args.data, args.seed, progress=sys.stderr.isatty(), texture=not args.no_texture
+    )
     path = save(fitted, resolve_checkpoint(args.checkpoint))
     info = fitted.info
     print(f"wrote {path}: unfamiliar beyond distance {fitted.threshold:.1f} (95th percentile of the hold-out); "

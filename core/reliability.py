@@ -1,11 +1,14 @@
 """When not to trust a prediction: unfamiliar scans and near-ties.
 
-Familiarity (Lee et al. 2018): the Mahalanobis distance of a slice's features (the vector the
-classifier reads, and the channel statistics of an early stage) to the nearest class mean, with
-one shared covariance
-(Ledoit-Wolf shrinkage), all fitted on the training part of train+val. The score in [0, 1]
-is the share of the grouped hold-out's slices that lie at least as far: 0.5 is a typical
-slice, below 0.05 is farther than 95 % of the hold-out, and that slice is called unfamiliar.
+Familiarity (Lee et al. 2018): the Mahalanobis distance of a slice's features to the nearest
+class mean, with shared covariances (Ledoit-Wolf shrinkage), all fitted on the training part of
+train+val. The features come in two blocks: what the model sees (the vector the classifier
+reads, and the channel statistics of an early stage) and texture statistics of the input
+itself (fine detail, noise and blur, which a ConvNeXt's stem discards). Each block's distance
+is divided by its hold-out 95th percentile and the two are added in quadrature, so neither
+drowns the other; stored as one block-diagonal precision. The score in [0, 1] is the share of
+the grouped hold-out's slices that lie at least as far: 0.5 is a typical slice, below 0.05 is
+farther than 95 % of the hold-out, and that slice is called unfamiliar.
 
 Near-ties: a prediction is uncertain when its calibrated probability beats the runner-up by
 less than a margin chosen on the same hold-out, the smallest margin at which the confident
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
@@ -30,6 +34,8 @@ RELIABILITY_FILE = "reliability.safetensors"
 UNFAMILIAR_SHARE = 0.05  # farther than 95 % of the hold-out
 SELECTIVE_ACCURACY = 0.95  # what confident predictions must reach on the hold-out (0.98 was out of reach)
 DEFAULT_MARGIN = 0.2  # for checkpoints without a fitted file
+TEXTURE_SIGMAS = (1, 2, 4, 8)  # Laplacian-pyramid bands, in pixels of the model's input
+TEXTURE_EROSION = 12  # pixels kept away from the head's edge, whose step would dominate every band
 UNFAMILIAR_MESSAGE = (
     "This scan is unlike the images this model was trained on; its prediction and heatmap may be wrong."
 )
@@ -102,10 +108,53 @@ def early_layer(model: torch.nn.Module) -> torch.nn.Module:
     return model.blocks[2] if hasattr(model, "blocks") else model.stages[1]
 
 
+def _blurred(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """torchvision's gaussian_blur (kernel 4 sigma + 1, reflected edges) as two 1-D passes."""
+    radius = 2 * sigma
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=image.dtype) / sigma) ** 2)
+    taps = taps / taps.sum()
+    rows = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="reflect"), taps.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(rows, (0, 0, radius, radius), mode="reflect"), taps.view(1, 1, -1, 1))
+
+
+def _eroded(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """A 0/1 mask eroded by a square of side 2 radius + 1 (pixels beyond the border count as
+    inside), as two 1-D box sums: far faster than max pooling on a CPU."""
+    box = torch.ones(2 * radius + 1, dtype=mask.dtype)
+    rows = F.conv2d(F.pad(mask, (radius, radius, 0, 0), value=1.0), box.view(1, 1, 1, -1))
+    sums = F.conv2d(F.pad(rows, (0, 0, radius, radius), value=float(len(box))), box.view(1, 1, -1, 1))
+    return (sums > len(box) ** 2 - 0.5).to(mask.dtype)
+
+
+def texture_statistics(tensor: torch.Tensor) -> torch.Tensor:
+    """(N, 2 + 2 * len(TEXTURE_SIGMAS)) statistics of the model's input inside the head (away
+    from its edge): the intensity mean and log-variance, then for each band of a Laplacian
+    pyramid its log energy relative to the variance (blur and resolution loss lower the fine
+    bands, noise raises them) and its log kurtosis (edges against noise)."""
+    grey = tensor[:, :1].float()
+    background = grey.amin((2, 3), keepdim=True)  # a brain-masked input is constant outside the head
+    inside = (grey > background + 1e-3).float()
+    inside = _eroded(inside, TEXTURE_EROSION)
+    count = inside.sum((2, 3)).clamp_min(1)
+
+    def average(values: torch.Tensor) -> torch.Tensor:
+        return (values * inside).sum((2, 3)) / count
+
+    mean = average(grey)
+    variance = average((grey - mean[..., None, None]) ** 2) + 1e-8
+    statistics = [mean, variance.log()]
+    levels = [grey] + [_blurred(grey, sigma) for sigma in TEXTURE_SIGMAS]
+    for fine, coarse in zip(levels, levels[1:]):
+        band = fine - coarse
+        energy = average(band**2) + 1e-10
+        statistics += [(energy / variance).log(), (average(band**4) / energy**2 + 1e-8).log()]
+    return torch.cat(statistics, 1)
+
+
 def scores_and_features(model: torch.nn.Module, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, familiarity features) from one forward pass: the pooled features the classifier
-    reads (timm pre-logits), then the mean and standard deviation of each channel of
-    early_layer() (Lee et al. 2018 also score intermediate layers)."""
+    reads (timm pre-logits), the mean and standard deviation of each channel of early_layer()
+    (Lee et al. 2018 also score intermediate layers), then texture_statistics() of the input."""
     seen = []
     handle = early_layer(model).register_forward_hook(lambda module, inputs, output: seen.append(output))
     try:
@@ -113,8 +162,15 @@ def scores_and_features(model: torch.nn.Module, tensor: torch.Tensor) -> tuple[t
     finally:
         handle.remove()
     early = seen[0].float()
-    features = torch.cat([pooled.float(), early.mean((2, 3)), early.std((2, 3))], 1)
+    features = torch.cat([pooled.float(), early.mean((2, 3)), early.std((2, 3)), texture_statistics(tensor)], 1)
     return model.get_classifier()(pooled), features
+
+
+def feature_blocks(size: int, texture: bool = True) -> list[tuple[int, int]]:
+    """[start, stop) of the model block and (when `texture`) the texture block in a feature
+    vector of `size`; without it the texture columns are left out of the distance."""
+    model_size = size - (2 + 2 * len(TEXTURE_SIGMAS))
+    return [(0, model_size), (model_size, size)] if texture else [(0, model_size)]
 
 
 @torch.no_grad()
@@ -150,14 +206,37 @@ def choose_margin(probabilities: np.ndarray, labels: np.ndarray, target: float =
     return {"margin": 0.95, "coverage": float((lead >= 0.95).mean()), "selective_accuracy": None}
 
 
-def fit(train_features: np.ndarray, train_labels: np.ndarray, holdout_features: np.ndarray, margin: float, info: dict):
+def _class_means(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.stack([features[labels == k].mean(0) for k in np.unique(labels)])
+
+
+def fit(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    holdout_features: np.ndarray,
+    margin: float,
+    info: dict,
+    blocks: list[tuple[int, int]] | None = None,
+) -> Reliability:
+    """Class means and a shared covariance per block of features ([start, stop) columns; one
+    block when None; columns in no block are not used); each block's precision is divided by
+    the square of its hold-out 95th percentile distance, so the blocks weigh alike in the
+    combined distance."""
     from sklearn.covariance import LedoitWolf
 
-    classes = np.unique(train_labels)
-    means = np.stack([train_features[train_labels == k].mean(0) for k in classes])
-    centred = train_features - means[np.searchsorted(classes, train_labels)]
-    precision = LedoitWolf().fit(centred).precision_
-    fitted = Reliability(means.astype(np.float32), precision.astype(np.float32), np.zeros(1), margin, info)
+    size = train_features.shape[1]
+    blocks = blocks or [(0, size)]
+    means = _class_means(train_features, train_labels)
+    row_means = means[np.searchsorted(np.unique(train_labels), train_labels)]
+    combined, scales = np.zeros((size, size)), []
+    for start, stop in blocks:
+        precision = LedoitWolf().fit(train_features[:, start:stop] - row_means[:, start:stop]).precision_
+        alone = Reliability(means[:, start:stop], precision, np.zeros(1), margin)
+        scale = float(np.quantile(alone.distances(holdout_features[:, start:stop]), 1 - UNFAMILIAR_SHARE))
+        combined[start:stop, start:stop] = precision / max(scale, 1e-12) ** 2
+        scales.append(round(scale, 4))
+    info = {**info, "feature_blocks": [list(block) for block in blocks], "block_scales": scales}
+    fitted = Reliability(means.astype(np.float32), combined.astype(np.float32), np.zeros(1), margin)
     distances = np.sort(fitted.distances(holdout_features))
     return Reliability(fitted.means, fitted.precision, distances.astype(np.float32), margin, info)
 
@@ -198,9 +277,12 @@ def load(directory: Path) -> Reliability | None:
     return reliability
 
 
-def fit_checkpoint(checkpoint: str | Path, data: Path, seed: int = 0, progress: bool = True) -> Reliability:
+def fit_checkpoint(
+    checkpoint: str | Path, data: Path, seed: int = 0, progress: bool = True, texture: bool = True
+) -> Reliability:
     """Fit familiarity on the training part of train+val and the margin on its grouped hold-out
-    (the split `train` uses, seed 0), with the inputs the app gives the model (brain-masked)."""
+    (the split `train` uses, seed 0), with the inputs the app gives the model (brain-masked).
+    `texture`: add the texture-statistics block (docs/training.md says which checkpoint has it)."""
     from core.checkpoint import load_checkpoint
     from core.dataset import decode_records, grouped_holdout, list_split
     from core.inference import square_scores
@@ -224,4 +306,5 @@ def fit_checkpoint(checkpoint: str | Path, data: Path, seed: int = 0, progress: 
         "target_selective_accuracy": SELECTIVE_ACCURACY,
         **chosen,
     }
-    return fit(features[~held], labels[~held], features[held], chosen["margin"], info)
+    blocks = feature_blocks(features.shape[1], texture)
+    return fit(features[~held], labels[~held], features[held], chosen["margin"], info, blocks)

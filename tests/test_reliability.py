@@ -43,12 +43,57 @@ def test_familiarity_separates_training_like_features_from_shifted_ones():
     assert (trust.familiarity(shifted) < 0.05).mean() > 0.8
 
 
+def test_a_shift_in_a_small_block_is_not_drowned_by_a_large_one():
+    """Two blocks, 64 model features and 4 texture statistics: a shift of the texture alone is
+    found when each block is scaled by its own hold-out distances, barely without blocks."""
+    rng = np.random.default_rng(4)
+    model_part, train_labels = gaussian_features(rng, 800, size=64)
+    train = np.c_[model_part, rng.normal(0, 1, (800, 4))]
+    held = np.c_[gaussian_features(rng, 200, size=64)[0], rng.normal(0, 1, (200, 4))]
+    familiar = np.c_[gaussian_features(rng, 300, size=64)[0], rng.normal(0, 1, (300, 4))]
+    shifted = familiar + np.r_[np.zeros(64), np.full(4, 2.0)]
+    truth = np.r_[np.ones(300), np.zeros(300)]
+
+    def auc(trust):
+        return roc_auc_score(truth, np.r_[trust.familiarity(familiar), trust.familiarity(shifted)])
+
+    blocked = reliability.fit(train, train_labels, held, 0.3, {}, blocks=[(0, 64), (64, 68)])
+    single = reliability.fit(train, train_labels, held, 0.3, {})
+    assert auc(blocked) > 0.95 and auc(blocked) > auc(single) + 0.1
+    assert blocked.info["feature_blocks"] == [[0, 64], [64, 68]] and len(blocked.info["block_scales"]) == 2
+    assert 0.0 < (blocked.familiarity(familiar) < 0.05).mean() < 0.12  # the 95 % line still holds
+
+
+def test_texture_statistics_see_blur_and_noise_inside_the_head_whatever_its_brightness():
+    import cv2
+    import torch
+
+    def statistics(image):
+        grey = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None].repeat(1, 3, 1, 1)
+        return reliability.texture_statistics(grey)[0].numpy()
+
+    head = head_phantom(256, seed=5)
+    fine = 2  # log energy of the finest band relative to the variance
+    clean = statistics(head)
+    assert clean.shape == (2 + 2 * len(reliability.TEXTURE_SIGMAS),)
+    assert statistics(cv2.GaussianBlur(head, (0, 0), 1.5))[fine] < clean[fine] - 1
+    noisy = np.clip(head + np.random.default_rng(6).normal(0, 0.08, head.shape), 0, 1) * (head > 0)
+    assert statistics(noisy)[fine] > clean[fine] + 1
+    # Brightness and contrast change the first two statistics, not the band shapes.
+    assert np.allclose(statistics(head * 0.5)[fine:], clean[fine:], atol=0.01)
+
+
 def test_saved_without_pickle_and_read_back_the_same(tmp_path):
     trust = fitted(np.random.default_rng(1))
     path = reliability.save(trust, tmp_path)
     assert path.name == "reliability.safetensors" and b"pickle" not in path.read_bytes()[:200]
     back = reliability.load(tmp_path)
-    assert np.allclose(back.means, trust.means) and back.margin == trust.margin and back.info == {"note": "test"}
+    assert (
+        np.allclose(back.means, trust.means)
+        and back.margin == trust.margin
+        and back.info == trust.info
+        and trust.info["note"] == "test"
+    )
     assert reliability.load(tmp_path / "nowhere") is None
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(ValueError, match="damaged"):
