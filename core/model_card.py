@@ -203,7 +203,7 @@ def _reliability_section(reliability: Reliability | None) -> list[str]:
     return [
         "", "## When not to trust it", "",
         f"- Familiarity: Mahalanobis distance of the features (the pre-logits, and an early stage's channel means "
-        f"and spreads) to the nearest class mean (shared "
+        f"and spreads{_texture_words(info)}) to the nearest class mean (shared "
         f"Ledoit-Wolf covariance), fitted on the {info.get('fitted_on')}; the score is the share of the "
         f"{info.get('holdout')} lying at least as far. Below {info.get('unfamiliar_below')}: unfamiliar.",
         f"- Uncertain when the top calibrated probability leads the runner-up by less than {reliability.margin:.2f}: "
@@ -422,3 +422,13 @@ def _card_sections(path: Path) -> dict[str, list[str]]:
 def _shorten(text: str, width: int) -> str:
     text = text.replace("`", "")
     return text if len(text) <= width else text[: width - 1].rsplit(" ", 1)[0] + "..."
+
+
+def _texture_words(info: dict) -> str:
+    """How the card names the familiarity blocks (core.reliability.fit's info)."""
+    if len(info.get("feature_blocks", [])) < 2:
+        return ""
+    return (
+        "; and, as a second block weighed alike, texture statistics of the input: Laplacian-pyramid band "
+        "energies and kurtosis inside the head"
+    )
