@@ -15,7 +15,7 @@ from core.explain import explain
 from core.image_input import load_image
 from core.inference import slice_scores
 from core.reliability import DEFAULT_MARGIN, choose_margin, uncertain_text, verdict
-from tests.conftest import LABELS, encode, head_phantom, make_tiny_checkpoint
+from tests.conftest import LABELS, SHARED_DATA, encode, head_phantom, make_tiny_checkpoint, needs_data
 
 
 def gaussian_features(rng, n: int, shift: float = 0.0, size: int = 32):
@@ -175,3 +175,20 @@ def test_images_that_are_not_brain_mri_come_out_unfamiliar_to_the_shipped_models
     _, features = slice_scores(loaded, list(images.values()))
     familiarity = dict(zip(images, loaded.reliability.familiarity(features).round(3)))
     assert all(score < 0.05 for score in familiarity.values()), familiarity
+
+
+@needs_data
+def test_the_shipped_convnext_finds_slices_at_a_quarter_of_their_resolution_less_familiar():
+    """The texture block's purpose: the ConvNeXt's own features barely see resolution loss."""
+    from core.dataset import list_split
+    from core.stress import SHIFTS, shifted
+
+    loaded = load_checkpoint(SHIPPED / "convnext_atto")
+    assert len(loaded.reliability.info["feature_blocks"]) == 2  # model features and texture
+    records = list_split(SHARED_DATA, "test", list(loaded.config.label_names))[::64]
+    images = [load_image((SHARED_DATA / r.image).read_bytes(), r.image).pixels for r in records]
+    resolution = next(shift for shift in SHIFTS if shift.name == "resolution")
+    blurred = [shifted(image, resolution, 2, seed) for seed, image in enumerate(images)]
+    clean_score = loaded.reliability.familiarity(slice_scores(loaded, images)[1])
+    blurred_score = loaded.reliability.familiarity(slice_scores(loaded, blurred)[1])
+    assert (blurred_score < clean_score).mean() >= 0.75 and blurred_score.mean() < clean_score.mean() - 0.15
