@@ -83,7 +83,7 @@ def verdict(
         kind = "disagree"
         sentence = "The models disagree: " + ", ".join(
             f"{name} predicts {result.predicted_label} ({result.confidence:.0%})" for name, result in results.items()
-        ) + "."  # fmt: skip
+        ) + (f"; and {' and '.join(doubts)}." if doubts else ".")  # fmt: skip
     elif doubts:
         kind = "neutral"
         sentence = (
@@ -93,7 +93,10 @@ def verdict(
     else:
         kind = "agree"
         sentence = f"Both models predict {first.predicted_label} ({shown})."
-    return CompareVerdict(kind, sentence + _better_record(records or {}))
+    record = _better_record(records or {})
+    if record and any(result.unfamiliar for result in results.values()):
+        record += " Those records come from scans like the training images, which this one is not."
+    return CompareVerdict(kind, sentence + record)
 
 
 def _better_record(records: dict[str, float]) -> str:

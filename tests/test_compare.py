@@ -92,6 +92,13 @@ def test_compare_calls_it_agreement_only_when_both_are_confident_on_a_familiar_s
     split = verdict(("A", "B"), _as(base, 0, 0.91), _as(base, 1, 0.7), {})
     assert split.kind == "disagree" and "A predicts glioma (91%), B predicts meningioma (70%)" in split.sentence
     assert "record" not in split.sentence  # no model card numbers, no claim
+    assert split.sentence.endswith("(70%).")
+
+    lost = verdict(("A", "B"), _as(base, 2, 0.93, unfamiliar=True), _as(base, 1, 0.48, uncertain=True), records)
+    assert lost.kind == "disagree" and "; and B is uncertain and the scan is unfamiliar to A." in lost.sentence
+    assert lost.sentence.endswith("B has the better record (test accuracy 95.3% against 88.7%). Those records come "
+                                  "from scans like the training images, which this one is not.")  # fmt: skip
+    assert "which this one is not" not in agree.sentence
 
 
 def test_compare_command_writes_figure_and_json(use_tiny_checkpoints, tmp_path):
