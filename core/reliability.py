@@ -206,10 +206,6 @@ def choose_margin(probabilities: np.ndarray, labels: np.ndarray, target: float =
     return {"margin": 0.95, "coverage": float((lead >= 0.95).mean()), "selective_accuracy": None}
 
 
-def _class_means(features: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return np.stack([features[labels == k].mean(0) for k in np.unique(labels)])
-
-
 def fit(
     train_features: np.ndarray,
     train_labels: np.ndarray,
@@ -226,8 +222,9 @@ def fit(
 
     size = train_features.shape[1]
     blocks = blocks or [(0, size)]
-    means = _class_means(train_features, train_labels)
-    row_means = means[np.searchsorted(np.unique(train_labels), train_labels)]
+    classes = np.unique(train_labels)
+    means = np.stack([train_features[train_labels == k].mean(0) for k in classes])
+    row_means = means[np.searchsorted(classes, train_labels)]
     combined, scales = np.zeros((size, size)), []
     for start, stop in blocks:
         precision = LedoitWolf().fit(train_features[:, start:stop] - row_means[:, start:stop]).precision_
