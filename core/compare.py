@@ -78,7 +78,9 @@ def verdict(
     results = dict(zip(names, (first, second)))
     shown = ", ".join(f"{name} {result.confidence:.0%}" for name, result in results.items())
     doubts = [f"{name} is uncertain" for name, result in results.items() if result.uncertain]
-    doubts += [f"the scan is unfamiliar to {name}" for name, result in results.items() if result.unfamiliar]
+    unfamiliar = [name for name, result in results.items() if result.unfamiliar]
+    if unfamiliar:
+        doubts.append("the scan is unfamiliar to " + ("both" if len(unfamiliar) > 1 else unfamiliar[0]))
     if first.predicted_label != second.predicted_label:
         kind = "disagree"
         sentence = "The models disagree: " + ", ".join(

@@ -99,6 +99,8 @@ def test_compare_calls_it_agreement_only_when_both_are_confident_on_a_familiar_s
     assert lost.sentence.endswith("B has the better record (test accuracy 95.3% against 88.7%). Those records come "
                                   "from scans like the training images, which this one is not.")  # fmt: skip
     assert "which this one is not" not in agree.sentence
+    both = verdict(("A", "B"), _as(base, 2, 0.93, unfamiliar=True), _as(base, 1, 0.9, unfamiliar=True), records)
+    assert "(90%); and the scan is unfamiliar to both." in both.sentence
 
 
 def test_compare_command_writes_figure_and_json(use_tiny_checkpoints, tmp_path):
