@@ -149,11 +149,12 @@ def heatmap_settings(settings: ExplainSettings, threshold: float) -> dict:
     }
 
 
-def sample_per_class(records: list[Record], count: int, seed: int = 0) -> list[Record]:
-    """A seeded random sample of `count` records of each class (all of a smaller class), in listing order."""
+def sample_per_class(records: list[Record], count: int, seed: int = 0, labels: list[str] | None = None) -> list[Record]:
+    """A seeded random sample of `count` records of each class (all of a smaller class), in listing
+    order; the classes are drawn in the order of `labels` (default: sorted)."""
     rng = np.random.default_rng(seed)
     chosen = set()
-    for label in sorted({record.label for record in records}):
+    for label in labels if labels is not None else sorted({record.label for record in records}):
         indices = [i for i, record in enumerate(records) if record.label == label]
         chosen.update(rng.choice(indices, size=min(count, len(indices)), replace=False).tolist())
     return [record for i, record in enumerate(records) if i in chosen]

@@ -35,6 +35,7 @@ from core.brain_mask import detect_brain_mask
 from core.checkpoint import LoadedModel, load_checkpoint
 from core.counterfactual import fill_region, random_region
 from core.dataset import Record, holdout_records, list_split
+from core.evaluate import sample_per_class
 from core.image_input import load_image
 from core.inference import slice_logits, slice_scores
 from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
@@ -152,13 +153,8 @@ def stress_test(
     loaded = load_checkpoint(checkpoint)
     names = list(loaded.config.label_names)
     records = holdout_records(data, names, seed=seed) if holdout else list_split(data, split, names)
-    if limit:  # a seeded random sample of each class, in the split's order
-        rng = np.random.default_rng(seed)
-        keep = set()
-        for name in names:
-            indices = [i for i, record in enumerate(records) if record.label == name]
-            keep.update(rng.choice(indices, size=min(limit, len(indices)), replace=False).tolist())
-        records = [record for i, record in enumerate(records) if i in keep]
+    if limit:
+        records = sample_per_class(records, limit, seed, labels=names)
     if not records:
         raise ValueError("No images to stress-test.")
     labels = np.array([names.index(r.label) for r in records])
