@@ -237,18 +237,7 @@ def bench_service(checkpoint: str, requests: int = 1000, out: Path | None = None
         report["memory"] = {"rss_after_100_mb": round(after_100, 1), f"rss_after_{requests}_mb": round(after_all, 1),
                             "growth_mb": round(after_all - after_100, 1)}  # fmt: skip
 
-    throughput = {}
-    for workers in (1, 2):
-        with running_server(workers=workers) as (base, _):
-            post(base, "s.png", sample, **fast)
-            started = time.perf_counter()
-            with ThreadPoolExecutor(4) as clients:
-                list(clients.map(lambda _: post(base, "s.png", sample, **fast), range(60)))
-            throughput[f"workers_{workers}_requests_per_s"] = round(60 / (time.perf_counter() - started), 2)
-    throughput["ratio_2_over_1"] = round(
-        throughput["workers_2_requests_per_s"] / throughput["workers_1_requests_per_s"], 2
-    )
-    report["throughput"] = throughput
+    report["throughput"] = bench_throughput(checkpoint, sample)
     report["targets"] = {
         "p95_over_serial_p50": "<= 3",
         "ratio_2_over_1": ">= 1.7",
