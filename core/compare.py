@@ -96,7 +96,7 @@ def verdict(
         kind = "agree"
         sentence = f"Both models predict {first.predicted_label} ({shown})."
     record = _better_record(records or {})
-    if record and any(result.unfamiliar for result in results.values()):
+    if record and unfamiliar:
         record += " Those records come from scans like the training images, which this one is not."
     return CompareVerdict(kind, sentence + record)
 
