@@ -263,7 +263,9 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _sweep(commands) -> None:
-    parser = commands.add_parser("sweep", help="every CAM method x layer against trivial baselines; sets the default")
+    parser = commands.add_parser(
+        "sweep", help="every CAM method x layer, and Integrated Gradients, against trivial baselines; sets the default"
+    )
     parser.add_argument("--checkpoint", required=True, help="name under checkpoints/ or a folder")
     parser.add_argument("--data", type=Path, required=True, help="dataset ROOT with SPLIT/<class>/<image>")
     parser.add_argument("--split", default="val", help="choose on val (or training splits); report on test")
@@ -276,6 +278,7 @@ def _sweep(commands) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
+    from core.explain import heatmap_name
     from core.sweep import apply_winner, print_report, sweep, write_report
 
     try:
@@ -292,7 +295,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
             print("No candidate met the rule; config.json is unchanged.", file=sys.stderr)
             return 1
         apply_winner(args.checkpoint, report)
-        print(f"{args.checkpoint}: default heatmap is now {report['winner']['method']} at {report['winner']['layer']}")
+        winner = report["winner"]
+        print(f"{args.checkpoint}: default heatmap is now {heatmap_name(winner['method'], winner['layer'])}")
     return 0
 
 

@@ -51,6 +51,14 @@ SCORE_CAM_BATCH = 8  # feature maps per forward pass: 32 took 1.3x the time and 
 CLASS_AGNOSTIC_METHODS = {"Eigen-CAM"}  # the first principal component of the activations: no class enters
 
 
+def heatmap_name(method: str, layer: str | None, code: str = "") -> str:
+    """'Grad-CAM at stages.2' (the layer quoted with `code`), or 'Integrated Gradients (input
+    pixels)' for an input attribution, which has no layer."""
+    if method in INPUT_ATTRIBUTIONS or not layer:
+        return f"{method} (input pixels)"
+    return f"{method} at {code}{layer}{code}"
+
+
 class ExplainError(ValueError):
     """Bad settings for explain(): unknown method, class or layer."""
 

@@ -17,6 +17,7 @@ from core.checkpoint import (
     write_config,
 )
 from core.evaluation_store import LOCALISATION_COLUMNS
+from core.explain import heatmap_name
 from core.reliability import Reliability
 from core.reliability import load as load_reliability
 from core.sweep import baseline_summary, method_table
@@ -370,11 +371,13 @@ def _default_heatmap(config: ModelConfig) -> list[str]:
     choice = config.default_choice
     if not choice:
         return [
-            f"- Default heatmap: {config.default_method} at `{config.default_target_layer}` (not chosen by a sweep)."
+            f"- Default heatmap: {heatmap_name(config.default_method, config.default_target_layer, '`')} (not chosen "
+            "by a sweep)."
         ]
     pointing, iou, baseline = choice["pointing_game"], choice["iou"], choice["best_baseline"]
+    name = heatmap_name(config.default_method, config.default_target_layer, "`")
     return [
-        f"- Default heatmap: **{config.default_method}** at `{config.default_target_layer}`, chosen on "
+        f"- Default heatmap: {name.replace(config.default_method, f'**{config.default_method}**', 1)}, chosen on "
         f"`{choice['split']}` ({choice['images']} outlined tumours) by the rule: {choice['rule']}. There: pointing "
         f"game {pointing['mean']:.3f} [{pointing['ci95'][0]:.3f}, {pointing['ci95'][1]:.3f}], IoU@0.5 "
         f"{iou['mean']:.3f}; best baseline ({baseline['name']}) pointing game {baseline['pointing_game']['mean']:.3f}, "

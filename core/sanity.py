@@ -124,10 +124,12 @@ def _rank_correlation(a: np.ndarray, b: np.ndarray, head: np.ndarray | None = No
 
 
 def sanity_table(loaded: LoadedModel, root: Path, split: str, mask: bool = True, images: int = 4) -> list[dict]:
-    """The randomisation check of every Gallery method on the first `images` outlined tumours of the split."""
+    """The randomisation check of every Gallery method, and of the checkpoint's default method
+    when it is not one of them, on the first `images` outlined tumours of the split."""
     slices = outlined_slices(Path(root), split, list(loaded.config.label_names), images)
+    default = loaded.config.default_method
     rows = []
-    for method in GALLERY_METHODS:
+    for method in (*GALLERY_METHODS, *([default] if default not in GALLERY_METHODS else [])):
         check = randomisation_check(loaded, slices, ExplainSettings(method, None, None, mask, mask))
         rows.append({"method": method, "rank correlation, all randomised": check.spearman[-1],
                      "SSIM, all randomised": check.ssim[-1], "passes": check.passed})  # fmt: skip

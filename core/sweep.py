@@ -18,11 +18,12 @@ import numpy as np
 from tqdm import tqdm
 
 from core.annotations import annotation_path, load_outline
+from core.attribution import INPUT_ATTRIBUTIONS
 from core.brain_mask import detect_brain_mask
 from core.checkpoint import LoadedModel, load_checkpoint, read_config, resolve_checkpoint, write_config
 from core.dataset import list_split
 from core.evaluation_store import LOCALISATION_COLUMNS
-from core.explain import CAM_METHODS, SLOW_METHODS, ExplainSettings, apply_brain_mask, explain_batch
+from core.explain import CAM_METHODS, SLOW_METHODS, ExplainSettings, apply_brain_mask, explain_batch, heatmap_name
 from core.image_input import load_image
 from core.localisation import bootstrap_mean, localisation_metrics, mass_inside
 
@@ -30,10 +31,12 @@ METRICS = ("pointing_game", "iou", "iou_otsu", "mass_inside_tumour", "mass_outsi
 THRESHOLD = 0.5
 MAX_MS_PER_IMAGE = 1000.0
 TIE = 0.01
+SANITY_IMAGES = 8
 RULE = (
     f"highest mean pointing game (brain-masked heatmap) among candidates with mean IoU@{THRESHOLD} >= the best "
     f"trivial baseline's and <= {MAX_MS_PER_IMAGE:.0f} ms per image; within {TIE} of the best, higher IoU@{THRESHOLD}, "
-    "then faster"
+    f"then faster; the winner must pass the randomisation sanity check on the split's first {SANITY_IMAGES} outlined "
+    "tumours, else the next in that order"
 )
 # Candidate layers per architecture family: each stage or block output, and the head.
 CANDIDATE_LAYERS = {
@@ -44,8 +47,8 @@ CANDIDATE_LAYERS = {
 
 @dataclass(frozen=True)
 class Candidate:
-    method: str  # a CAM method, or a baseline's name
-    layer: str | None  # None for a baseline
+    method: str  # a CAM method, an input attribution, or a baseline's name
+    layer: str | None  # None for a baseline or an input attribution (it explains the input pixels)
     means: dict[str, dict]  # metric -> bootstrap_mean() (mean, ci95, n)
     ms_per_image: float
 
@@ -60,14 +63,15 @@ def candidate_layers(architecture: str) -> tuple[str, ...]:
     return CANDIDATE_LAYERS[family]
 
 
-def candidates(architecture: str, layers: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
-    """(method, layer) pairs: every CAM method but the slow ones at every layer, and LayerCAM
-    fused over the last three layers (pytorch-grad-cam averages the scaled per-layer maps)."""
+def candidates(architecture: str, layers: tuple[str, ...] | None = None) -> list[tuple[str, str | None]]:
+    """(method, layer) pairs: every CAM method but the slow ones at every layer, LayerCAM fused
+    over the last three layers (pytorch-grad-cam averages the scaled per-layer maps), and each
+    fast input attribution (layer None: it explains the input pixels)."""
     layers = layers or candidate_layers(architecture)
     pairs = [(method, layer) for method in CAM_METHODS if method not in SLOW_METHODS for layer in layers]
     if len(layers) >= 3:
         pairs.append(("LayerCAM", "+".join(layers[-3:])))
-    return pairs
+    return pairs + [(method, None) for method in INPUT_ATTRIBUTIONS if method not in SLOW_METHODS]
 
 
 def baseline_maps(image: np.ndarray, head: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -179,7 +183,7 @@ def sweep(
         candidate, heads = _sweep_one(loaded, cases, method, layer, batch_size)
         results.append(candidate)
     baselines = _baselines(cases, heads)
-    winner = choose(results, baselines)
+    winner, sanity = _first_sane(loaded, ranked(results, baselines), root, split)
     return {
         "checkpoint": loaded.name,
         "data": str(Path(root).resolve()),
@@ -189,11 +193,12 @@ def sweep(
         "rule": RULE,
         "candidates": [asdict(c) for c in results],
         "baselines": [asdict(b) for b in baselines],
+        "sanity": sanity,
         "winner": asdict(winner) if winner else None,
     }
 
 
-def _sweep_one(loaded: LoadedModel, cases: list[_Case], method: str, layer: str, batch_size: int):
+def _sweep_one(loaded: LoadedModel, cases: list[_Case], method: str, layer: str | None, batch_size: int):
     settings = ExplainSettings(method, None, layer, mask_input=True, mask_heatmap=False)
     shown, raws, heads = [], [], []
     started = time.perf_counter()
@@ -218,9 +223,35 @@ def choose(results: list[Candidate], baselines: list[Candidate]) -> Candidate | 
     return max(tied, key=lambda c: (c.mean("iou"), -c.ms_per_image))
 
 
+def ranked(results: list[Candidate], baselines: list[Candidate]) -> list[Candidate]:
+    """The eligible candidates in RULE's order of preference."""
+    order, left = [], list(results)
+    while (best := choose(left, baselines)) is not None:
+        order.append(best)
+        left.remove(best)
+    return order
+
+
+def _first_sane(loaded: LoadedModel, order: list[Candidate], root: Path, split: str) -> tuple[Candidate | None, list]:
+    """The first candidate whose heatmap changes when the model's weights are randomised, and
+    the checks run on the way (a method that shows the image, not the model, is no default)."""
+    from core.sanity import randomisation_check  # core.sanity uses this module's outlined_slices
+
+    slices = outlined_slices(Path(root), split, list(loaded.config.label_names), SANITY_IMAGES)
+    checks = []
+    for candidate in order:
+        settings = ExplainSettings(candidate.method, None, candidate.layer, mask_input=True, mask_heatmap=True)
+        check = randomisation_check(loaded, slices, settings)
+        checks.append({"method": candidate.method, "layer": candidate.layer, **check.to_dict()})
+        if check.passed:
+            return candidate, checks
+    return None, checks
+
+
 def apply_winner(checkpoint: str | Path, report: dict) -> None:
-    """Write the winner into config.json as default_method and default_target_layer, with the
-    split, rule and numbers it was chosen by (default_choice)."""
+    """Write the winner into config.json as default_method and default_target_layer (kept for
+    the CAM methods when the winner is an input attribution), with the split, rule and numbers
+    it was chosen by (default_choice)."""
     winner = report["winner"]
     if winner is None:
         raise ValueError("No candidate met the rule, so there is nothing to apply.")
@@ -239,8 +270,9 @@ def apply_winner(checkpoint: str | Path, report: dict) -> None:
             "pointing_game": best_baseline["means"]["pointing_game"],
         },  # fmt: skip
     }
-    config = replace(read_config(directory), default_method=winner["method"], default_target_layer=winner["layer"],
-                     default_choice=choice)  # fmt: skip
+    config = read_config(directory)
+    config = replace(config, default_method=winner["method"], default_choice=choice,
+                     default_target_layer=winner["layer"] or config.default_target_layer)  # fmt: skip
     write_config(directory, config)
 
 
@@ -251,10 +283,13 @@ def print_report(report: dict) -> None:
         m = row["means"]
         cells = [f"{m[k]['mean']:.3f}" if m[k]["mean"] is not None else "n/a" for k in METRICS[1:]]
         ci = m["pointing_game"]["ci95"]
-        print(f"{row['method']} | {row['layer'] or '(baseline)'} | {m['pointing_game']['mean']:.3f} "
+        where = row["layer"] or ("(input)" if row["method"] in INPUT_ATTRIBUTIONS else "(baseline)")
+        print(f"{row['method']} | {where} | {m['pointing_game']['mean']:.3f} "
               f"[{ci[0]:.3f}, {ci[1]:.3f}] | " + " | ".join(cells) + f" | {row['ms_per_image']:.0f}")  # fmt: skip
+    for check in report.get("sanity", []):
+        print(f"sanity check, {heatmap_name(check['method'], check['layer'])}: {check['verdict']}")
     winner = report["winner"]
-    print(f"winner: {winner['method']} at {winner['layer']}" if winner else "winner: none meets the rule")
+    print(f"winner: {heatmap_name(winner['method'], winner['layer'])}" if winner else "winner: none meets the rule")
 
 
 def write_report(report: dict, out: Path) -> None:

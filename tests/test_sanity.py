@@ -71,3 +71,20 @@ def test_the_shared_blank_outside_the_head_is_not_agreement(tiny_model, monkeypa
     monkeypatch.setitem(engine.CAM_METHODS, "Noise", NoiseCAM)
     check = randomisation_check(tiny_model, [head_phantom(96, seed) for seed in range(2)], ExplainSettings("Noise"))
     assert abs(check.spearman[-1]) < 0.15 and check.passed
+
+
+def test_the_table_adds_the_checkpoints_default_when_the_gallery_lacks_it(checkpoint_root, tmp_path):
+    from dataclasses import replace
+
+    from core.checkpoint import load_checkpoint
+    from core.sanity import sanity_table
+    from tests.test_model_card import phantom_dataset
+
+    data = phantom_dataset(tmp_path / "data")
+    loaded = load_checkpoint(checkpoint_root / "tiny_effnet")
+    methods = [row["method"] for row in sanity_table(loaded, data, "test", images=1)]
+    assert methods == list(engine.GALLERY_METHODS)
+    with_ig = replace(loaded, config=replace(loaded.config, default_method="Integrated Gradients"))
+    rows = sanity_table(with_ig, data, "test", images=1)
+    assert [row["method"] for row in rows] == [*engine.GALLERY_METHODS, "Integrated Gradients"]
+    assert isinstance(rows[-1]["passes"], bool)

@@ -11,7 +11,8 @@ import pytest
 from core.checkpoint import load_checkpoint, read_config
 from core.cli import main
 from core.explain import ExplainSettings, explain
-from core.sweep import RULE, Candidate, baseline_maps, candidates, choose
+from core.model_card import _default_heatmap
+from core.sweep import RULE, Candidate, apply_winner, baseline_maps, candidates, choose, sweep
 from tests.test_model_card import phantom_dataset
 
 
@@ -33,11 +34,12 @@ def test_the_rule_ranks_by_pointing_game_among_candidates_that_beat_the_baseline
     assert "pointing game" in RULE and "IoU@0.5" in RULE
 
 
-def test_candidates_cover_every_fast_method_at_every_layer_and_a_fused_layercam():
+def test_candidates_cover_every_fast_method_at_every_layer_a_fused_layercam_and_integrated_gradients():
     pairs = candidates("convnext_atto")
     assert ("Score-CAM", "stages.2") not in pairs and ("Eigen-CAM", "stages.0") in pairs
     assert ("LayerCAM", "stages.1+stages.2+stages.3") in pairs
-    assert len(pairs) == 6 * 4 + 1
+    assert ("Integrated Gradients", None) in pairs and ("Integrated Gradients + noise tunnel", None) not in pairs
+    assert len(pairs) == 6 * 4 + 1 + 1
     with pytest.raises(ValueError, match="pass --layers"):
         candidates("resnet18")
 
@@ -65,8 +67,10 @@ def test_sweep_command_reports_and_applies_the_winner(checkpoint_root, tmp_path,
     code = main([*args, "--apply"])
     report = json.loads(out.read_text())
     assert report["images"] == 1 and report["split"] == "val"
-    assert len(report["candidates"]) == 6 * 3 + 1 and len(report["baselines"]) == 3
+    assert len(report["candidates"]) == 6 * 3 + 1 + 1 and len(report["baselines"]) == 3
     assert "winner" in capsys.readouterr().out
+    if report["winner"] is not None:  # it passed the sanity check, after any candidate ranked above it failed
+        assert report["sanity"][-1]["passed"] and not any(check["passed"] for check in report["sanity"][:-1])
     config = read_config(checkpoint)
     if report["winner"] is None:  # a random tiny model may beat no baseline
         assert code == 1 and config.default_method == "Grad-CAM" and not config.default_choice
@@ -85,3 +89,39 @@ def test_sweep_without_outlines_says_so(checkpoint_root, tmp_path, capsys):
     shutil.rmtree(data / "annotations")
     assert main(["sweep", "--checkpoint", str(checkpoint_root / "tiny_effnet"), "--data", str(data)]) == 2
     assert "no image with a tumour outline" in capsys.readouterr().err
+
+
+def test_an_input_attribution_winner_keeps_the_layer_for_the_cam_methods(checkpoint_root, tmp_path, capsys):
+    checkpoint = shutil.copytree(checkpoint_root / "tiny_effnet", tmp_path / "model")
+    layer_before = read_config(checkpoint).default_target_layer
+    means = {
+        "pointing_game": {"mean": 0.5, "ci95": [0.4, 0.6], "n": 9},
+        "iou": {"mean": 0.2, "ci95": [0.1, 0.3], "n": 9},
+    }
+    baseline = {"method": "centred Gaussian", "layer": None, "means": means, "ms_per_image": 0.0}
+    winner = {"method": "Integrated Gradients", "layer": None, "means": means, "ms_per_image": 800.0}
+    apply_winner(checkpoint, {"split": "val", "images": 9, "rule": RULE, "baselines": [baseline], "winner": winner})
+    config = read_config(checkpoint)
+    assert (config.default_method, config.default_target_layer) == ("Integrated Gradients", layer_before)
+    assert "Default heatmap: **Integrated Gradients** (input pixels), chosen on `val`" in _default_heatmap(config)[0]
+    result = explain(load_checkpoint(checkpoint), np.zeros((64, 64), dtype=np.float32) + 0.5, ExplainSettings())
+    assert result.method == "Integrated Gradients"
+
+
+def test_a_winner_that_fails_the_sanity_check_gives_way_to_the_next(checkpoint_root, tmp_path, monkeypatch):
+    import core.sanity
+    from core.sanity import SanityCheck
+
+    def fails_for_eigen_cam(loaded, images, settings, seed=0):
+        correlation = 0.9 if settings.method == "Eigen-CAM" else 0.1
+        return SanityCheck(settings.method, ("head",), (correlation,), (0.5,))
+
+    monkeypatch.setattr(core.sanity, "randomisation_check", fails_for_eigen_cam)
+    monkeypatch.setattr(
+        "core.sweep.candidates", lambda architecture, layers: [("Eigen-CAM", "conv_head"), ("Grad-CAM", "conv_head")]
+    )
+    monkeypatch.setattr("core.sweep.choose", lambda results, baselines: results[0] if results else None)
+    data = phantom_dataset(tmp_path / "data", split="val")
+    report = sweep(checkpoint_root / "tiny_effnet", data, "val", progress=False)
+    assert [check["method"] for check in report["sanity"]] == ["Eigen-CAM", "Grad-CAM"]
+    assert report["winner"]["method"] == "Grad-CAM"
