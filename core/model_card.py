@@ -382,6 +382,12 @@ def _default_heatmap(config: ModelConfig) -> list[str]:
         f"game {pointing['mean']:.3f} [{pointing['ci95'][0]:.3f}, {pointing['ci95'][1]:.3f}], IoU@0.5 "
         f"{iou['mean']:.3f}; best baseline ({baseline['name']}) pointing game {baseline['pointing_game']['mean']:.3f}, "
         f"IoU {baseline['iou']['mean']:.3f}."
+        + (
+            f" Randomisation check there: rank correlation {choice['sanity_rank_correlation']:.2f} with every layer "
+            "randomised (passes below 0.5)."
+            if "sanity_rank_correlation" in choice
+            else ""
+        )
     ]
 
 

@@ -270,6 +270,9 @@ def apply_winner(checkpoint: str | Path, report: dict) -> None:
             "pointing_game": best_baseline["means"]["pointing_game"],
         },  # fmt: skip
     }
+    passed = [check for check in report.get("sanity", []) if check["passed"]]
+    if passed:  # the winner's randomisation check: the last one run, the first that passed
+        choice["sanity_rank_correlation"] = passed[-1]["spearman"][-1]
     config = read_config(directory)
     config = replace(config, default_method=winner["method"], default_choice=choice,
                      default_target_layer=winner["layer"] or config.default_target_layer)  # fmt: skip

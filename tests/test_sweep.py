@@ -100,10 +100,14 @@ def test_an_input_attribution_winner_keeps_the_layer_for_the_cam_methods(checkpo
     }
     baseline = {"method": "centred Gaussian", "layer": None, "means": means, "ms_per_image": 0.0}
     winner = {"method": "Integrated Gradients", "layer": None, "means": means, "ms_per_image": 800.0}
-    apply_winner(checkpoint, {"split": "val", "images": 9, "rule": RULE, "baselines": [baseline], "winner": winner})
+    sanity = [{"method": "Integrated Gradients", "layer": None, "spearman": [0.6, 0.12], "passed": True}]
+    report = {"split": "val", "images": 9, "rule": RULE, "baselines": [baseline], "winner": winner, "sanity": sanity}
+    apply_winner(checkpoint, report)
     config = read_config(checkpoint)
     assert (config.default_method, config.default_target_layer) == ("Integrated Gradients", layer_before)
-    assert "Default heatmap: **Integrated Gradients** (input pixels), chosen on `val`" in _default_heatmap(config)[0]
+    card_line = _default_heatmap(config)[0]
+    assert "Default heatmap: **Integrated Gradients** (input pixels), chosen on `val`" in card_line
+    assert "Randomisation check there: rank correlation 0.12" in card_line
     result = explain(load_checkpoint(checkpoint), np.zeros((64, 64), dtype=np.float32) + 0.5, ExplainSettings())
     assert result.method == "Integrated Gradients"
 
