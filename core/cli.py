@@ -455,9 +455,10 @@ def _run_sanity(args: argparse.Namespace) -> int:
     from core.sanity import sanity_table
     from core.training.record import git_commit
 
-    rows = sanity_table(load_checkpoint(args.checkpoint), args.data, args.split, images=args.images)
+    loaded = load_checkpoint(args.checkpoint)
+    rows = sanity_table(loaded, args.data, args.split, images=args.images)
     report = {"checkpoint": args.checkpoint, "split": args.split, "images": args.images, "commit": git_commit(),
-              "methods": rows}  # fmt: skip
+              "layer": loaded.config.default_target_layer, "methods": rows}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for row in rows:

@@ -358,7 +358,8 @@ def _sanity_section(report: dict) -> list[str]:
     lines = ["", f"## Sanity check on {report['split']} (the first {report['images']} outlined tumour images{commit})",
              "",
              "Every layer randomised from the top down (Adebayo et al. 2018): a heatmap that still correlates "
-             "with the original (rank correlation 0.5 or more) shows the image, not the model.", "",
+             "with the original (rank correlation 0.5 or more) shows the image, not the model."
+             + (f" Each CAM at the default layer `{report['layer']}`." if report.get("layer") else ""), "",
              "| method | rank correlation | SSIM | passes |", "|---|---|---|---|"]  # fmt: skip
     for row in report["methods"]:
         lines.append(f"| {row['method']} | {row['rank correlation, all randomised']:.2f} | "

@@ -165,6 +165,7 @@ def test_card_reports_faithfulness_on_a_sample_and_the_sanity_check(checkpoint_r
     assert f"| deletion AUC | {deletion:.3f} [" in card
     sanity = json.loads((tmp_path / "sanity.json").read_text())
     assert "## Sanity check on test (the first 1 outlined tumour images, commit `" in card
+    assert f"Each CAM at the default layer `{sanity['layer']}`." in card and sanity["layer"] == "stages.3"
     for row in sanity["methods"]:
         assert f"| {row['method']} | {row['rank correlation, all randomised']:.2f} |" in card
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "c"),
