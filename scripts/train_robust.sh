@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The next robustness candidate (docs/training.md, "Outcome of the second round"): an EfficientNet
+# The robustness candidate of docs/training.md ("Outcome of the fourth round"): an EfficientNet
 # from the ImageNet start with counterfactual healthy slices, randomisation, the MNI152 slices and
 # outline guidance, then everything the selection rule needs, measured on the grouped hold-out.
 # Usage: scripts/train_robust.sh OUT [DATA_ROOT]   (a GPU if there is one: DEVICE=cuda; EPOCHS=12)
