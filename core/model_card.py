@@ -370,13 +370,10 @@ def _sanity_section(report: dict) -> list[str]:
 def _default_heatmap(config: ModelConfig) -> list[str]:
     """How the default method and layer were chosen (core.sweep), when they were."""
     choice = config.default_choice
-    if not choice:
-        return [
-            f"- Default heatmap: {heatmap_name(config.default_method, config.default_target_layer, '`')} (not chosen "
-            "by a sweep)."
-        ]
-    pointing, iou, baseline = choice["pointing_game"], choice["iou"], choice["best_baseline"]
     name = heatmap_name(config.default_method, config.default_target_layer, "`")
+    if not choice:
+        return [f"- Default heatmap: {name} (not chosen by a sweep)."]
+    pointing, iou, baseline = choice["pointing_game"], choice["iou"], choice["best_baseline"]
     return [
         f"- Default heatmap: {name.replace(config.default_method, f'**{config.default_method}**', 1)}, chosen on "
         f"`{choice['split']}` ({choice['images']} outlined tumours) by the rule: {choice['rule']}. There: pointing "
