@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core.training.data import load_training_data
-from core.training.distillation import attention_layers, attention_transfer_loss
+from core.training.distillation import attention_layers, attention_transfer_loss, label_where_teacher_is_blind
 from core.training.loop import fit, train
 from tests.conftest import needs_data
 from tests.training_support import attention_distance, distilling_options, fit_watching
@@ -82,3 +82,35 @@ def test_attention_transfer_trains_the_student_through_hooks_it_removes(small_da
         replace(options, attention_transfer=-1)
     with pytest.raises(ValueError, match="not resnet18"):
         attention_layers("resnet18")
+
+
+def test_counterfactual_and_template_rows_learn_from_their_label_not_the_teacher():
+    soft = torch.full((3, 4), 0.25)
+    target = torch.tensor([0, 2, 1])
+    kept = label_where_teacher_is_blind(soft, target, np.array([False, True, False]))
+    assert torch.equal(kept[1], torch.tensor([0.0, 0.0, 1.0, 0.0]))
+    assert torch.equal(kept[[0, 2]], soft[[0, 2]])
+    mixed = torch.tensor([[0.6, 0.4, 0, 0], [0, 0, 0.5, 0.5], [1.0, 0, 0, 0]])  # mixup's soft labels
+    assert torch.equal(label_where_teacher_is_blind(soft, mixed, np.array([True, False, False]))[0], mixed[0])
+    assert label_where_teacher_is_blind(soft, target, np.zeros(3, dtype=bool)) is soft
+
+
+@needs_data
+def test_fixed_teacher_trains_beside_counterfactuals_and_template_slices(small_dataset, checkpoint_root, monkeypatch):
+    options = replace(distilling_options(small_dataset, checkpoint_root, max_steps=3), consistent_teacher=False,
+                      arch="tf_efficientnet_lite0", counterfactuals=1.0, healthy_template=True)  # fmt: skip
+    data = load_training_data(options)
+    seen = []
+    original = label_where_teacher_is_blind
+
+    def watch(soft, target, blind):
+        seen.append((blind.copy(), original(soft, target, blind)))
+        return seen[-1][1]
+
+    monkeypatch.setattr("core.training.loop.label_where_teacher_is_blind", watch)
+    fit(options, data, np.zeros(len(data.records), dtype=bool))
+    assert len(seen) == 3 and any(blind.any() for blind, _ in seen)
+    notumor = data.label_names.index("notumor")
+    for blind, soft in seen:
+        assert torch.all(soft[torch.from_numpy(blind), notumor] == 1)  # swapped or template rows: notumor
+        assert torch.allclose(soft.sum(1), torch.ones(len(soft)), atol=1e-5)

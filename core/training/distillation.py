@@ -98,6 +98,17 @@ def teacher_targets(
     return None
 
 
+def label_where_teacher_is_blind(soft: torch.Tensor, target: torch.Tensor, blind: np.ndarray) -> torch.Tensor:
+    """The teacher's targets, with the label instead on the `blind` rows: a counterfactual (its
+    tumour removed) or a template slice is notumor whatever the teacher says, since its fixed
+    target was scored on the original image and its own view may rest on the shortcuts."""
+    if not blind.any():
+        return soft
+    label = target.float() if target.ndim == 2 else F.one_hot(target, soft.shape[1]).float()
+    rows = torch.from_numpy(blind).to(soft.device)
+    return torch.where(rows[:, None], label, soft)
+
+
 def distillation_loss(logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
     """Hinton et al. 2015: KL divergence to the teacher's softened distribution, scaled by T^2."""
     kd = F.kl_div(F.log_softmax(logits / DISTILL_TEMPERATURE, 1), soft, reduction="batchmean")

@@ -26,7 +26,13 @@ from core.preprocess import Preprocessing, to_tensor
 from core.pretrained import IMAGENET_WEIGHTS, imagenet_backbone_for
 from core.training.augmentation import Augment, Randomise, mixer
 from core.training.data import TrainingData, load_training_data, make_counterfactuals, template_slices
-from core.training.distillation import AttentionTransfer, distillation_loss, family, teacher_targets
+from core.training.distillation import (
+    AttentionTransfer,
+    distillation_loss,
+    family,
+    label_where_teacher_is_blind,
+    teacher_targets,
+)
 from core.training.guidance import GUIDANCE_DILATION, class_activation_maps, guidance_loss, outside_share
 from core.training.options import TrainOptions
 from core.training.record import training_record
@@ -122,6 +128,7 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     torch.manual_seed(options.seed)
     settings = Preprocessing(input_size=options.image_size)
     labels, plain, masked, outlines = data.labels, data.plain, data.masked, data.outlines
+    fixed_probs = data.teacher_probs
     if options.healthy_template:  # never held out: they are not from the dataset
         extra_plain, extra_masked = template_slices(settings)
         plain, masked = np.concatenate([plain, extra_plain]), np.concatenate([masked, extra_masked])
@@ -129,6 +136,8 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
         held = np.concatenate([held, np.zeros(len(extra_plain), dtype=bool)])
         if outlines is not None:
             outlines = np.concatenate([outlines, np.zeros(extra_plain.shape, dtype=bool)])
+        if fixed_probs is not None:  # placeholders: template slices learn from their label alone
+            fixed_probs = np.concatenate([fixed_probs, np.zeros((len(extra_plain), fixed_probs.shape[1]), np.float32)])
         print(f"added {len(extra_plain)} MNI152 template slices as notumor", flush=True)
     device = torch.device(options.device)
     if device.type == "cuda":
@@ -185,6 +194,7 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
             images = np.where(use_mask[:, None, None], masked[batch], plain[batch])
             target = labels[batch].copy()
             batch_outlines = outlines[batch].copy() if outlines is not None else None
+            swap = np.zeros(len(batch), dtype=bool)
             if counterfactuals is not None:
                 swap = counterfactuals.available[batch] & (rng.random(len(batch)) < options.counterfactuals)
                 removed = np.where(use_mask[:, None, None], counterfactuals.masked[batch], counterfactuals.plain[batch])
@@ -198,11 +208,12 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
                 x = mixed[:, 0]
             with torch.autocast(options.device, dtype=torch.bfloat16, enabled=options.bf16):
                 logits, cams = _logits_and_maps(model, to_tensor(x, settings), options.guidance > 0)
-                soft = teacher_targets(data.teacher, data.teacher_probs, batch, x)
+                soft = teacher_targets(data.teacher, fixed_probs, batch, x)
             logits = logits.float()
             smoothing = 0.0 if mix is not None else 0.1
             loss = F.cross_entropy(logits, target, weight=class_weights, label_smoothing=smoothing)
             if soft is not None:
+                soft = label_where_teacher_is_blind(soft.float(), target, swap | (batch >= len(data.labels)))
                 loss = (1 - options.distill_weight) * loss + options.distill_weight * distillation_loss(logits, soft)
             if transfer is not None:
                 loss = loss + transfer.loss()

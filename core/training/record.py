@@ -98,6 +98,8 @@ def _distillation_note(options: TrainOptions) -> str:
         pairs = zip(attention_layers(options.arch), attention_layers(teacher_arch))
         layers = ", ".join(f"{student} to {teacher}" for student, teacher in pairs)
         note += f", attention transfer beta {options.attention_transfer:g} ({layers})"
+    if options.counterfactuals or options.healthy_template:
+        note += "; counterfactual and template slices learn from their notumor label alone"
     return note
 
 
