@@ -17,7 +17,7 @@ from core import render
 from core.annotations import outline_from_labelme
 from core.checkpoint import CheckpointError, LoadedModel
 from core.dataset import DatasetError
-from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, layer_names
+from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, heatmap_name, layer_names
 from core.faithfulness import FaithfulnessCheck, RoadCheck
 from core.image_input import MAX_FILE_BYTES, MAX_VOLUME_FILE_BYTES, ImageInputError, LoadedImage
 from core.localisation import localisation_metrics
@@ -189,10 +189,12 @@ def layer_choices(loaded: LoadedModel) -> list[str]:
 
 
 def heatmap_caption(result: Explanation) -> str:
-    """Eigen-CAM does not depend on the class, so it is not captioned as if it did."""
+    """'Grad-CAM at conv_head for 'glioma''; Eigen-CAM does not depend on the class, so it is
+    not captioned as if it did, and an input attribution is named as such, not at a layer."""
+    name = heatmap_name(result.method, result.target_layer)
     if result.method in CLASS_AGNOSTIC_METHODS:
-        return f"{result.method} at {result.target_layer} (the same for every class)"
-    return f"{result.method} for '{result.target_label}' at {result.target_layer}"
+        return f"{name} (the same for every class)"
+    return f"{name} for '{result.target_label}'"
 
 
 def target_picker(labels: list[str], label: str = "Explain class", key: str | None = None) -> str | None:

@@ -111,6 +111,8 @@ def test_eigen_cam_is_captioned_as_the_same_for_every_class(use_tiny_checkpoints
     assert "(the same for every class)" in at.image[1].captions[0]
     at.selectbox[1].set_value("Grad-CAM").run()
     assert "for '" in at.image[1].captions[0]
+    at.selectbox[1].set_value("Integrated Gradients").run()
+    assert at.image[1].captions[0].startswith("Integrated Gradients (input pixels) for '")  # no layer
 
 
 def test_sanity_check_on_request(use_tiny_checkpoints):
@@ -233,7 +235,7 @@ def test_a_slow_method_runs_in_a_worker_and_shows_its_result(use_tiny_checkpoint
     at = upload(run_page(), "scan.png", encode(head_phantom(128), "PNG"))
     at.selectbox[1].set_value("Score-CAM").run()
     assert not at.exception
-    assert "Score-CAM for '" in at.image[1].captions[0]
+    assert at.image[1].captions[0].startswith("Score-CAM at ") and " for '" in at.image[1].captions[0]
     assert not [b for b in at.button if b.label.startswith("Cancel")]  # gone once the job is done
     assert not at.get("progress")
 
