@@ -25,14 +25,15 @@ from core.sanity import SanityCheck, randomisation_check
 from core.sanity import sanity_table as core_sanity_table
 from core.sweep import baseline_summary
 from core.volume import VolumeScores, score_volume, slice_reader
-from core.workers import WorkerPool
+from core.workers import SLOW_NICE, WorkerPool
 
 
 @st.cache_resource(show_spinner="Starting the workers for slow methods (once per server)...")
 def worker_pool() -> WorkerPool:
     """The slow methods' workers, shared by every session: two processes, each with its own
-    model replicas and one torch thread, so a Score-CAM occupies a worker, not the shared model."""
-    return WorkerPool(workers=2, queue_limit=8)
+    model replicas and one torch thread, so a Score-CAM occupies a worker, not the shared model,
+    and at a lower CPU priority than the pages' own fast explanations."""
+    return WorkerPool(workers=2, queue_limit=8, nice=SLOW_NICE)
 
 
 class SlowResults:

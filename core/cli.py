@@ -307,6 +307,8 @@ def _serve(commands) -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (one model replica and thread each)")
     parser.add_argument("--queue", type=int, default=8, help="requests that may wait before the API answers 503")
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds before a request is stopped (504)")
+    parser.add_argument("--slow-workers", type=int, default=1, help="worker processes for Score-CAM and the noise "
+                        "tunnel, at a lower CPU priority (2 more of their requests may wait)")  # fmt: skip
     parser.set_defaults(run=_run_serve)
 
 
@@ -315,10 +317,14 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     from core.service import create_app
 
-    if args.workers < 1 or args.queue < 0 or args.time_limit <= 0:
-        raise SystemExit("--workers must be at least 1, --queue at least 0 and --time-limit positive.")
-    uvicorn.run(create_app(workers=args.workers, queue_limit=args.queue, time_limit_s=args.time_limit),
-                host=args.host, port=args.port)  # fmt: skip
+    if args.workers < 1 or args.slow_workers < 1 or args.queue < 0 or args.time_limit <= 0:
+        raise SystemExit(
+            "--workers and --slow-workers must be at least 1, --queue at least 0 and --time-limit positive."
+        )
+    app = create_app(
+        workers=args.workers, queue_limit=args.queue, time_limit_s=args.time_limit, slow_workers=args.slow_workers
+    )
+    uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
 

@@ -1,10 +1,11 @@
 """HTTP API: POST /predict returns the prediction with URLs of its heatmap and overlay PNGs.
 
 Each request is decoded and explained in a bounded pool of worker processes (core.workers),
-each with its own model replicas: a slow method occupies one worker, a full queue answers 503
-with Retry-After, a request past its time limit 504, and a request whose client has gone is
-cancelled. The slice and heatmap are kept in memory only (bounded in number, bytes and age)
-and turned into PNGs when fetched; nothing is written to disk.
+each with its own model replicas; slow methods have their own pool, at a lower CPU priority, so
+a Score-CAM takes no worker from the fast requests. A full queue answers 503 with Retry-After,
+a request past its time limit 504, and a request whose client has gone is cancelled. The slice
+and heatmap are kept in memory only (bounded in number, bytes and age) and turned into PNGs
+when fetched; nothing is written to disk.
 Run: python -m core serve --host 127.0.0.1 --port 8000 (OpenAPI docs at /docs).
 """
 
@@ -31,7 +32,15 @@ from core.explain import METHODS, ExplainError, ExplainSettings
 from core.image_input import MAX_FILE_BYTES, SUPPORTED_SUFFIXES, ImageInputError
 from core.model_card import preferred_checkpoint
 from core.render import explanation_panels, png_bytes
-from core.workers import JobCancelled, JobTimedOut, PoolBusy, WorkerCrashed, WorkerPool, decode_and_explain_task
+from core.workers import (
+    SLOW_NICE,
+    JobCancelled,
+    JobTimedOut,
+    PoolBusy,
+    WorkerCrashed,
+    WorkerPool,
+    decode_and_explain_task,
+)
 
 TIME_LIMIT_S = 300.0  # per request; Score-CAM on a 2-core machine under load takes minutes
 
@@ -146,24 +155,34 @@ def _usable_checkpoints() -> list:
 
 
 def create_app(
-    store: ImageStore | None = None, workers: int = 2, queue_limit: int = 8, time_limit_s: float = TIME_LIMIT_S
+    store: ImageStore | None = None,
+    workers: int = 2,
+    queue_limit: int = 8,
+    time_limit_s: float = TIME_LIMIT_S,
+    slow_workers: int = 1,
+    slow_queue_limit: int = 2,
 ) -> FastAPI:
-    """The FastAPI application (a factory, so tests get a fresh store and pool).
+    """The FastAPI application (a factory, so tests get a fresh store and pools).
 
     Args:
-        workers: worker processes, each with its own model replicas and one torch thread.
-        queue_limit: requests that may wait for a worker before the API answers 503.
+        workers: worker processes for the fast methods, each with its own model replicas and one
+            torch thread.
+        queue_limit: fast requests that may wait for a worker before the API answers 503.
         time_limit_s: a request still running after this is stopped (504).
+        slow_workers, slow_queue_limit: the same for the slow methods (Score-CAM, the noise
+            tunnel), whose workers run at a lower CPU priority and load a model when first asked.
     """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        # The workers load the installed models as they start, so no request waits for it.
+        # The fast workers load the installed models as they start, so no request waits for it.
         app.state.pool = WorkerPool(workers, queue_limit, time_limit_s, preload=_usable_checkpoints())
+        app.state.slow_pool = WorkerPool(slow_workers, slow_queue_limit, time_limit_s, nice=SLOW_NICE)
         try:
             yield
         finally:
             app.state.pool.close()
+            app.state.slow_pool.close()
 
     app = FastAPI(
         title="Brain-MRI explainability API",
@@ -225,7 +244,8 @@ def create_app(
             read_config(folder)  # a damaged checkpoint is answered here, before a worker is taken
             chosen = None if method.value == "default" else method.value
             settings = ExplainSettings(chosen, target, None, brain_mask, brain_mask)
-            job = app.state.pool.submit(decode_and_explain_task, str(folder), data, name, settings)
+            pool = app.state.slow_pool if settings.slow else app.state.pool
+            job = pool.submit(decode_and_explain_task, str(folder), data, name, settings)
         except ExplainError as error:
             raise HTTPException(422, str(error)) from error
         except CheckpointError as error:

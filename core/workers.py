@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 POLL_S = 0.02  # how often a slot looks for messages, cancellation and the deadline
+# Niceness of the workers that run slow methods: a Score-CAM then takes the CPU only when the
+# interactive requests leave it free (nice 10 weighs about a tenth of nice 0 in Linux's scheduler).
+SLOW_NICE = 10
 
 
 class PoolBusy(RuntimeError):
@@ -102,6 +105,7 @@ class WorkerPool:
         queue_limit: jobs that may wait beyond the running ones before submit raises PoolBusy.
         time_limit_s: default limit per job (None: none); submit can set its own.
         preload: checkpoint folders every worker loads as it starts, so no request waits for it.
+        nice: added to the workers' niceness (SLOW_NICE for slow methods), so they yield the CPU.
     """
 
     def __init__(
@@ -110,8 +114,10 @@ class WorkerPool:
         queue_limit: int = 8,
         time_limit_s: float | None = None,
         preload: list[Path] | tuple = (),
+        nice: int = 0,
     ):
         self.workers, self.queue_limit, self.time_limit_s = workers, queue_limit, time_limit_s
+        self.nice = nice
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._waiting: list[Job] = []
         self._lock = threading.Lock()
@@ -180,7 +186,7 @@ class _Slot(threading.Thread):
     def _spawn(self) -> None:
         parent, child = self.pool._context.Pipe()
         self.process = self.pool._context.Process(
-            target=_worker_main, args=(child, self.pool._preload), daemon=True, name="brain-xai-worker"
+            target=_worker_main, args=(child, self.pool._preload, self.pool.nice), daemon=True, name="brain-xai-worker"
         )
         with _main_module_hidden():
             self.process.start()
@@ -301,8 +307,10 @@ def worker_model(directory: str):
     return _MODELS[directory][1]
 
 
-def _worker_main(connection, preload: list[str]) -> None:
+def _worker_main(connection, preload: list[str], nice: int = 0) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if nice:
+        os.nice(nice)
     import torch
 
     torch.set_num_threads(1)

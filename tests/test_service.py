@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from PIL import Image
 from core.image_input import MAX_FILE_BYTES
 from core.render import explanation_panels, png_bytes
 from core.service import ImageStore, create_app
+from core.workers import SLOW_NICE
 from tests.conftest import encode, head_phantom
 
 
@@ -205,11 +207,26 @@ def test_a_full_queue_answers_503_with_retry_after(use_tiny_checkpoints):
     assert int(response.headers["Retry-After"]) >= 1
 
 
+def test_a_slow_method_takes_no_worker_from_the_fast_ones(use_tiny_checkpoints):
+    with TestClient(create_app(workers=1, queue_limit=0, slow_queue_limit=0)) as client:
+        busy = client.app.state.slow_pool.submit(sleep_task, 30)  # the one slow worker is taken
+        while busy.started is None:
+            time.sleep(0.01)
+        scan = encode(head_phantom(96), "PNG")
+        slow = post(client, "scan.png", scan, checkpoint="tiny_effnet", method="Score-CAM")
+        fast = post(client, "scan.png", scan, checkpoint="tiny_effnet", method="Grad-CAM")
+        niceness = [os.getpriority(os.PRIO_PROCESS, pid) for pid in client.app.state.slow_pool.pids()]
+        busy.cancel()
+    assert slow.status_code == 503 and "busy" in slow.json()["error"]
+    assert fast.status_code == 200 and fast.json()["method"] == "Grad-CAM"
+    assert niceness == [os.getpriority(os.PRIO_PROCESS, 0) + SLOW_NICE]  # it yields the CPU to them
+
+
 def test_a_request_past_its_time_limit_answers_504(use_tiny_checkpoints):
     with TestClient(create_app(workers=1, time_limit_s=0.05)) as client:
         response = post(client, "scan.png", encode(head_phantom(96), "PNG"), checkpoint="tiny_effnet",
                         method="Score-CAM")  # fmt: skip
-        pool = client.app.state.pool
+        pool = client.app.state.slow_pool
         assert pool.restarts == 1  # the worker running it was stopped and replaced
     assert response.status_code == 504 and "time limit" in response.json()["error"]
 
@@ -236,9 +253,9 @@ def test_a_request_whose_client_has_gone_is_cancelled(use_tiny_checkpoints):
             httpx.post(f"http://127.0.0.1:{port}/predict", params={"checkpoint": "tiny_effnet", "method": "Score-CAM"},
                        files={"file": ("s.png", encode(head_phantom(96), "PNG"))}, timeout=0.5)  # fmt: skip
         deadline = time.monotonic() + 10
-        while app.state.pool.restarts == 0 and time.monotonic() < deadline:
+        while app.state.slow_pool.restarts == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert app.state.pool.restarts == 1
+        assert app.state.slow_pool.restarts == 1
     finally:
         server.should_exit = True
         thread.join(timeout=15)
