@@ -23,6 +23,7 @@ from core.evaluation_store import cache_dir
 from core.explain import METHODS, ExplainError, ExplainSettings
 from core.image_input import ImageInputError
 from core.training.options import TrainOptions
+from core.workers import SLOW_QUEUE_LIMIT
 
 USER_ERRORS = (CheckpointError, DatasetError, EngineError, ExplainError, ImageInputError)
 DEFAULT = "default"  # --method default: the method the checkpoint's config.json names
@@ -307,8 +308,8 @@ def _serve(commands) -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (one model replica and thread each)")
     parser.add_argument("--queue", type=int, default=8, help="requests that may wait before the API answers 503")
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds before a request is stopped (504)")
-    parser.add_argument("--slow-workers", type=int, default=1, help="worker processes for Score-CAM and the noise "
-                        "tunnel, at a lower CPU priority (2 more of their requests may wait)")  # fmt: skip
+    slow = f"worker processes for Score-CAM and the noise tunnel, at a lower CPU priority ({SLOW_QUEUE_LIMIT} more "
+    parser.add_argument("--slow-workers", type=int, default=1, help=slow + "of their requests may wait)")
     parser.set_defaults(run=_run_serve)
 
 

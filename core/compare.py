@@ -77,7 +77,8 @@ def verdict(
     accuracy per model, from the model cards) names the model with the better record."""
     results = dict(zip(names, (first, second)))
     shown = ", ".join(f"{name} {result.confidence:.0%}" for name, result in results.items())
-    doubts = [f"{name} is uncertain" for name, result in results.items() if result.uncertain]
+    uncertain = [name for name, result in results.items() if result.uncertain]
+    doubts = ["both are uncertain"] if len(uncertain) > 1 else [f"{name} is uncertain" for name in uncertain]
     unfamiliar = [name for name, result in results.items() if result.unfamiliar]
     if unfamiliar:
         doubts.append("the scan is unfamiliar to " + ("both" if len(unfamiliar) > 1 else unfamiliar[0]))

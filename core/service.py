@@ -34,6 +34,7 @@ from core.model_card import preferred_checkpoint
 from core.render import explanation_panels, png_bytes
 from core.workers import (
     SLOW_NICE,
+    SLOW_QUEUE_LIMIT,
     JobCancelled,
     JobTimedOut,
     PoolBusy,
@@ -160,7 +161,7 @@ def create_app(
     queue_limit: int = 8,
     time_limit_s: float = TIME_LIMIT_S,
     slow_workers: int = 1,
-    slow_queue_limit: int = 2,
+    slow_queue_limit: int = SLOW_QUEUE_LIMIT,
 ) -> FastAPI:
     """The FastAPI application (a factory, so tests get a fresh store and pools).
 

@@ -29,6 +29,8 @@ POLL_S = 0.02  # how often a slot looks for messages, cancellation and the deadl
 # Niceness of the workers that run slow methods: a Score-CAM then takes the CPU only when the
 # interactive requests leave it free (nice 10 weighs about a tenth of nice 0 in Linux's scheduler).
 SLOW_NICE = 10
+# Slow requests that may wait for a slow worker before the API answers 503.
+SLOW_QUEUE_LIMIT = 2
 
 
 class PoolBusy(RuntimeError):

@@ -101,6 +101,8 @@ def test_compare_calls_it_agreement_only_when_both_are_confident_on_a_familiar_s
     assert "which this one is not" not in agree.sentence
     both = verdict(("A", "B"), _as(base, 2, 0.93, unfamiliar=True), _as(base, 1, 0.9, unfamiliar=True), records)
     assert "(90%); and the scan is unfamiliar to both." in both.sentence
+    torn_both = verdict(("A", "B"), _as(base, 0, 0.5, uncertain=True), _as(base, 0, 0.48, uncertain=True), records)
+    assert torn_both.kind == "neutral" and "(A 50%, B 48%), but both are uncertain: do not" in torn_both.sentence
 
 
 def test_compare_command_writes_figure_and_json(use_tiny_checkpoints, tmp_path):
