@@ -45,3 +45,20 @@ def test_server_memory_is_read_for_the_whole_process_tree():
         for pid in process_tree(parent.pid)[::-1]:
             os.kill(pid, 9)
         parent.wait()
+
+
+def test_thinking_clients_wait_a_random_time_before_each_request(monkeypatch):
+    """bench --service's paced load: every client sends `each` requests, each after an
+    exponential think time of the given mean (none for the saturating clients)."""
+    import core.load_bench
+
+    sent, waits = [], []
+    monkeypatch.setattr(core.load_bench, "post", lambda base, name, data, **params: sent.append(params) or (200, 1.0))
+    monkeypatch.setattr(core.load_bench.time, "sleep", waits.append)
+    answers = core.load_bench.clients_latencies("http://x", b"", {"method": "Grad-CAM"}, clients=3, each=4)
+    assert answers == [(200, 1.0)] * 12 and len(sent) == 12 and waits == [0.0] * 12
+
+    waits.clear()
+    core.load_bench.clients_latencies("http://x", b"", {}, clients=2, each=300, think_ms=200.0)
+    assert len(waits) == 600 and len(set(waits)) > 500  # random, and different for each client
+    assert 0.17 < sum(waits) / len(waits) < 0.23  # seconds: the mean think time
