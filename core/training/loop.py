@@ -129,11 +129,13 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     settings = Preprocessing(input_size=options.image_size)
     labels, plain, masked, outlines = data.labels, data.plain, data.masked, data.outlines
     fixed_probs = data.teacher_probs
+    from_template = np.zeros(len(labels), dtype=bool)
     if options.healthy_template:  # never held out: they are not from the dataset
         extra_plain, extra_masked = template_slices(settings)
         plain, masked = np.concatenate([plain, extra_plain]), np.concatenate([masked, extra_masked])
         labels = np.concatenate([labels, np.full(len(extra_plain), data.label_names.index("notumor"))])
         held = np.concatenate([held, np.zeros(len(extra_plain), dtype=bool)])
+        from_template = np.concatenate([from_template, np.ones(len(extra_plain), dtype=bool)])
         if outlines is not None:
             outlines = np.concatenate([outlines, np.zeros(extra_plain.shape, dtype=bool)])
         if fixed_probs is not None:  # placeholders: template slices learn from their label alone
@@ -213,7 +215,7 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
             smoothing = 0.0 if mix is not None else 0.1
             loss = F.cross_entropy(logits, target, weight=class_weights, label_smoothing=smoothing)
             if soft is not None:
-                soft = label_where_teacher_is_blind(soft.float(), target, swap | (batch >= len(data.labels)))
+                soft = label_where_teacher_is_blind(soft.float(), target, swap | from_template[batch])
                 loss = (1 - options.distill_weight) * loss + options.distill_weight * distillation_loss(logits, soft)
             if transfer is not None:
                 loss = loss + transfer.loss()
