@@ -270,6 +270,8 @@ def _sweep(commands) -> None:
     parser.add_argument("--checkpoint", required=True, help="name under checkpoints/ or a folder")
     parser.add_argument("--data", type=Path, required=True, help="dataset ROOT with SPLIT/<class>/<image>")
     parser.add_argument("--split", default="val", help="choose on val (or training splits); report on test")
+    holdout = "instead of --split: the grouped hold-out of train+val, whose outlines outline guidance never saw"
+    parser.add_argument("--holdout", action="store_true", help=holdout)
     parser.add_argument("--layers", nargs="+", help="candidate layers (default: each stage or block output)")
     parser.add_argument("--limit", type=int, help="at most this many outlined tumours, drawn at random (seeded)")
     parser.add_argument("--seed", type=int, default=0)
@@ -280,10 +282,11 @@ def _sweep(commands) -> None:
 
 def _run_sweep(args: argparse.Namespace) -> int:
     from core.explain import heatmap_name
-    from core.sweep import apply_winner, print_report, sweep, write_report
+    from core.sweep import HOLDOUT, apply_winner, print_report, sweep, write_report
 
     try:
-        report = sweep(args.checkpoint, args.data, args.split, layers=tuple(args.layers or ()) or None,
+        split = HOLDOUT if args.holdout else args.split
+        report = sweep(args.checkpoint, args.data, split, layers=tuple(args.layers or ()) or None,
                        limit=args.limit, seed=args.seed)  # fmt: skip
     except ValueError as error:  # no outlined tumour, no candidate layers
         print(error, file=sys.stderr)

@@ -21,7 +21,7 @@ from core.annotations import annotation_path, load_outline
 from core.attribution import INPUT_ATTRIBUTIONS
 from core.brain_mask import detect_brain_mask
 from core.checkpoint import LoadedModel, load_checkpoint, read_config, resolve_checkpoint, write_config
-from core.dataset import list_split
+from core.dataset import holdout_records, list_split
 from core.evaluation_store import LOCALISATION_COLUMNS
 from core.explain import CAM_METHODS, SLOW_METHODS, ExplainSettings, apply_brain_mask, explain_batch, heatmap_name
 from core.image_input import load_image
@@ -94,9 +94,18 @@ class _Case:
     tumour: np.ndarray
 
 
+# The split name under which the sweep reads the grouped hold-out of train+val that `train` keeps
+# aside: the outlines a model trained with outline guidance has never seen.
+HOLDOUT = "train+val hold-out"
+
+
+def _records(root: Path, split: str, label_names: list[str]):
+    return holdout_records(root, label_names) if split == HOLDOUT else list_split(root, split, label_names)
+
+
 def _load_cases(root: Path, split: str, label_names: list[str], limit: int | None, seed: int) -> list[_Case]:
     """The split's images with a tumour outline, at most `limit` drawn at random (seeded)."""
-    records = list_split(root, split, label_names)
+    records = _records(root, split, label_names)
     order = np.random.default_rng(seed).permutation(len(records)) if limit else range(len(records))
     cases = []
     for index in order:
@@ -176,7 +185,8 @@ def sweep(
     loaded = load_checkpoint(checkpoint)
     cases = _load_cases(root, split, list(loaded.config.label_names), limit, seed)
     if not cases:
-        raise ValueError(f"{Path(root) / split} has no image with a tumour outline in {Path(root) / 'annotations'}.")
+        where = f"The {split} of {root}" if split == HOLDOUT else str(Path(root) / split)
+        raise ValueError(f"{where} has no image with a tumour outline in {Path(root) / 'annotations'}.")
     pairs = candidates(loaded.config.architecture, layers)
     results, heads = [], None
     for method, layer in tqdm(pairs, desc="sweep", disable=not progress):
