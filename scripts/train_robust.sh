@@ -6,6 +6,7 @@
 # The fifth round's runs go on from the shipped weights and learn from them on the clean images:
 #   INIT=checkpoints/efficientnet_lite0 TEACHER=checkpoints/efficientnet_lite0 DISTILL=0.5 EPOCHS=4 LR=3e-4
 # The sixth round's ablations leave out ingredients: RANDOMISE=0, or COUNTERFACTUALS=0 TEMPLATE=0 GUIDANCE=0.
+# The seventh round's run: RANDOMISE=0.1 with the sixth's C9; the eighth adds CONTROLS=0.25 (control fills).
 # Judge OUT/select.log and OUT/stress/stress.json by the rule in docs/training.md before any test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ template=(--healthy-template)
 mkdir -p "$out"
 $python -m core train --arch tf_efficientnet_lite0 --image-size 256 --data "$data" --out "$out/model" \
   --init "${INIT:-imagenet-lite0}" --epochs "${EPOCHS:-12}" --lr "${LR:-1e-3}" \
-  --counterfactuals "${COUNTERFACTUALS:-0.25}" --randomise "${RANDOMISE:-0.3}" "${template[@]}" \
+  --counterfactuals "${COUNTERFACTUALS:-0.25}" --control-fills "${CONTROLS:-0}" --randomise "${RANDOMISE:-0.3}" "${template[@]}" \
   --guidance "${GUIDANCE:-0.3}" "${teacher[@]}" --threads "${THREADS:-2}" \
   --device "$device" "${precision[@]}" --no-progress \
   | tee "$out/train.log"

@@ -67,3 +67,28 @@ def test_random_region_keeps_the_shape_inside_the_head_off_the_tumour_and_fill_u
     assert np.allclose(filled[lesion], np.median(image[head & ~lesion]))
     assert np.array_equal(filled[~lesion], image[~lesion])
     assert random_region(np.ones((8, 8), bool), np.ones((8, 8), bool), np.random.default_rng(0)) is None
+
+
+def test_controls_fill_the_tumours_shape_elsewhere_and_leave_the_tumour_and_the_counterfactuals_alone():
+    from core.training.data import make_counterfactuals
+
+    images = np.stack([np.uint8(head_phantom(128, seed=s) * 255) for s in range(6)])
+    lesion = lesion_of(images[0])
+    outlines = np.stack([lesion] * 5 + [np.zeros_like(lesion)])  # the last image has no outline
+    masked = np.where(images > 20, images, 0).astype(np.uint8)
+    indices = np.arange(6)
+    plain_only = make_counterfactuals(images, masked, outlines, indices, seed=0)
+    with_controls = make_counterfactuals(images, masked, outlines, indices, seed=0, controls=True)
+    assert plain_only.has_control is None
+    assert np.array_equal(plain_only.plain, with_controls.plain) and plain_only.methods == with_controls.methods
+    assert with_controls.has_control.tolist() == [True] * 5 + [False]
+
+    margin = max(1, round(0.02 * 128))
+    near_tumour = dilate(lesion, 2 * margin)
+    for i in range(5):
+        changed = with_controls.control_plain[i] != images[i]
+        assert changed.sum() > lesion.sum() // 2  # a fill about the tumour's size...
+        assert not (changed & near_tumour).any()  # ...away from the tumour, which stays as it was
+        assert not (changed & near_tumour[:, ::-1]).any()  # and from its mirror image
+        assert (masked[i][changed] > 0).all()  # inside the head
+        assert np.array_equal(with_controls.control_masked[i] > 0, masked[i] > 0)

@@ -176,12 +176,14 @@ def test_smoke_training_with_counterfactuals_randomisation_template_and_guidance
     out = tmp_path / "robust"
     code = main(["train", "--arch", "tf_efficientnet_lite0", "--data", str(data), "--out", str(out),
                  "--splits", "train", "--epochs", "1", "--image-size", "64", "--batch-size", "8", "--max-steps", "3",
-                 "--holdout-fraction", "0", "--counterfactuals", "0.5", "--randomise", "0.5", "--healthy-template",
+                 "--holdout-fraction", "0", "--counterfactuals", "0.5", "--control-fills", "0.5", "--randomise", "0.5",
+                 "--healthy-template",
                  "--guidance", "1", "--no-progress"])  # fmt: skip
     assert code == 0
     record = json.loads((out / "training.json").read_text())
     assert "inversion" in record["randomisation"] and "Telea" in record["counterfactuals"]
     assert "MNI152" in record["healthy_template"] and record["guidance"].startswith("weight 1")
+    assert record["control_fills"].startswith("each outlined tumour image not shown as a counterfactual")
     assert load_checkpoint(out).config.label_names == CLASSES
 
 
@@ -191,3 +193,5 @@ def test_guidance_needs_hard_labels_and_shares_stay_in_range(tmp_path):
         TrainOptions(**base, guidance=1, mixup_alpha=0.8)
     with pytest.raises(ValueError, match="--counterfactuals is a share"):
         TrainOptions(**base, counterfactuals=1.5)
+    with pytest.raises(ValueError, match="--control-fills needs --counterfactuals"):
+        TrainOptions(**base, control_fills=0.25)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from core.checkpoint import LoadedModel, load_checkpoint
-from core.counterfactual import dilate, remove_tumour
+from core.counterfactual import dilate, random_region, remove_tumour
 from core.dataset import Record, decode_with_outlines, list_splits
 from core.inference import batched_logits
 from core.metrics import softmax
@@ -89,26 +89,49 @@ class Counterfactuals:
     plain: np.ndarray
     masked: np.ndarray
     methods: dict[str, int]
+    # Controls: the tumour's shape filled the same way at a random place in the head, off the
+    # tumour; `has_control[i]` says whether one was made (a place was found). None when not asked.
+    has_control: np.ndarray | None = None
+    control_plain: np.ndarray | None = None
+    control_masked: np.ndarray | None = None
 
 
 def make_counterfactuals(
-    plain: np.ndarray, masked: np.ndarray, outlines: np.ndarray, indices: np.ndarray, seed: int
+    plain: np.ndarray, masked: np.ndarray, outlines: np.ndarray, indices: np.ndarray, seed: int, controls: bool = False
 ) -> Counterfactuals:
     """Remove the outlined tumour from each image in `indices` that has an outline, by Telea
     inpainting or the mirrored hemisphere (one drawn per image; `ns` stays held out for the
-    stress test). The masked copy keeps the head's own background mask."""
+    stress test). The masked copy keeps the head's own background mask. With `controls`, also
+    the same fill of the tumour's shape (grown by the margin and a gap as wide) moved to a
+    random place inside the head and off the tumour, with the tumour left in place."""
     rng = np.random.default_rng(seed)
     available = np.zeros(len(plain), dtype=bool)
     removed, removed_masked = np.zeros_like(plain), np.zeros_like(masked)
     methods = {"telea": 0, "mirror": 0}
+    control_rng = np.random.default_rng(seed + 1)  # the counterfactuals are the same with or without controls
+    has_control = np.zeros(len(plain), dtype=bool) if controls else None
+    control_plain, control_masked = (np.zeros_like(plain), np.zeros_like(masked)) if controls else (None, None)
     for i in indices:
         if not outlines[i].any():
             continue
         method = "telea" if rng.random() < 0.5 else "mirror"
         margin = max(1, round(0.02 * plain.shape[-1]))
-        removed[i] = remove_tumour(plain[i], outlines[i], method, margin)
-        head = (masked[i] > 0) | dilate(outlines[i], margin)
-        removed_masked[i] = np.where(head, remove_tumour(masked[i], outlines[i], method, margin), 0)
+        removed[i], removed_masked[i] = _filled(plain[i], masked[i], outlines[i], method, margin)
         available[i] = True
         methods[method] += 1
-    return Counterfactuals(available, removed, removed_masked, methods)
+        if controls:
+            grown, head = dilate(outlines[i], 2 * margin), masked[i] > 0
+            allowed = head & ~dilate(~head, margin) & ~grown[:, ::-1]  # inside the head, not the tumour's mirror
+            elsewhere = random_region(grown, allowed, control_rng)
+            if elsewhere is not None:
+                control_plain[i], control_masked[i] = _filled(plain[i], masked[i], elsewhere, method, margin, 0)
+                has_control[i] = True
+    return Counterfactuals(available, removed, removed_masked, methods, has_control, control_plain, control_masked)
+
+
+def _filled(plain, masked, region, method: str, margin: int, fill_margin: int | None = None):
+    """The plain and brain-masked slice with `region` (grown by `fill_margin`, default `margin`)
+    filled by `method`; the masked copy keeps the head's own background mask."""
+    grow = margin if fill_margin is None else fill_margin
+    head = (masked > 0) | dilate(region, grow)
+    return remove_tumour(plain, region, method, grow), np.where(head, remove_tumour(masked, region, method, grow), 0)

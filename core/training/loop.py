@@ -162,9 +162,12 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     randomise = Randomise(options.seed, options.randomise) if options.randomise else None
     counterfactuals = None
     if options.counterfactuals:
-        counterfactuals = make_counterfactuals(plain, masked, outlines, train_idx, options.seed)
+        counterfactuals = make_counterfactuals(
+            plain, masked, outlines, train_idx, options.seed, controls=options.control_fills > 0
+        )
         print(
-            f"made {counterfactuals.available.sum()} counterfactual healthy slices {counterfactuals.methods}",
+            f"made {counterfactuals.available.sum()} counterfactual healthy slices {counterfactuals.methods}"
+            + (f" and {counterfactuals.has_control.sum()} controls" if options.control_fills else ""),
             flush=True,
         )
     notumor = data.label_names.index("notumor") if "notumor" in data.label_names else -1
@@ -201,6 +204,12 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
                 swap = counterfactuals.available[batch] & (rng.random(len(batch)) < options.counterfactuals)
                 removed = np.where(use_mask[:, None, None], counterfactuals.masked[batch], counterfactuals.plain[batch])
                 images[swap], target[swap], batch_outlines[swap] = removed[swap], notumor, False
+                if options.control_fills:  # the tumour stays, so do its label and outline
+                    control = counterfactuals.has_control[batch] & ~swap
+                    control &= rng.random(len(batch)) < options.control_fills
+                    made = counterfactuals
+                    filled = np.where(use_mask[:, None, None], made.control_masked[batch], made.control_plain[batch])
+                    images[control] = filled[control]
             x = torch.from_numpy(images).to(device).float()[:, None] / 255
             drawn = torch.from_numpy(batch_outlines).to(device).float()[:, None] if options.guidance else None
             x, drawn = _augmented(augment, randomise, x, drawn)

@@ -64,6 +64,12 @@ class TrainOptions:
     counterfactuals: float = option(
         0.0, "share of outlined tumour images shown with the tumour removed, as notumor (e.g. 0.25)", metavar="SHARE"
     )
+    # Controls for the counterfactuals: the tumour's shape filled elsewhere in the head the same
+    # way, label kept, so that a fill alone is no evidence of a healthy slice.
+    control_fills: float = option(
+        0.0, "share of outlined tumour images shown with a same-shaped fill elsewhere in the head, label kept "
+        "(e.g. 0.25; needs --counterfactuals)", metavar="SHARE"
+    )  # fmt: skip
     randomise: float = option(
         0.0, "share of images given each sequence/scanner randomisation (e.g. 0.3)", metavar="SHARE"
     )
@@ -101,7 +107,9 @@ class TrainOptions:
             raise ValueError("--attention-transfer needs --consistent-teacher (the teacher must see the same view).")
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"--distill-weight is between 0 and 1, not {self.distill_weight}.")
-        for name in ("counterfactuals", "randomise"):
+        if self.control_fills and not self.counterfactuals:
+            raise ValueError("--control-fills needs --counterfactuals (they are the counterfactuals' control).")
+        for name in ("counterfactuals", "control_fills", "randomise"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"--{name} is a share from 0 to 1 (e.g. 0.25), not {getattr(self, name)}.")
         if self.guidance < 0:

@@ -43,6 +43,7 @@ def training_record(options: TrainOptions, started: float, history: list, holdou
         "counterfactuals": COUNTERFACTUAL_NOTE.format(share=options.counterfactuals)
         if options.counterfactuals
         else None,
+        "control_fills": CONTROL_NOTE.format(share=options.control_fills) if options.control_fills else None,
         "healthy_template": TEMPLATE_NOTE if options.healthy_template else None,
         "guidance": GUIDANCE_NOTE.format(weight=options.guidance, dilation=GUIDANCE_DILATION)
         if options.guidance
@@ -60,6 +61,11 @@ COUNTERFACTUAL_NOTE = (
     "each outlined tumour image of the training part is shown with probability {share:g} with its tumour "
     "removed (outline grown by 2 % of the side; OpenCV Telea inpainting or the mirrored hemisphere blended "
     "at a feathered border, one drawn per image, made in memory at the start) and labelled notumor"
+)
+CONTROL_NOTE = (
+    "each outlined tumour image not shown as a counterfactual is shown with probability {share:g} with its "
+    "tumour's shape (grown by 4 % of the side) filled the same way at a random place inside the head, off the "
+    "tumour and its mirror image, label and outline kept: a fill alone is no evidence of a healthy slice"
 )
 TEMPLATE_NOTE = (
     "48 slices of nilearn's MNI152 template (ICBM 2009 T1, skull-stripped, 1 mm), every 8th slice through "
