@@ -116,7 +116,7 @@ def make_counterfactuals(
             continue
         method = "telea" if rng.random() < 0.5 else "mirror"
         margin = max(1, round(0.02 * plain.shape[-1]))
-        removed[i], removed_masked[i] = _filled(plain[i], masked[i], outlines[i], method, margin)
+        removed[i], removed_masked[i] = _filled(plain[i], masked[i], outlines[i], method, grow=margin)
         available[i] = True
         methods[method] += 1
         if controls:
@@ -124,14 +124,13 @@ def make_counterfactuals(
             allowed = head & ~dilate(~head, margin) & ~grown[:, ::-1]  # inside the head, not the tumour's mirror
             elsewhere = random_region(grown, allowed, control_rng)
             if elsewhere is not None:
-                control_plain[i], control_masked[i] = _filled(plain[i], masked[i], elsewhere, method, margin, 0)
+                control_plain[i], control_masked[i] = _filled(plain[i], masked[i], elsewhere, method, grow=0)
                 has_control[i] = True
     return Counterfactuals(available, removed, removed_masked, methods, has_control, control_plain, control_masked)
 
 
-def _filled(plain, masked, region, method: str, margin: int, fill_margin: int | None = None):
-    """The plain and brain-masked slice with `region` (grown by `fill_margin`, default `margin`)
-    filled by `method`; the masked copy keeps the head's own background mask."""
-    grow = margin if fill_margin is None else fill_margin
+def _filled(plain, masked, region, method: str, grow: int):
+    """The plain and brain-masked slice with `region` (grown by `grow` pixels) filled by
+    `method`; the masked copy keeps the head's own background mask."""
     head = (masked > 0) | dilate(region, grow)
     return remove_tumour(plain, region, method, grow), np.where(head, remove_tumour(masked, region, method, grow), 0)

@@ -196,19 +196,20 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
                 continue
             # Half the images are brain-masked, so the model sees both views the app offers.
             use_mask = rng.random(len(batch)) < 0.5
-            images = np.where(use_mask[:, None, None], masked[batch], plain[batch])
+            images = _as_shown(use_mask, plain[batch], masked[batch])
             target = labels[batch].copy()
             batch_outlines = outlines[batch].copy() if outlines is not None else None
             swap = np.zeros(len(batch), dtype=bool)
             if counterfactuals is not None:
                 swap = counterfactuals.available[batch] & (rng.random(len(batch)) < options.counterfactuals)
-                removed = np.where(use_mask[:, None, None], counterfactuals.masked[batch], counterfactuals.plain[batch])
+                removed = _as_shown(use_mask, counterfactuals.plain[batch], counterfactuals.masked[batch])
                 images[swap], target[swap], batch_outlines[swap] = removed[swap], notumor, False
                 if options.control_fills:  # the tumour stays, so do its label and outline
                     control = counterfactuals.has_control[batch] & ~swap
                     control &= rng.random(len(batch)) < options.control_fills
-                    made = counterfactuals
-                    filled = np.where(use_mask[:, None, None], made.control_masked[batch], made.control_plain[batch])
+                    filled = _as_shown(
+                        use_mask, counterfactuals.control_plain[batch], counterfactuals.control_masked[batch]
+                    )
                     images[control] = filled[control]
             x = torch.from_numpy(images).to(device).float()[:, None] / 255
             drawn = torch.from_numpy(batch_outlines).to(device).float()[:, None] if options.guidance else None
@@ -252,6 +253,11 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     if transfer is not None:
         transfer.remove()
     return evaluated, history
+
+
+def _as_shown(use_mask: np.ndarray, plain: np.ndarray, masked: np.ndarray) -> np.ndarray:
+    """Each image of a batch as the model is shown it: brain-masked where `use_mask` says so."""
+    return np.where(use_mask[:, None, None], masked, plain)
 
 
 def _logits_and_maps(model: torch.nn.Module, inputs: torch.Tensor, guided: bool):
