@@ -290,9 +290,18 @@ def test_explain_volume_chart_jump_and_case_report(browser, app_url, artifacts, 
     assert_no_error(browser)
     browser.save_screenshot(str(artifacts / "explain_volume.png"))
 
-    report = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[contains(., 'Download case report')]")))
-    scroll_and_click(browser, report)
-    wait.until(lambda d: any(p.suffix == ".pdf" for p in downloads.iterdir()))
+    def downloaded(d) -> bool:
+        return any(p.suffix == ".pdf" for p in downloads.iterdir())
+
+    for _ in range(4):  # as for the jump: a click that lands during a re-run can be lost
+        report = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[contains(., 'Download case report')]")))
+        scroll_and_click(browser, report)
+        try:
+            WebDriverWait(browser, 45).until(downloaded)
+            break
+        except TimeoutException:
+            continue
+    assert downloaded(browser), "the case report was never downloaded"
     pdf = next(p for p in downloads.iterdir() if p.suffix == ".pdf")
     wait.until(lambda d: pdf.stat().st_size > 0 and not list(downloads.glob("*.crdownload")))
     pages = pypdf.PdfReader(pdf).pages
