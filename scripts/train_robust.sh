@@ -7,6 +7,7 @@
 #   INIT=checkpoints/efficientnet_lite0 TEACHER=checkpoints/efficientnet_lite0 DISTILL=0.5 EPOCHS=4 LR=3e-4
 # The sixth round's ablations leave out ingredients: RANDOMISE=0, or COUNTERFACTUALS=0 TEMPLATE=0 GUIDANCE=0.
 # The seventh round's run: RANDOMISE=0.1 with the sixth's C9; the eighth adds CONTROLS=0.25 (control fills).
+# The ninth runs the eighth's recipe for EPOCHS=8 with SEED=0 and SEED=1 (HOLDOUT_SEED stays 0).
 # Judge OUT/select.log and OUT/stress/stress.json by the rule in docs/training.md before any test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,7 @@ $python -m core train --arch tf_efficientnet_lite0 --image-size 256 --data "$dat
   --init "${INIT:-imagenet-lite0}" --epochs "${EPOCHS:-12}" --lr "${LR:-1e-3}" \
   --counterfactuals "${COUNTERFACTUALS:-0.25}" --control-fills "${CONTROLS:-0}" --randomise "${RANDOMISE:-0.3}" "${template[@]}" \
   --guidance "${GUIDANCE:-0.3}" "${teacher[@]}" --threads "${THREADS:-2}" \
+  --seed "${SEED:-0}" --holdout-seed "${HOLDOUT_SEED:-0}" \
   --device "$device" "${precision[@]}" --no-progress \
   | tee "$out/train.log"
 $python -m core reliability --checkpoint "$out/model" --data "$data" | tee "$out/reliability.log"

@@ -195,3 +195,17 @@ def test_guidance_needs_hard_labels_and_shares_stay_in_range(tmp_path):
         TrainOptions(**base, counterfactuals=1.5)
     with pytest.raises(ValueError, match="--control-fills needs --counterfactuals"):
         TrainOptions(**base, control_fills=0.25)
+
+
+@needs_data
+def test_a_second_seed_can_keep_the_first_seeds_holdout(small_dataset, tmp_path):
+    args = ["train", "--arch", "convnext_atto", "--data", str(small_dataset), "--splits", "train", "--epochs", "1",
+            "--image-size", "32", "--batch-size", "8", "--max-steps", "1", "--no-progress", "--seed", "3"]  # fmt: skip
+    assert main([*args, "--holdout-seed", "0", "--out", str(tmp_path / "kept")]) == 0
+    assert main([*args, "--out", str(tmp_path / "own")]) == 0
+    kept = json.loads((tmp_path / "kept" / "training.json").read_text())
+    own = json.loads((tmp_path / "own" / "training.json").read_text())
+    assert kept["seed"] == own["seed"] == 3
+    assert kept["holdout"].endswith("seed 0") and own["holdout"].endswith("seed 3")
+    options = TrainOptions(arch="convnext_atto", data=small_dataset, out=tmp_path, seed=3)
+    assert options.holdout_seed == 3 and replace(options, holdout_seed=0).holdout_seed == 0

@@ -52,7 +52,7 @@ def train(options: TrainOptions) -> dict:
     started = time.time()
     settings = Preprocessing(input_size=options.image_size)
     data = load_training_data(options)
-    held = grouped_holdout(data.records, options.holdout_fraction, options.seed)
+    held = grouped_holdout(data.records, options.holdout_fraction, options.holdout_seed)
     print(f"{held.sum()} images held out by group", flush=True)
     if not held.any():
         print("nothing held out: the temperature stays 1.0; set it with `python -m core calibrate`", flush=True)

@@ -33,6 +33,9 @@ class TrainOptions:
     lr: float = option(1e-3, "peak learning rate of the one-cycle schedule")
     weight_decay: float = option(0.05, "AdamW weight decay")
     seed: int = option(0, "seed of the weights, batches, augmentation and the hold-out draw")
+    # A second seed of a recipe must keep the first one's hold-out, or it trains on images the
+    # comparison with the shipped weights (seed-0 hold-out) is made on.
+    holdout_seed: int | None = option(None, "seed of the grouped hold-out draw alone (default: --seed)")
     init: str = option(
         "scratch",
         "scratch, imagenet-lite0 (-lite1, -lite2), or a checkpoint folder of the same architecture to go on from",
@@ -91,6 +94,8 @@ class TrainOptions:
 
     def __post_init__(self):
         object.__setattr__(self, "splits", tuple(self.splits))
+        if self.holdout_seed is None:
+            object.__setattr__(self, "holdout_seed", self.seed)
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"--device is cpu or cuda, not {self.device}.")
         if self.device == "cuda" and not torch.cuda.is_available():

@@ -22,9 +22,7 @@ def training_record(options: TrainOptions, started: float, history: list, holdou
         "data": str(options.data),
         "splits": list(options.splits),
         "num_images": num_images,
-        "holdout": f"{options.holdout_fraction:.0%} of each class's groups (metadata.csv 'group'), seed {options.seed}"
-        if options.holdout_fraction
-        else NO_HOLDOUT_RECORD,
+        "holdout": _holdout_note(options),
         "holdout_metrics": holdout,
         "init": options.init,
         "continued_from": previous_training(options.init),
@@ -55,6 +53,12 @@ def training_record(options: TrainOptions, started: float, history: list, holdou
         "machine": _machine(options.device),
         "commit": git_commit(),
     }
+
+
+def _holdout_note(options: TrainOptions) -> str:
+    if not options.holdout_fraction:
+        return NO_HOLDOUT_RECORD
+    return f"{options.holdout_fraction:.0%} of each class's groups (metadata.csv 'group'), seed {options.holdout_seed}"
 
 
 COUNTERFACTUAL_NOTE = (
