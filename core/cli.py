@@ -514,6 +514,10 @@ def _reliability(commands) -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset ROOT with train/ and val/")
     parser.add_argument("--seed", type=int, default=0, help="seed of the grouped hold-out (as in train)")
     parser.add_argument("--no-texture", action="store_true", help="measure familiarity on the model's features alone")
+    parser.add_argument(
+        "--combine", choices=["quadrature", "max"], default="quadrature",
+        help="how the feature blocks' scaled distances make one: added in quadrature, or the largest",
+    )  # fmt: skip
     parser.set_defaults(run=_run_reliability)
 
 
@@ -522,7 +526,7 @@ def _run_reliability(args: argparse.Namespace) -> int:
     from core.reliability import fit_checkpoint, save
 
     fitted = fit_checkpoint(
-        args.checkpoint, args.data, args.seed, progress=sys.stderr.isatty(), texture=not args.no_texture
+        args.checkpoint, args.data, args.seed, sys.stderr.isatty(), not args.no_texture, args.combine
     )
     path = save(fitted, resolve_checkpoint(args.checkpoint))
     info = fitted.info

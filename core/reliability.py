@@ -5,8 +5,9 @@ class mean, with shared covariances (Ledoit-Wolf shrinkage), all fitted on the t
 train+val. The features come in two blocks: what the model sees (the vector the classifier
 reads, and the channel statistics of an early stage) and texture statistics of the input
 itself (fine detail, noise and blur, which a ConvNeXt's stem discards). Each block's distance
-is divided by its hold-out 95th percentile and the two are added in quadrature, so neither
-drowns the other; stored as one block-diagonal precision. The score in [0, 1] is the share of
+is divided by its hold-out 95th percentile and the two are added in quadrature (or, fitted
+with `combine="max"`, the larger is taken), so neither drowns the other; stored as one
+block-diagonal precision. The score in [0, 1] is the share of
 the grouped hold-out's slices that lie at least as far: 0.5 is a typical slice, below 0.05 is
 farther than 95 % of the hold-out, and that slice is called unfamiliar.
 
@@ -54,12 +55,19 @@ class Reliability:
         return float(np.quantile(self.holdout_distances, 1 - UNFAMILIAR_SHARE))
 
     def distances(self, features: np.ndarray) -> np.ndarray:
-        """Mahalanobis distance of each feature row to its nearest class mean."""
+        """Mahalanobis distance of each feature row to its nearest class mean; with blocks
+        combined by "max", the largest of the blocks' (scaled) distances to that mean."""
         features = np.asarray(features, dtype=np.float64)
+        precision = self.precision.astype(np.float64)
+        blocks = self.info.get("feature_blocks") if self.info.get("combine") == "max" else None
         best = np.full(len(features), np.inf)
         for mean in self.means.astype(np.float64):
             centred = features - mean
-            best = np.minimum(best, np.einsum("nc,cd,nd->n", centred, self.precision.astype(np.float64), centred))
+            if blocks:
+                squared = np.max([_quadratic(centred[:, a:b], precision[a:b, a:b]) for a, b in blocks], axis=0)
+            else:
+                squared = _quadratic(centred, precision)
+            best = np.minimum(best, squared)
         return np.sqrt(np.maximum(best, 0))
 
     def familiarity(self, features: np.ndarray) -> np.ndarray:
@@ -67,6 +75,13 @@ class Reliability:
         distances = self.distances(features)
         below = np.searchsorted(self.holdout_distances, distances, side="left")
         return 1 - below / len(self.holdout_distances)
+
+
+def _quadratic(centred: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    return np.einsum("nc,cd,nd->n", centred, precision, centred)
+
+
+COMBINATIONS = ("quadrature", "max")
 
 
 @dataclass(frozen=True)
@@ -213,11 +228,14 @@ def fit(
     margin: float,
     info: dict,
     blocks: list[tuple[int, int]] | None = None,
+    combine: str = "quadrature",
 ) -> Reliability:
     """Class means and a shared covariance per block of features ([start, stop) columns; one
     block when None; columns in no block are not used); each block's precision is divided by
     the square of its hold-out 95th percentile distance, so the blocks weigh alike in the
-    combined distance."""
+    combined distance: their distances added in quadrature, or the largest (`combine="max"`)."""
+    if combine not in COMBINATIONS:
+        raise ValueError(f"combine is one of {COMBINATIONS}, not {combine!r}.")
     from sklearn.covariance import LedoitWolf
 
     size = train_features.shape[1]
@@ -232,8 +250,8 @@ def fit(
         scale = float(np.quantile(alone.distances(holdout_features[:, start:stop]), 1 - UNFAMILIAR_SHARE))
         combined[start:stop, start:stop] = precision / max(scale, 1e-12) ** 2
         scales.append(round(scale, 4))
-    info = {**info, "feature_blocks": [list(block) for block in blocks], "block_scales": scales}
-    fitted = Reliability(means.astype(np.float32), combined.astype(np.float32), np.zeros(1), margin)
+    info = {**info, "feature_blocks": [list(block) for block in blocks], "block_scales": scales, "combine": combine}
+    fitted = Reliability(means.astype(np.float32), combined.astype(np.float32), np.zeros(1), margin, info)
     distances = np.sort(fitted.distances(holdout_features))
     return Reliability(fitted.means, fitted.precision, distances.astype(np.float32), margin, info)
 
@@ -275,11 +293,17 @@ def load(directory: Path) -> Reliability | None:
 
 
 def fit_checkpoint(
-    checkpoint: str | Path, data: Path, seed: int = 0, progress: bool = True, texture: bool = True
+    checkpoint: str | Path,
+    data: Path,
+    seed: int = 0,
+    progress: bool = True,
+    texture: bool = True,
+    combine: str = "quadrature",
 ) -> Reliability:
     """Fit familiarity on the training part of train+val and the margin on its grouped hold-out
     (the split `train` uses, seed 0), with the inputs the app gives the model (brain-masked).
-    `texture`: add the texture-statistics block (docs/training.md says which checkpoint has it)."""
+    `texture`: add the texture-statistics block (docs/training.md says which checkpoint has it);
+    `combine`: how the blocks' distances make one ("quadrature" or "max")."""
     from core.checkpoint import load_checkpoint
     from core.dataset import decode_records, grouped_holdout, list_split
     from core.inference import square_scores
@@ -304,4 +328,4 @@ def fit_checkpoint(
         **chosen,
     }
     blocks = feature_blocks(features.shape[1], texture)
-    return fit(features[~held], labels[~held], features[held], chosen["margin"], info, blocks)
+    return fit(features[~held], labels[~held], features[held], chosen["margin"], info, blocks, combine)

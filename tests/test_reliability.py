@@ -64,6 +64,30 @@ def test_a_shift_in_a_small_block_is_not_drowned_by_a_large_one():
     assert 0.0 < (blocked.familiarity(familiar) < 0.05).mean() < 0.12  # the 95 % line still holds
 
 
+def test_blocks_combined_by_max_take_the_larger_scaled_distance_to_the_nearest_mean():
+    rng = np.random.default_rng(5)
+    model_part, train_labels = gaussian_features(rng, 600, size=8)
+    train = np.c_[model_part, rng.normal(0, 1, (600, 3))]
+    held = np.c_[gaussian_features(rng, 200, size=8)[0], rng.normal(0, 1, (200, 3))]
+    probe = held[:50] + np.r_[np.zeros(8), np.full(3, 1.5)]
+    blocks = [(0, 8), (8, 11)]
+    summed = reliability.fit(train, train_labels, held, 0.3, {}, blocks=blocks)
+    largest = reliability.fit(train, train_labels, held, 0.3, {}, blocks=blocks, combine="max")
+    assert largest.info["combine"] == "max" and summed.info["combine"] == "quadrature"
+    # Per class mean, each block's scaled squared distance from the block-diagonal precision.
+    per_block = []
+    for mean in summed.means.astype(np.float64):
+        centred = probe - mean
+        per_block.append([np.einsum("nc,cd,nd->n", centred[:, a:b], summed.precision[a:b, a:b], centred[:, a:b])
+                          for a, b in blocks])  # fmt: skip
+    per_block = np.array(per_block)  # (class, block, image)
+    assert np.allclose(largest.distances(probe), np.sqrt(per_block.max(1).min(0)), rtol=1e-4)
+    assert np.allclose(summed.distances(probe), np.sqrt(per_block.sum(1).min(0)), rtol=1e-4)
+    assert not np.allclose(largest.distances(probe), summed.distances(probe))
+    with pytest.raises(ValueError, match="combine"):
+        reliability.fit(train, train_labels, held, 0.3, {}, blocks=blocks, combine="mean")
+
+
 def test_texture_statistics_see_blur_and_noise_inside_the_head_whatever_its_brightness():
     import cv2
     import torch
