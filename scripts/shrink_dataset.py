@@ -1,5 +1,6 @@
 """Copy the training splits of a ROOT/SPLIT/<class>/<image> dataset with every image at most
---max-side pixels, re-saved as JPEG, so they fit the 64 MiB a GPU machine is sent:
+--max-side pixels, re-saved as JPEG, with their LabelMe outlines scaled alike, so they fit
+the 64 MiB a GPU machine is sent:
 
     python scripts/shrink_dataset.py ../shared/data/brain-tumor-mri .device_data/brain-tumor-mri
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from PIL import Image
 
+from core.annotations import annotation_path, load_outline
 from core.dataset import grouped_folds, grouped_holdout, list_split, shrink_copy
-from tests.conftest import CLASSES, SHARED_DATA, needs_data
+from tests.conftest import CLASSES, SHARED_DATA, copy_shared_slice, needs_data
 
 
 @needs_data
@@ -48,3 +50,21 @@ def test_shrunk_copy_keeps_names_labels_and_groups_with_smaller_images(small_dat
     for record in copied:
         with Image.open(tmp_path / "copy" / record.image) as image:
             assert max(image.size) <= 100 and image.format == "JPEG"
+
+
+@needs_data
+def test_shrunk_copy_scales_each_outline_with_its_image(tmp_path):
+    (tmp_path / "data").mkdir()
+    root = copy_shared_slice(tmp_path / "data", {"train": 2})
+    shrink_copy(root, tmp_path / "copy", ["train"], max_side=128, quality=95)
+    outlined = [record for record in list_split(root, "train") if annotation_path(root, record.image).is_file()]
+    assert outlined and all(annotation_path(tmp_path / "copy", r.image).is_file() for r in outlined)
+    for record in outlined:
+        with Image.open(root / record.image) as image:
+            big = load_outline(root, record.image, image.size[::-1])
+        with Image.open(tmp_path / "copy" / record.image) as image:
+            small = load_outline(tmp_path / "copy", record.image, image.size[::-1])
+        assert small.kind == big.kind and small.mask.shape[0] <= 128
+        resized = cv2.resize(big.mask.astype(np.uint8), small.mask.shape[::-1], interpolation=cv2.INTER_AREA) > 0.5
+        overlap = (resized & small.mask).sum() / (resized | small.mask).sum()
+        assert overlap > 0.8, (record.image, overlap)
