@@ -22,13 +22,16 @@ teacher=()
 template=(--healthy-template)
 [[ ${TEMPLATE:-1} == 0 ]] && template=()
 mkdir -p "$out"
-$python -m core train --arch tf_efficientnet_lite0 --image-size 256 --data "$data" --out "$out/model" \
+[[ ${SKIP_TRAIN:-0} == 1 ]] || $python -m core train --arch tf_efficientnet_lite0 --image-size 256 --data "$data" --out "$out/model" \
   --init "${INIT:-imagenet-lite0}" --epochs "${EPOCHS:-12}" --lr "${LR:-1e-3}" \
   --counterfactuals "${COUNTERFACTUALS:-0.25}" --control-fills "${CONTROLS:-0}" --randomise "${RANDOMISE:-0.3}" "${template[@]}" \
   --guidance "${GUIDANCE:-0.3}" "${teacher[@]}" --threads "${THREADS:-2}" \
-  --seed "${SEED:-0}" --holdout-seed "${HOLDOUT_SEED:-0}" \
+  --seed "${SEED:-0}" --holdout-seed "${HOLDOUT_SEED:-0}" ${MAX_STEPS:+--max-steps "$MAX_STEPS"} \
   --device "$device" "${precision[@]}" --no-progress \
   | tee "$out/train.log"
+# MEASURE=0: train only (on a GPU machine that holds the shrunk copy; measure here, on the originals,
+# with MEASURE=1 SKIP_TRAIN=1 scripts/train_robust.sh OUT).
+[[ ${MEASURE:-1} == 0 ]] && exit 0
 $python -m core reliability --checkpoint "$out/model" --data "$data" | tee "$out/reliability.log"
 $python -m core select checkpoints/efficientnet_lite0 "$out/model" --data "$data" --out "$out/select.json" \
   | tee "$out/select.log"

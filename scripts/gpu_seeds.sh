@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The GPU step of issue #27 (docs/training.md, ninth round): K1's recipe (counterfactuals with control
+# fills, MNI152 slices, guidance 0.3, randomisation on 10 % of images, learning from the shipped weights)
+# for EPOCHS with SEEDS side by side on one GPU, training only, on the shrunk copy with its outlines:
+#   here:   python scripts/shrink_dataset.py ../shared/data/brain-tumor-mri .device_data/brain-tumor-mri
+#   device: run, carry [".device_data"], command "bash scripts/gpu_seeds.sh" (packages: see the device
+#           tool's KINDS.md; missing ones travel as wheels)
+#   here:   for each $OUT/seedN.tar: tar -xf seedN.tar -C runs/, then
+#           MEASURE=1 SKIP_TRAIN=1 scripts/train_robust.sh runs/seedN   (judged on the original images)
+# Each seed's weights come back as one tar (the device returns at most 8 files, 16 MiB each).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:?set OUT to the folder whose files come back}
+work=${WORK:-/tmp/gpu_seeds}
+mkdir -p "$work"
+for seed in ${SEEDS:-0 1 2}; do
+  INIT=checkpoints/efficientnet_lite0 TEACHER=checkpoints/efficientnet_lite0 DISTILL=0.9 EPOCHS=${EPOCHS:-8} \
+    LR=3e-4 RANDOMISE=0.1 CONTROLS=0.25 SEED=$seed HOLDOUT_SEED=0 THREADS=${THREADS:-4} DEVICE=${DEVICE:-cuda} MEASURE=0 \
+    scripts/train_robust.sh "$work/seed$seed" "${DATA:-.device_data/brain-tumor-mri}" > "$out/seed$seed.log" 2>&1 &
+done
+wait
+for seed in ${SEEDS:-0 1 2}; do
+  tar -cf "$out/seed$seed.tar" -C "$work" "seed$seed/model"
+done
