@@ -2,9 +2,13 @@
 # The GPU step of issue #27 (docs/training.md, ninth round): K1's recipe (counterfactuals with control
 # fills, MNI152 slices, guidance 0.3, randomisation on 10 % of images, learning from the shipped weights)
 # for EPOCHS with SEEDS side by side on one GPU, training only, on the shrunk copy with its outlines:
-#   here:   python scripts/shrink_dataset.py ../shared/data/brain-tumor-mri .device_data/brain-tumor-mri
-#   device: run, carry [".device_data"], command "bash scripts/gpu_seeds.sh" (packages: see the device
-#           tool's KINDS.md; missing ones travel as wheels)
+#   here:   python scripts/shrink_dataset.py ../shared/data/brain-tumor-mri .device_data/brain-tumor-mri \
+#             --max-side 256 --quality 70        (24 MB with outlines and MNI152 slices)
+#           scripts/device_wheels.sh             (.whl/, 3.3 MB: what the GPU image lacks)
+#           (the tracked tree is 37 MB; all three must fit the 64 MiB sent: 61.6 MiB on 2026-12-02)
+#   device: run with carry [".device_data", ".whl"] and the command
+#           python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+#           && PYTHONPATH=/tmp/site PYTHON=python3 EPOCHS=8 bash scripts/gpu_seeds.sh
 #   here:   for each $OUT/seedN.tar: tar -xf seedN.tar -C runs/, then
 #           MEASURE=1 SKIP_TRAIN=1 scripts/train_robust.sh runs/seedN   (judged on the original images)
 # Each seed's weights come back as one tar (the device returns at most 8 files, 16 MiB each).

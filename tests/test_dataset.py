@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 from PIL import Image
 
 from core.annotations import annotation_path, load_outline
@@ -68,3 +69,21 @@ def test_shrunk_copy_scales_each_outline_with_its_image(tmp_path):
         resized = cv2.resize(big.mask.astype(np.uint8), small.mask.shape[::-1], interpolation=cv2.INTER_AREA) > 0.5
         overlap = (resized & small.mask).sum() / (resized | small.mask).sum()
         assert overlap > 0.8, (record.image, overlap)
+
+
+def test_template_slices_stored_beside_a_shrunk_copy_match_nilearns(tmp_path, monkeypatch):
+    import sys
+
+    from core.preprocess import Preprocessing
+    from core.training.data import TEMPLATE_FILE, save_template_planes, template_slices
+
+    settings = Preprocessing(input_size=64)
+    assert save_template_planes(tmp_path).name == TEMPLATE_FILE
+    from_nilearn = template_slices(settings)
+    monkeypatch.setitem(sys.modules, "nilearn.datasets", None)  # as on a machine without nilearn
+    stored = template_slices(settings, tmp_path)
+    assert len(stored[0]) == len(from_nilearn[0]) == 48
+    for ours, theirs in zip(stored, from_nilearn):
+        assert np.array_equal(ours, theirs)
+    with pytest.raises(ImportError):
+        template_slices(settings, tmp_path / "elsewhere")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -38,8 +39,13 @@ TEMPLATE_RANGES = {"axial": (0.30, 0.80), "coronal": (0.20, 0.80), "sagittal": (
 TEMPLATE_STEP = 8
 
 
-def template_slices(settings: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    """(plain, masked) uint8 squares of MNI152 slices in the three planes, as decode_records."""
+# A data root may carry the slices (scripts/shrink_dataset.py writes them beside a shrunk copy),
+# so a machine without nilearn, which cannot install it, trains with them too.
+TEMPLATE_FILE = "mni152_slices.npz"
+
+
+def template_planes() -> list[np.ndarray]:
+    """The MNI152 slices the recipe uses, scaled to [0, 1] over the whole volume."""
     from nilearn.datasets import load_mni152_template
 
     volume = np.asarray(load_mni152_template(resolution=1).get_fdata(), dtype=np.float32)
@@ -49,6 +55,25 @@ def template_slices(settings: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
         low, high = TEMPLATE_RANGES[plane]
         for index in range(int(low * volume.shape[axis]), int(high * volume.shape[axis]), TEMPLATE_STEP):
             planes.append(np.ascontiguousarray(np.rot90(np.take(volume, index, axis=axis))))
+    return planes
+
+
+def save_template_planes(root: Path) -> Path:
+    """Write the template slices into ROOT, as nilearn gives them (float32, compressed)."""
+    path = Path(root) / TEMPLATE_FILE
+    np.savez_compressed(path, *template_planes())
+    return path
+
+
+def template_slices(settings: Preprocessing, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(plain, masked) uint8 squares of MNI152 slices in the three planes, as decode_records;
+    from ROOT's TEMPLATE_FILE when there is one, else from nilearn."""
+    stored = Path(root) / TEMPLATE_FILE if root is not None else None
+    if stored is not None and stored.is_file():
+        with np.load(stored) as archive:
+            planes = [archive[key].astype(np.float32) for key in sorted(archive.files, key=lambda k: int(k[4:]))]
+    else:
+        planes = template_planes()
     plain = np.stack([np.round(prepare_for_model(p, settings, mask_input=False).square * 255) for p in planes])
     masked = np.stack([np.round(prepare_for_model(p, settings, mask_input=True).square * 255) for p in planes])
     return plain.astype(np.uint8), masked.astype(np.uint8)

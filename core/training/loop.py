@@ -131,7 +131,7 @@ def fit(options: TrainOptions, data: TrainingData, held: np.ndarray) -> tuple[to
     fixed_probs = data.teacher_probs
     from_template = np.zeros(len(labels), dtype=bool)
     if options.healthy_template:  # never held out: they are not from the dataset
-        extra_plain, extra_masked = template_slices(settings)
+        extra_plain, extra_masked = template_slices(settings, options.data)
         plain, masked = np.concatenate([plain, extra_plain]), np.concatenate([masked, extra_masked])
         labels = np.concatenate([labels, np.full(len(extra_plain), data.label_names.index("notumor"))])
         held = np.concatenate([held, np.zeros(len(extra_plain), dtype=bool)])
