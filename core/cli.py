@@ -526,7 +526,7 @@ def _run_reliability(args: argparse.Namespace) -> int:
     from core.reliability import fit_checkpoint, save
 
     fitted = fit_checkpoint(
-        args.checkpoint, args.data, args.seed, sys.stderr.isatty(), not args.no_texture, args.combine
+        args.checkpoint, args.data, args.seed, sys.stderr.isatty(), texture=not args.no_texture, combine=args.combine
     )
     path = save(fitted, resolve_checkpoint(args.checkpoint))
     info = fitted.info

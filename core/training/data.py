@@ -61,17 +61,16 @@ def template_planes() -> list[np.ndarray]:
 def save_template_planes(root: Path) -> Path:
     """Write the template slices into ROOT, as nilearn gives them (float32, compressed)."""
     path = Path(root) / TEMPLATE_FILE
-    np.savez_compressed(path, *template_planes())
+    np.savez_compressed(path, **{f"plane{index:03d}": plane for index, plane in enumerate(template_planes())})
     return path
 
 
 def template_slices(settings: Preprocessing, root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(plain, masked) uint8 squares of MNI152 slices in the three planes, as decode_records;
     from ROOT's TEMPLATE_FILE when there is one, else from nilearn."""
-    stored = Path(root) / TEMPLATE_FILE if root is not None else None
-    if stored is not None and stored.is_file():
-        with np.load(stored) as archive:
-            planes = [archive[key].astype(np.float32) for key in sorted(archive.files, key=lambda k: int(k[4:]))]
+    if root is not None and (Path(root) / TEMPLATE_FILE).is_file():
+        with np.load(Path(root) / TEMPLATE_FILE) as archive:
+            planes = [archive[key] for key in sorted(archive.files)]
     else:
         planes = template_planes()
     plain = np.stack([np.round(prepare_for_model(p, settings, mask_input=False).square * 255) for p in planes])
