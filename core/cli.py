@@ -32,8 +32,8 @@ DEFAULT = "default"  # --method default: the method the checkpoint's config.json
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core", description="Brain-MRI explainability: " + __doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    registers = [_train, _explain, _evaluate, _compare, _sweep, _serve, _bench, _select, _calibrate, _card, _sanity]
-    for register in [*registers, _stress, _reliability]:
+    registers = [_train, _soup, _explain, _evaluate, _compare, _sweep, _serve, _bench, _select, _calibrate, _card]
+    for register in [*registers, _sanity, _stress, _reliability]:
         register(commands)
     args = parser.parse_args(argv)
     try:
@@ -125,6 +125,27 @@ def _run_train(args: argparse.Namespace) -> int:
     except ValueError as error:  # options that do not fit together, too many folds
         print(error, file=sys.stderr)
         return 2
+    return 0
+
+
+def _soup(commands) -> None:
+    parser = commands.add_parser(
+        "soup", help="average the weights of runs from one start (model soup); temperature fitted on the hold-out"
+    )
+    parser.add_argument("out", type=Path, help="checkpoint folder to write")
+    parser.add_argument("sources", nargs="+", help="two or more checkpoints (names or folders) from the same start")
+    parser.add_argument("--data", type=Path, required=True, help="dataset ROOT the sources were trained on")
+    parser.add_argument("--holdout-fraction", type=float, default=0.15, help="the hold-out every source kept aside")
+    parser.add_argument("--holdout-seed", type=int, default=0, help="its seed (as in train)")
+    parser.set_defaults(run=_run_soup)
+
+
+def _run_soup(args: argparse.Namespace) -> int:
+    from core.training.soup import make_soup
+
+    metrics = make_soup(args.sources, args.out, args.data, args.holdout_fraction, args.holdout_seed)
+    print(f"saved {args.out}: grouped hold-out accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
+          f"ECE after temperature {metrics['ece_after_temperature']:.3f} ({metrics['num_images']} images)")  # fmt: skip
     return 0
 
 

@@ -56,9 +56,14 @@ def training_record(options: TrainOptions, started: float, history: list, holdou
 
 
 def _holdout_note(options: TrainOptions) -> str:
-    if not options.holdout_fraction:
+    return holdout_note(options.holdout_fraction, options.holdout_seed)
+
+
+def holdout_note(fraction: float, seed: int) -> str:
+    """How training.json names the grouped hold-out of `fraction` drawn with `seed`."""
+    if not fraction:
         return NO_HOLDOUT_RECORD
-    return f"{options.holdout_fraction:.0%} of each class's groups (metadata.csv 'group'), seed {options.holdout_seed}"
+    return f"{fraction:.0%} of each class's groups (metadata.csv 'group'), seed {seed}"
 
 
 COUNTERFACTUAL_NOTE = (

@@ -1,0 +1,117 @@
+"""A uniform model soup (Wortsman et al. 2022): the average of the weights of runs fine-tuned
+from the same start, with its temperature fitted on the grouped hold-out the runs kept aside.
+
+Runs from one start tend to end in one basin of the loss, and the middle of it is at least as
+accurate as its edges and steadier than any one snapshot; runs from different starts do not
+average (their units are not aligned), so the sources must share the start and the hold-out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.checkpoint import CheckpointError, load_checkpoint, read_training_record, save_checkpoint
+from core.dataset import decode_records, holdout_records
+from core.inference import batched_logits
+from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
+from core.training.record import git_commit, holdout_note
+
+
+def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The mean of each floating-point tensor over `states` (BatchNorm statistics included);
+    integer tensors (BatchNorm's step counters) are taken from the first.
+
+    Raises:
+        CheckpointError: the states do not have the same tensors and shapes.
+    """
+    first = states[0]
+    for state in states[1:]:
+        if state.keys() != first.keys() or any(state[k].shape != first[k].shape for k in first):
+            raise CheckpointError("These checkpoints do not have the same layers, so their weights cannot be averaged.")
+    averaged = {}
+    for key, tensor in first.items():
+        if tensor.is_floating_point():
+            stacked = torch.stack([state[key].double() for state in states])
+            averaged[key] = stacked.mean(0).to(tensor.dtype)
+        else:
+            averaged[key] = tensor.clone()
+    return averaged
+
+
+def make_soup(sources: list[str | Path], out: Path, data: Path, holdout_fraction: float = 0.15, seed: int = 0) -> dict:
+    """Average the weights of `sources` into a checkpoint at `out`, fit its temperature on the
+    grouped hold-out (the one every source kept aside) and write training.json with the
+    ingredients. Returns the hold-out metrics.
+
+    Raises:
+        CheckpointError: fewer than two sources, or sources that differ in architecture,
+            classes, preprocessing, start or hold-out, or that held nothing out.
+    """
+    started = time.time()
+    if len(sources) < 2:
+        raise CheckpointError("A soup needs at least two checkpoints to average.")
+    loaded = [load_checkpoint(source, reliability=False) for source in sources]
+    records = [read_training_record(model.directory) for model in loaded]
+    expected_holdout = holdout_note(holdout_fraction, seed)
+    first = loaded[0].config
+    for source, model, record in zip(sources, loaded, records):
+        if (model.config.architecture, model.config.label_names, model.config.preprocessing) != (
+            first.architecture,
+            first.label_names,
+            first.preprocessing,
+        ):
+            raise CheckpointError(
+                f"{source} is a {model.config.architecture} for {list(model.config.label_names)} at "
+                f"{model.config.preprocessing.input_size} px; {sources[0]} is a {first.architecture} for "
+                f"{list(first.label_names)} at {first.preprocessing.input_size} px. Average runs of one model only."
+            )
+        if model.config.refit_without_holdout or record.get("holdout") != expected_holdout:
+            raise CheckpointError(
+                f"{source} did not keep the hold-out this soup is fitted on ({expected_holdout}); its record says "
+                f"{record.get('holdout')!r}. Average runs that kept the same hold-out, or pass its --holdout-seed."
+            )
+        if record.get("init") != records[0].get("init"):
+            raise CheckpointError(
+                f"{source} started from {record.get('init')!r} and {sources[0]} from {records[0].get('init')!r}; "
+                "only runs from the same start can be averaged."
+            )
+    model = loaded[0].model
+    model.load_state_dict(average_weights([m.model.state_dict() for m in loaded]))
+    model.eval()
+
+    names = list(first.label_names)
+    held = holdout_records(data, names, tuple(records[0].get("splits", ("train", "val"))), holdout_fraction, seed)
+    plain, _ = decode_records(data, held, first.preprocessing, progress=False)
+    labels = np.array([names.index(record.label) for record in held])
+    logits = batched_logits(model, plain, first.preprocessing)
+    temperature = fit_temperature(logits, labels)
+    summary = classification_summary(labels, softmax(logits, temperature), names)
+    metrics = {
+        "num_images": len(labels),
+        "accuracy": summary["accuracy"],
+        "macro_f1": summary["macro_f1"],
+        "ece_before_temperature": expected_calibration_error(softmax(logits), labels),
+        "ece_after_temperature": expected_calibration_error(softmax(logits, temperature), labels),
+    }
+    record = {
+        **{key: records[0][key] for key in ("data", "splits", "num_images", "init") if key in records[0]},
+        "holdout": expected_holdout,
+        "holdout_metrics": metrics,
+        "weights": f"uniform average of {len(sources)} runs' weights (model soup, Wortsman et al. 2022), "
+        "BatchNorm statistics averaged too",
+        "soup_of": [
+            {"checkpoint": str(source), **{k: rec.get(k) for k in ("seed", "epochs", "commit")}}
+            | {"holdout_metrics": rec.get("holdout_metrics")}
+            for source, rec in zip(sources, records)
+        ],
+        "ingredient_records": [{k: v for k, v in rec.items() if k != "notes"} for rec in records],
+        "seconds": round(time.time() - started),
+        "commit": git_commit(),
+    }
+    save_checkpoint(model, replace(first, temperature=temperature), Path(out), training=record)
+    return metrics
