@@ -105,7 +105,7 @@ def render_card(
         f"- Trained on `{', '.join(training.get('splits', []))}` of `brain-tumor-mri` "
         f"({training.get('num_images')} images: {', '.join(config.label_names)}).",
         f"- Grouped hold-out inside the training splits: {training.get('holdout')}. {_holdout_role(training)} "
-        "Nothing was selected on `test`. The final epoch is kept (no early stopping).",
+        f"Nothing was selected on `test`. {_weights_kept(training)}",
         f"- Reported below: `{test['split']}` ({test['num_images']} images), never used for any choice.",
         "",
         "## Architecture and preprocessing",
@@ -118,23 +118,7 @@ def render_card(
         f"- Temperature {config.temperature:.3f}.",
         "",
         "## Recipe",
-        f"- Initialisation: {training.get('init')}"
-        + (f"; distilled from `{training.get('teacher')}`" if training.get("teacher") else "")
-        + ".",
-        *_lineage(training.get("continued_from")),
-        f"- {training.get('epochs')} epochs, batch {training.get('batch_size')}, {training.get('optimiser')}; "
-        f"{training.get('loss')}.",
-        f"- Weights kept: {training.get('weights', 'last step')}.",
-        f"- Augmentation: {training.get('augmentation')}.",
-        *(f"- {title}: {training[key]}." for key, title in RECIPE_EXTRAS if training.get(key)),
-        *(
-            [f"- Stochastic depth (timm drop path), rising with depth up to {training['drop_path']}."]
-            if training.get("drop_path")
-            else []
-        ),
-        f"- Seed {training.get('seed')}; {training.get('precision', 'float32')}; "
-        f"{training.get('seconds', 0) / 60:.0f} min on {training.get('machine')} "
-        f"(wall-clock time); trained from commit `{training.get('commit')}`.",
+        *_recipe(training),
         f"- Hold-out after training: {_holdout(training.get('holdout_metrics', {}))}",
         "",
         f"## Results on `{test['split']}` (commit `{commit}`)",
@@ -186,6 +170,57 @@ def render_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _recipe(training: dict) -> list[str]:
+    """The recipe's lines; for a soup (core.training.soup), its ingredients and their common recipe."""
+    ingredients = training.get("ingredient_records")
+    if not ingredients:
+        return _run_recipe(training)
+    differ = sorted({key for record in ingredients for key in record if _differs(ingredients, key)} - {"history"})
+    listed = "; ".join(
+        f"`{entry['checkpoint']}` ({entry.get('epochs')} epochs, seed {entry.get('seed')}, "
+        f"commit `{entry.get('commit')}`, hold-out {_holdout(entry.get('holdout_metrics') or {}).rstrip('.')})"
+        for entry in training["soup_of"]
+    )
+    return [
+        f"- Weights: {training.get('weights')}, made at commit `{training.get('commit')}` from {len(ingredients)} "
+        f"runs: {listed}.",
+        f"- The runs differ only in: {', '.join(differ) or 'nothing'}. The first run's recipe:",
+        *("  " + line for line in _run_recipe(ingredients[0])),
+    ]
+
+
+def _differs(records: list[dict], key: str) -> bool:
+    return any(record.get(key) != records[0].get(key) for record in records)
+
+
+def _run_recipe(training: dict) -> list[str]:
+    return [
+        f"- Initialisation: {training.get('init')}"
+        + (f"; distilled from `{training.get('teacher')}`" if training.get("teacher") else "")
+        + ".",
+        *_lineage(training.get("continued_from")),
+        f"- {training.get('epochs')} epochs, batch {training.get('batch_size')}, {training.get('optimiser')}; "
+        f"{training.get('loss')}.",
+        f"- Weights kept: {training.get('weights', 'last step')}.",
+        f"- Augmentation: {training.get('augmentation')}.",
+        *(f"- {title}: {training[key]}." for key, title in RECIPE_EXTRAS if training.get(key)),
+        *(
+            [f"- Stochastic depth (timm drop path), rising with depth up to {training['drop_path']}."]
+            if training.get("drop_path")
+            else []
+        ),
+        f"- Seed {training.get('seed')}; {training.get('precision', 'float32')}; "
+        f"{training.get('seconds', 0) / 60:.0f} min on {training.get('machine')} "
+        f"(wall-clock time); trained from commit `{training.get('commit')}`.",
+    ]
+
+
+def _weights_kept(training: dict) -> str:
+    if training.get("ingredient_records"):
+        return "Each run's final epoch is kept (no early stopping), and their weights are averaged."
+    return "The final epoch is kept (no early stopping)."
 
 
 RECIPE_EXTRAS = (
@@ -261,6 +296,8 @@ def _stress_section(stress: dict) -> list[str]:
 
 def _holdout_role(training: dict) -> str:
     source = training.get("temperature_from")
+    if training.get("ingredient_records") and not source:
+        return "Every averaged run kept it aside; it gives their per-epoch logs and the average's temperature."
     if not source:
         return "It gives the per-epoch log and the temperature."
     if "rule" in source:  # calibrate --under-shift

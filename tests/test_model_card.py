@@ -93,6 +93,38 @@ def test_card_includes_the_training_record_and_notes(checkpoint_root, tmp_path, 
     assert read_training_record(checkpoint)["notes"] == config["notes"]
 
 
+def test_card_of_a_soup_lists_its_runs_and_their_common_recipe(checkpoint_root, tmp_path):
+    data = phantom_dataset(tmp_path / "data")
+    checkpoint = tmp_path / "model"
+    shutil.copytree(checkpoint_root / "tiny_convnext", checkpoint)
+    run = {"epochs": 8, "batch_size": 32, "init": "checkpoints/m", "optimiser": "AdamW lr 0.0003",
+           "augmentation": "affine", "counterfactuals": "tumours removed", "seed": 0, "commit": "aaa1111",
+           "history": [1]}  # fmt: skip
+    runs = [run, {**run, "seed": 1, "history": [2]}, {**run, "epochs": 4, "commit": "bbb2222"}]
+    metrics = {"num_images": 40, "accuracy": 0.9, "macro_f1": 0.85, "ece_before_temperature": 0.06,
+               "ece_after_temperature": 0.04}  # fmt: skip
+    soup = {"holdout": "15% of each class's groups, seed 0", "holdout_metrics": metrics, "commit": "ccc3333",
+            "weights": "uniform average of 3 runs' weights", "ingredient_records": runs,
+            "soup_of": [{"checkpoint": f"runs/r{i}", "epochs": r["epochs"], "seed": r["seed"], "commit": r["commit"],
+                         "holdout_metrics": metrics} for i, r in enumerate(runs)]}  # fmt: skip
+    (checkpoint / "training.json").write_text(json.dumps(soup))
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "e")]) == 0
+    assert main(["card", "--checkpoint", str(checkpoint), "--test", str(tmp_path / "e" / "summary.json"),
+                 "--commit", "abc1234"]) == 0  # fmt: skip
+    card = (checkpoint / "README.md").read_text()
+    assert (
+        "- Weights: uniform average of 3 runs' weights, made at commit `ccc3333` from 3 runs: `runs/r0` (8 epochs"
+        in card
+    )
+    assert "`runs/r2` (4 epochs, seed 0, commit `bbb2222`, hold-out 40 images, accuracy 0.900" in card
+    assert "- The runs differ only in: commit, epochs, seed. The first run's recipe:" in card
+    assert (
+        "  - 8 epochs, batch 32, AdamW lr 0.0003;" in card
+        and "  - Counterfactual healthy slices: tumours removed." in card
+    )
+    assert "Every averaged run kept it aside" in card and "their weights are averaged" in card
+
+
 def test_verdict_is_exact_where_rounding_would_hide_a_miss():
     assert _verdict(714 / 768, 0.93, at_least=True) == "; target >= 0.93: NOT met"  # prints as 0.930
     assert _verdict(715 / 768, 0.93, at_least=True) == "; target >= 0.93: met"
