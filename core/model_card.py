@@ -296,12 +296,12 @@ def _stress_section(stress: dict) -> list[str]:
 
 def _holdout_role(training: dict) -> str:
     source = training.get("temperature_from")
-    if training.get("ingredient_records") and not source:
-        return "Every averaged run kept it aside; it gives their per-epoch logs and the average's temperature."
+    soup = bool(training.get("ingredient_records"))
+    logs = "Every averaged run kept it aside; it gives their per-epoch logs" if soup else "It gives the per-epoch log"
     if not source:
-        return "It gives the per-epoch log and the temperature."
+        return f"{logs} and the temperature."
     if "rule" in source:  # calibrate --under-shift
-        return f"It gives the per-epoch log and the temperature, {source['rule']}."
+        return f"{logs} and the temperature, {source['rule']}."
     return (f"A twin run of the same recipe (`{source['checkpoint']}`, not shipped) held out {source['holdout']}; "
             f"that hold-out checks the recipe ({_holdout(source['holdout_metrics']).rstrip('.')}) "
             "and gives the temperature.")  # fmt: skip
