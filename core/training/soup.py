@@ -21,6 +21,8 @@ from core.inference import batched_logits
 from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
 from core.training.record import git_commit, holdout_note
 
+INGREDIENT_KEYS = ("seed", "epochs", "commit", "holdout_metrics")  # what the soup's record lists per run
+
 
 def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The mean of each floating-point tensor over `states` (BatchNorm statistics included);
@@ -105,8 +107,7 @@ def make_soup(sources: list[str | Path], out: Path, data: Path, holdout_fraction
         "weights": f"uniform average of {len(sources)} runs' weights (model soup, Wortsman et al. 2022), "
         "BatchNorm statistics averaged too",
         "soup_of": [
-            {"checkpoint": str(source), **{k: rec.get(k) for k in ("seed", "epochs", "commit")}}
-            | {"holdout_metrics": rec.get("holdout_metrics")}
+            {"checkpoint": str(source), **{key: rec.get(key) for key in INGREDIENT_KEYS}}
             for source, rec in zip(sources, records)
         ],
         "ingredient_records": [{k: v for k, v in rec.items() if k != "notes"} for rec in records],
