@@ -12,13 +12,17 @@
 #   here:   for each $OUT/seedN.tar: tar -xf seedN.tar -C runs/, then
 #           MEASURE=1 SKIP_TRAIN=1 scripts/train_robust.sh runs/seedN   (judged on the original images)
 # Each seed's weights come back as one tar (the device returns at most 8 files, 16 MiB each).
+# Since the tenth round, checkpoints/efficientnet_lite0 is itself an average of such runs (K8a, K8b, K1),
+# so INIT and TEACHER (default: that checkpoint) now start a new line from it; the rule for it must be
+# written in docs/training.md first. Then `python -m core soup` the seeds and judge the average
+# by the same rule (soup refuses runs from different starts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:?set OUT to the folder whose files come back}
 work=${WORK:-/tmp/gpu_seeds}
 mkdir -p "$work"
 for seed in ${SEEDS:-0 1 2}; do
-  INIT=checkpoints/efficientnet_lite0 TEACHER=checkpoints/efficientnet_lite0 DISTILL=0.9 EPOCHS=${EPOCHS:-8} \
+  INIT=${INIT:-checkpoints/efficientnet_lite0} TEACHER=${TEACHER:-checkpoints/efficientnet_lite0} DISTILL=0.9 EPOCHS=${EPOCHS:-8} \
     LR=3e-4 RANDOMISE=0.1 CONTROLS=0.25 SEED=$seed HOLDOUT_SEED=0 THREADS=${THREADS:-4} DEVICE=${DEVICE:-cuda} MEASURE=0 \
     scripts/train_robust.sh "$work/seed$seed" "${DATA:-.device_data/brain-tumor-mri}" > "$out/seed$seed.log" 2>&1 &
 done

@@ -4,11 +4,18 @@ runs that can be averaged."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
-from core.checkpoint import CheckpointError, create_model, load_checkpoint, read_training_record
+from core.checkpoint import (
+    CheckpointError,
+    create_model,
+    load_checkpoint,
+    read_training_record,
+    write_training_record,
+)
 from core.cli import main
 from core.training.soup import average_weights
 from tests.conftest import LABELS, make_tiny_checkpoint, needs_data
@@ -67,6 +74,13 @@ def test_soup_of_two_seeds_is_their_mean_fitted_on_their_holdout(small_dataset, 
     capsys.readouterr()
     assert main([*soup[:2], str(tmp_path / "seed0"), str(tmp_path / "other"), *data]) == 2
     assert "did not keep the hold-out" in capsys.readouterr().err
+    # Nor can a run whose start had the same name but other weights (the record it copied differs).
+    shutil.copytree(tmp_path / "seed1", tmp_path / "restarted")
+    record = read_training_record(tmp_path / "restarted")
+    write_training_record(tmp_path / "restarted", {**record, "continued_from": {"commit": "abc1234", "seconds": 60}})
+    capsys.readouterr()
+    assert main([*soup[:2], str(tmp_path / "seed0"), str(tmp_path / "restarted"), *data]) == 2
+    assert "did not start from the same weights" in capsys.readouterr().err
     # Nor can a model of another architecture, or a lone run.
     make_tiny_checkpoint(tmp_path / "effnet", "tf_efficientnet_lite0", "conv_head")
     assert main([*soup[:2], str(tmp_path / "seed0"), str(tmp_path / "effnet"), *data]) == 2

@@ -77,10 +77,13 @@ def make_soup(sources: list[str | Path], out: Path, data: Path, holdout_fraction
                 f"{source} did not keep the hold-out this soup is fitted on ({expected_holdout}); its record says "
                 f"{record.get('holdout')!r}. Average runs that kept the same hold-out, or pass its --holdout-seed."
             )
-        if record.get("init") != records[0].get("init"):
+        # A folder's name can stand for other weights later (a checkpoint is replaced), so the start
+        # is the name together with the training record the run copied from it.
+        if _start(record) != _start(records[0]):
             raise CheckpointError(
-                f"{source} started from {record.get('init')!r} and {sources[0]} from {records[0].get('init')!r}; "
-                "only runs from the same start can be averaged."
+                f"{source} and {sources[0]} did not start from the same weights (init {record.get('init')!r} and "
+                f"{records[0].get('init')!r}, or the same name holding other weights); only runs from the same start "
+                "can be averaged."
             )
     model = loaded[0].model
     model.load_state_dict(average_weights([m.model.state_dict() for m in loaded]))
@@ -116,3 +119,8 @@ def make_soup(sources: list[str | Path], out: Path, data: Path, holdout_fraction
     }
     save_checkpoint(model, replace(first, temperature=temperature), Path(out), training=record)
     return metrics
+
+
+def _start(record: dict) -> tuple:
+    previous = record.get("continued_from") or {}
+    return record.get("init"), previous.get("commit"), previous.get("seconds"), previous.get("holdout_metrics")
