@@ -22,6 +22,7 @@ from core.distributed import EngineError
 from core.evaluation_store import cache_dir
 from core.explain import METHODS, ExplainError, ExplainSettings
 from core.image_input import ImageInputError
+from core.reliability import COMBINATIONS
 from core.training.options import TrainOptions
 from core.workers import SLOW_QUEUE_LIMIT
 
@@ -536,7 +537,7 @@ def _reliability(commands) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the grouped hold-out (as in train)")
     parser.add_argument("--no-texture", action="store_true", help="measure familiarity on the model's features alone")
     parser.add_argument(
-        "--combine", choices=["quadrature", "max"], default="quadrature",
+        "--combine", choices=COMBINATIONS, default=COMBINATIONS[0],
         help="how the feature blocks' scaled distances make one: added in quadrature, or the largest",
     )  # fmt: skip
     parser.set_defaults(run=_run_reliability)

@@ -76,3 +76,17 @@ def _one_vs_rest_auc(is_class: np.ndarray, scores: np.ndarray) -> float | None:
     if is_class.all() or not is_class.any():
         return None  # undefined with one class present
     return float(roc_auc_score(is_class, scores))
+
+
+def holdout_calibration(logits: np.ndarray, labels: np.ndarray, label_names: list[str]) -> tuple[float, dict]:
+    """The temperature fitted on hold-out logits, and the hold-out's numbers a training record
+    keeps: size, accuracy and macro-F1 at that temperature, ECE before and after it."""
+    temperature = fit_temperature(logits, labels)
+    summary = classification_summary(labels, softmax(logits, temperature), label_names)
+    return temperature, {
+        "num_images": len(labels),
+        "accuracy": summary["accuracy"],
+        "macro_f1": summary["macro_f1"],
+        "ece_before_temperature": expected_calibration_error(softmax(logits), labels),
+        "ece_after_temperature": expected_calibration_error(softmax(logits, temperature), labels),
+    }

@@ -177,7 +177,8 @@ def _recipe(training: dict) -> list[str]:
     ingredients = training.get("ingredient_records")
     if not ingredients:
         return _run_recipe(training)
-    differ = sorted({key for record in ingredients for key in record if _differs(ingredients, key)} - {"history"})
+    keys = {key for record in ingredients for key in record} - {"history"}
+    differ = sorted(key for key in keys if _differs(ingredients, key))
     listed = "; ".join(
         f"`{entry['checkpoint']}` ({entry.get('epochs')} epochs, seed {entry.get('seed')}, "
         f"commit `{entry.get('commit')}`, hold-out {_holdout(entry.get('holdout_metrics') or {}).rstrip('.')})"

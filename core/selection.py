@@ -21,6 +21,7 @@ from core.evaluate import cached_evaluation
 from core.evaluation_store import cache_dir, read_evaluation
 from core.inference import batched_logits
 from core.metrics import classification_summary, expected_calibration_error, softmax
+from core.preprocess import Preprocessing
 
 PLACEMENT_COLUMNS = ("iou", "mass_outside_brain")
 
@@ -80,11 +81,17 @@ def holdout_probabilities(
             "compare its twin run instead (the one that kept the hold-out aside and gave it its temperature)."
         )
     names = list(loaded.config.label_names)
-    held = holdout_records(data, names, splits, fraction, seed)
-    plain, _ = decode_records(data, held, loaded.config.preprocessing, progress=False)
-    logits = batched_logits(loaded.model, plain, loaded.config.preprocessing)
-    labels = np.array([names.index(record.label) for record in held])
+    logits, labels = holdout_logits(loaded.model, loaded.config.preprocessing, names, data, splits, fraction, seed)
     return softmax(logits, loaded.config.temperature), labels, names
+
+
+def holdout_logits(
+    model, settings: Preprocessing, names: list[str], data: Path, splits: tuple[str, ...], fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A model's logits on the grouped hold-out's un-masked images (as `train` scores it), and their labels."""
+    held = holdout_records(data, names, splits, fraction, seed)
+    plain, _ = decode_records(data, held, settings, progress=False)
+    return batched_logits(model, plain, settings), np.array([names.index(record.label) for record in held])
 
 
 def compare_checkpoints(

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from core.checkpoint import ModelConfig, create_model, load_checkpoint, save_checkpoint
 from core.dataset import grouped_folds, grouped_holdout
 from core.inference import batched_logits
-from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
+from core.metrics import classification_summary, holdout_calibration, softmax
 from core.preprocess import Preprocessing, to_tensor
 from core.pretrained import IMAGENET_WEIGHTS, imagenet_backbone_for
 from core.training.augmentation import Augment, Randomise, mixer
@@ -63,15 +63,7 @@ def train(options: TrainOptions) -> dict:
     temperature = 1.0
     if held.any():
         held_logits = batched_logits(model, data.plain[held], settings)
-        temperature = fit_temperature(held_logits, labels[held])
-        summary = classification_summary(labels[held], softmax(held_logits, temperature), label_names)
-        holdout = {
-            "num_images": int(held.sum()),
-            "accuracy": summary["accuracy"],
-            "macro_f1": summary["macro_f1"],
-            "ece_before_temperature": expected_calibration_error(softmax(held_logits), labels[held]),
-            "ece_after_temperature": expected_calibration_error(softmax(held_logits, temperature), labels[held]),
-        }
+        temperature, holdout = holdout_calibration(held_logits, labels[held], label_names)
     config = ModelConfig(
         architecture=options.arch,
         label_names=tuple(label_names),

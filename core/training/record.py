@@ -22,7 +22,7 @@ def training_record(options: TrainOptions, started: float, history: list, holdou
         "data": str(options.data),
         "splits": list(options.splits),
         "num_images": num_images,
-        "holdout": _holdout_note(options),
+        "holdout": holdout_note(options.holdout_fraction, options.holdout_seed),
         "holdout_metrics": holdout,
         "init": options.init,
         "continued_from": previous_training(options.init),
@@ -53,10 +53,6 @@ def training_record(options: TrainOptions, started: float, history: list, holdou
         "machine": _machine(options.device),
         "commit": git_commit(),
     }
-
-
-def _holdout_note(options: TrainOptions) -> str:
-    return holdout_note(options.holdout_fraction, options.holdout_seed)
 
 
 def holdout_note(fraction: float, seed: int) -> str:

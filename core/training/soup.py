@@ -12,13 +12,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from core.checkpoint import CheckpointError, load_checkpoint, read_training_record, save_checkpoint
-from core.dataset import decode_records, holdout_records
-from core.inference import batched_logits
-from core.metrics import classification_summary, expected_calibration_error, fit_temperature, softmax
+from core.metrics import holdout_calibration
+from core.selection import holdout_logits
 from core.training.record import git_commit, holdout_note
 
 INGREDIENT_KEYS = ("seed", "epochs", "commit", "holdout_metrics")  # what the soup's record lists per run
@@ -90,19 +88,9 @@ def make_soup(sources: list[str | Path], out: Path, data: Path, holdout_fraction
     model.eval()
 
     names = list(first.label_names)
-    held = holdout_records(data, names, tuple(records[0].get("splits", ("train", "val"))), holdout_fraction, seed)
-    plain, _ = decode_records(data, held, first.preprocessing, progress=False)
-    labels = np.array([names.index(record.label) for record in held])
-    logits = batched_logits(model, plain, first.preprocessing)
-    temperature = fit_temperature(logits, labels)
-    summary = classification_summary(labels, softmax(logits, temperature), names)
-    metrics = {
-        "num_images": len(labels),
-        "accuracy": summary["accuracy"],
-        "macro_f1": summary["macro_f1"],
-        "ece_before_temperature": expected_calibration_error(softmax(logits), labels),
-        "ece_after_temperature": expected_calibration_error(softmax(logits, temperature), labels),
-    }
+    splits = tuple(records[0].get("splits", ("train", "val")))
+    logits, labels = holdout_logits(model, first.preprocessing, names, data, splits, holdout_fraction, seed)
+    temperature, metrics = holdout_calibration(logits, labels, names)
     record = {
         **{key: records[0][key] for key in ("data", "splits", "num_images", "init") if key in records[0]},
         "holdout": expected_holdout,
