@@ -8,6 +8,7 @@
 # The sixth round's ablations leave out ingredients: RANDOMISE=0, or COUNTERFACTUALS=0 TEMPLATE=0 GUIDANCE=0.
 # The seventh round's run: RANDOMISE=0.1 with the sixth's C9; the eighth adds CONTROLS=0.25 (control fills).
 # The ninth runs the eighth's recipe for EPOCHS=8 with SEED=0 and SEED=1 (HOLDOUT_SEED stays 0).
+# The eleventh gives the ConvNeXt the eighth's recipe: ARCH=convnext_atto BASELINE=<its hold-out-clean weights>.
 # Judge OUT/select.log and OUT/stress/stress.json by the rule in docs/training.md before any test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,7 @@ teacher=()
 template=(--healthy-template)
 [[ ${TEMPLATE:-1} == 0 ]] && template=()
 mkdir -p "$out"
-[[ ${SKIP_TRAIN:-0} == 1 ]] || $python -m core train --arch tf_efficientnet_lite0 --image-size 256 --data "$data" --out "$out/model" \
+[[ ${SKIP_TRAIN:-0} == 1 ]] || $python -m core train --arch "${ARCH:-tf_efficientnet_lite0}" --image-size 256 --data "$data" --out "$out/model" \
   --init "${INIT:-imagenet-lite0}" --epochs "${EPOCHS:-12}" --lr "${LR:-1e-3}" \
   --counterfactuals "${COUNTERFACTUALS:-0.25}" --control-fills "${CONTROLS:-0}" --randomise "${RANDOMISE:-0.3}" "${template[@]}" \
   --guidance "${GUIDANCE:-0.3}" "${teacher[@]}" --threads "${THREADS:-2}" \
@@ -33,7 +34,7 @@ mkdir -p "$out"
 # with MEASURE=1 SKIP_TRAIN=1 scripts/train_robust.sh OUT).
 [[ ${MEASURE:-1} == 0 ]] && exit 0
 $python -m core reliability --checkpoint "$out/model" --data "$data" | tee "$out/reliability.log"
-$python -m core select checkpoints/efficientnet_lite0 "$out/model" --data "$data" --out "$out/select.json" \
+$python -m core select "${BASELINE:-checkpoints/efficientnet_lite0}" "$out/model" --data "$data" --out "$out/select.json" \
   | tee "$out/select.log"
 $python -m core stress --checkpoint "$out/model" --data "$data" --holdout --limit "${STRESS_LIMIT:-40}" \
   --out "$out/stress" | tee "$out/stress.log"
