@@ -30,15 +30,30 @@ def annotation_path(root: Path, image: str) -> Path:
 
 
 def load_outline(root: Path, image: str, shape: tuple[int, int]) -> TumourOutline:
-    """Rasterise the annotation of `image`: polygons preferred, rectangles otherwise."""
+    """Rasterise the annotation of `image` for a slice of `shape` (rows, columns): polygons
+    preferred, rectangles otherwise; points drawn on a resized copy are scaled."""
     path = annotation_path(root, image)
     if not path.is_file():
         return TumourOutline(None, "none", "no annotation")
     try:
-        shapes = json.loads(path.read_text()).get("shapes", [])
-        return outline_from_shapes(shapes, shape)
+        return outline_from_document(json.loads(path.read_text()), shape)
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError) as error:
         return TumourOutline(None, "none", f"malformed annotation {path.name}: {error}")
+
+
+def outline_from_document(labelme: dict, shape: tuple[int, int]) -> TumourOutline:
+    """A parsed LabelMe document as a mask for a slice of `shape` (rows, columns). When its
+    imageHeight/imageWidth differ from the slice (drawn on a resized copy), the points are
+    scaled; another aspect ratio (more than a pixel off) gives the reason instead."""
+    shapes = labelme.get("shapes", [])
+    height, width = labelme.get("imageHeight"), labelme.get("imageWidth")
+    if height and width and (int(height), int(width)) != tuple(shape):
+        scale_y, scale_x = shape[0] / float(height), shape[1] / float(width)
+        if abs(float(height) * scale_x - shape[0]) > 1:
+            drawn_on = f"the outline was drawn on a {width}x{height} image"
+            return TumourOutline(None, "none", f"{drawn_on}, but this slice is {shape[1]}x{shape[0]}")
+        shapes = [{**s, "points": [[x * scale_x, y * scale_y] for x, y in s.get("points", [])]} for s in shapes]
+    return outline_from_shapes(shapes, shape)
 
 
 def outline_from_shapes(shapes: list[dict], shape: tuple[int, int]) -> TumourOutline:
@@ -66,21 +81,11 @@ MAX_OUTLINE_BYTES = 20 * 1024 * 1024  # LabelMe files may embed the image itself
 
 
 def outline_from_labelme(data: bytes, shape: tuple[int, int]) -> TumourOutline:
-    """An uploaded LabelMe JSON as a mask for a slice of `shape` (rows, columns). Points drawn
-    on a resized copy of the slice (imageHeight/imageWidth differ, same aspect ratio) are
-    scaled; another aspect ratio, or a file that is not LabelMe, gives the reason instead."""
+    """An uploaded LabelMe JSON as a mask for a slice of `shape` (rows, columns), scaled as
+    `outline_from_document` does; a file that is not LabelMe gives the reason instead."""
     if len(data) > MAX_OUTLINE_BYTES:
         return TumourOutline(None, "none", f"the outline file is over {MAX_OUTLINE_BYTES // 2**20} MB")
     try:
-        labelme = json.loads(data.decode("utf-8"))
-        shapes = labelme.get("shapes", [])
-        height, width = labelme.get("imageHeight"), labelme.get("imageWidth")
-        if height and width and (int(height), int(width)) != tuple(shape):
-            scale_y, scale_x = shape[0] / float(height), shape[1] / float(width)
-            if abs(scale_y / scale_x - 1) > 0.01:
-                drawn_on = f"the outline was drawn on a {width}x{height} image"
-                return TumourOutline(None, "none", f"{drawn_on}, but this slice is {shape[1]}x{shape[0]}")
-            shapes = [{**s, "points": [[x * scale_x, y * scale_y] for x, y in s.get("points", [])]} for s in shapes]
-        return outline_from_shapes(shapes, shape)
+        return outline_from_document(json.loads(data.decode("utf-8")), shape)
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError) as error:
         return TumourOutline(None, "none", f"this is not a LabelMe outline file ({type(error).__name__})")

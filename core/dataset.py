@@ -153,35 +153,32 @@ def grouped_folds(records: list[Record], folds: int, seed: int) -> list[np.ndarr
 
 def shrink_copy(root: Path, target: Path, splits: list[str], max_side: int = 288, quality: int = 85) -> int:
     """Copy ROOT/SPLIT/<class>/<image> to TARGET with each image at most `max_side` pixels,
-    re-saved as JPEG under the same name (metadata.csv copied, each image's LabelMe outline
-    scaled with it), for a size-limited upload. Returns the number of images written."""
+    re-saved as JPEG under the same name (metadata.csv and the LabelMe outlines copied), for a
+    size-limited upload. Returns the number of images written."""
     count = 0
     for record in list_splits(root, splits):
         out = Path(target) / record.image
         out.parent.mkdir(parents=True, exist_ok=True)
         with Image.open(Path(root) / record.image) as image:
             image = image if image.mode in ("L", "RGB") else image.convert("L")
-            original = image.size
             image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
             image.save(out, format="JPEG", quality=quality)
-        _shrink_outline(root, target, record.image, original, image.size)
+        _shrink_outline(root, target, record.image)
         count += 1
     if (Path(root) / "metadata.csv").is_file():
         shutil.copy(Path(root) / "metadata.csv", Path(target) / "metadata.csv")
     return count
 
 
-def _shrink_outline(root: Path, target: Path, image: str, original: tuple[int, int], size: tuple[int, int]) -> None:
-    """The image's LabelMe annotation with its points scaled from `original` to `size` (width,
-    height) and without the embedded image; nothing when the image has no annotation."""
+def _shrink_outline(root: Path, target: Path, image: str) -> None:
+    """The image's LabelMe annotation without the embedded image; its points stay as drawn and
+    its imageHeight/imageWidth say on what size, so reading it scales them to the shrunk copy
+    (core.annotations.load_outline). Nothing when the image has no annotation."""
     source = annotation_path(root, image)
     if not source.is_file():
         return
     labelme = json.loads(source.read_text())
-    scale = np.array(size, dtype=np.float64) / np.array(original, dtype=np.float64)
-    for shape in labelme.get("shapes", []):
-        shape["points"] = (np.asarray(shape["points"], dtype=np.float64) * scale).round(2).tolist()
-    labelme.update(imageWidth=size[0], imageHeight=size[1], imageData=None)
+    labelme["imageData"] = None
     out = annotation_path(target, image)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(labelme))

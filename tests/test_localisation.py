@@ -143,3 +143,18 @@ def test_uploaded_labelme_outline_is_scaled_or_refused_with_a_reason():
     assert "drawn on a 80x50 image" in outline_from_labelme(wrong_shape, (50, 50)).reason
     assert "not a LabelMe outline" in outline_from_labelme(b"\xff\xfe not json", (50, 50)).reason
     assert outline_from_labelme(b'{"shapes": []}', (50, 50)).mask is None
+
+
+def test_dataset_outline_is_read_like_an_upload_scaled_to_the_slice(tmp_path):
+    """A dataset's annotation drawn on a larger copy (a shrunk upload, say) is scaled by its own
+    imageHeight/imageWidth, and one of another aspect ratio is refused with the reason."""
+    square = {"shape_type": "polygon", "points": [[20, 20], [60, 20], [60, 60], [20, 60]]}
+    path = annotation_path(tmp_path, "train/glioma/a.jpg")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"shapes": [square], "imageHeight": 100, "imageWidth": 100}))
+    halved = load_outline(tmp_path, "train/glioma/a.jpg", (50, 50))
+    assert halved.mask[15, 15] and not halved.mask[35, 35] and abs(int(halved.mask.sum()) - 21 * 21) <= 21
+    assert load_outline(tmp_path, "train/glioma/a.jpg", (100, 100)).mask[50, 50]  # drawn at this size
+    assert "drawn on a 100x100 image" in load_outline(tmp_path, "train/glioma/a.jpg", (50, 80)).reason
+    path.write_text("[1, 2]")
+    assert "malformed annotation a.json" in load_outline(tmp_path, "train/glioma/a.jpg", (50, 50)).reason
