@@ -135,6 +135,10 @@ def _soup(commands) -> None:
     )
     parser.add_argument("out", type=Path, help="checkpoint folder to write")
     parser.add_argument("sources", nargs="+", help="two or more checkpoints (names or folders) from the same start")
+    parser.add_argument("--start", help="the checkpoint the sources were fine-tuned from, to move back toward")
+    parser.add_argument(
+        "--start-share", type=float, default=0.0, help="how far back toward --start, from 0 to below 1 (WiSE-FT)"
+    )
     parser.add_argument("--data", type=Path, required=True, help="dataset ROOT the sources were trained on")
     parser.add_argument("--holdout-fraction", type=float, default=0.15, help="the hold-out every source kept aside")
     parser.add_argument("--holdout-seed", type=int, default=0, help="its seed (as in train)")
@@ -144,7 +148,9 @@ def _soup(commands) -> None:
 def _run_soup(args: argparse.Namespace) -> int:
     from core.training.soup import make_soup
 
-    metrics = make_soup(args.sources, args.out, args.data, args.holdout_fraction, args.holdout_seed)
+    metrics = make_soup(
+        args.sources, args.out, args.data, args.holdout_fraction, args.holdout_seed, args.start, args.start_share
+    )
     print(f"saved {args.out}: grouped hold-out accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
           f"ECE after temperature {metrics['ece_after_temperature']:.3f} ({metrics['num_images']} images)")  # fmt: skip
     return 0

@@ -88,3 +88,32 @@ def test_soup_of_two_seeds_is_their_mean_fitted_on_their_holdout(small_dataset, 
     assert main([*soup[:2], str(tmp_path / "seed0"), *data]) == 2
     assert "at least two" in capsys.readouterr().err
     assert json.loads((tmp_path / "soup" / "config.json").read_text())["architecture"] == "convnext_atto"
+
+
+@needs_data
+def test_a_run_moved_back_toward_its_start_is_the_weighted_mean_of_the_two(small_dataset, tmp_path, capsys):
+    train = ["train", "--arch", "convnext_atto", "--data", str(small_dataset), "--splits", "train", "--epochs", "1",
+             "--image-size", "48", "--batch-size", "8", "--max-steps", "2", "--no-progress"]  # fmt: skip
+    assert main([*train, "--out", str(tmp_path / "start")]) == 0
+    assert main([*train, "--seed", "1", "--out", str(tmp_path / "other")]) == 0
+    assert main([*train, "--init", str(tmp_path / "start"), "--lr", "0.1", "--out", str(tmp_path / "tuned")]) == 0
+    wise = ["soup", str(tmp_path / "wise"), str(tmp_path / "tuned"), "--data", str(small_dataset)]
+    capsys.readouterr()
+    assert main([*wise, "--start", str(tmp_path / "start"), "--start-share", "0.25"]) == 0
+
+    start, tuned = (load_checkpoint(tmp_path / name).model.state_dict() for name in ("start", "tuned"))
+    name = "head.fc.weight"
+    assert not torch.allclose(start[name], tuned[name])
+    moved = load_checkpoint(tmp_path / "wise").model.state_dict()[name]
+    assert torch.allclose(moved, 0.75 * tuned[name] + 0.25 * start[name], atol=1e-6)
+    record = read_training_record(tmp_path / "wise")
+    assert record["start_share"] == 0.25 and "25% of the way back" in record["weights"]
+
+    # Only the weights the run went on from can be its start; a share needs a start.
+    capsys.readouterr()
+    assert main([*wise, "--start", str(tmp_path / "other"), "--start-share", "0.5"]) == 2
+    assert "not the checkpoint these runs were fine-tuned from" in capsys.readouterr().err
+    assert main([*wise, "--start-share", "0.5"]) == 2
+    assert "(or one and --start)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="summing to 1"):
+        average_weights([start, tuned], [0.5, 0.6])

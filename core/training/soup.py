@@ -4,6 +4,11 @@ from the same start, with its temperature fitted on the grouped hold-out the run
 Runs from one start tend to end in one basin of the loss, and the middle of it is at least as
 accurate as its edges and steadier than any one snapshot; runs from different starts do not
 average (their units are not aligned), so the sources must share the start and the hold-out.
+
+With `start`, the average is then moved part of the way back to the start's own weights (WiSE-FT,
+Wortsman et al. 2022, CVPR, "Robust fine-tuning of zero-shot models"): fine-tuned weights and
+the weights they were fine-tuned from are joined by a straight path of low loss, and points on
+it can keep most of what the fine-tuning bought and most of what the start knew.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from core.training.record import git_commit, holdout_note
 INGREDIENT_KEYS = ("seed", "epochs", "commit", "holdout_metrics")  # what the soup's record lists per run
 
 
-def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The mean of each floating-point tensor over `states` (BatchNorm statistics included);
-    integer tensors (BatchNorm's step counters) are taken from the first.
+def average_weights(states: list[dict[str, torch.Tensor]], shares: list[float] | None = None) -> dict:
+    """The mean of each floating-point tensor over `states` (BatchNorm statistics included),
+    weighted by `shares` (summing to 1; default equal); integer tensors (BatchNorm's step
+    counters) are taken from the first.
 
     Raises:
         CheckpointError: the states do not have the same tensors and shapes.
@@ -33,28 +39,43 @@ def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
     for state in states[1:]:
         if state.keys() != first.keys() or any(state[k].shape != first[k].shape for k in first):
             raise CheckpointError("These checkpoints do not have the same layers, so their weights cannot be averaged.")
+    shares = torch.tensor(shares or [1 / len(states)] * len(states), dtype=torch.float64)
+    if len(shares) != len(states) or abs(float(shares.sum()) - 1) > 1e-9 or bool((shares < 0).any()):
+        raise ValueError(f"An average's shares are one per checkpoint, >= 0 and summing to 1, not {shares.tolist()}.")
     averaged = {}
     for key, tensor in first.items():
         if tensor.is_floating_point():
             stacked = torch.stack([state[key].double() for state in states])
-            averaged[key] = stacked.mean(0).to(tensor.dtype)
+            averaged[key] = torch.tensordot(shares, stacked, dims=1).to(tensor.dtype)
         else:
             averaged[key] = tensor.clone()
     return averaged
 
 
-def make_soup(sources: list[str | Path], out: Path, data: Path, holdout_fraction: float = 0.15, seed: int = 0) -> dict:
-    """Average the weights of `sources` into a checkpoint at `out`, fit its temperature on the
-    grouped hold-out (the one every source kept aside) and write training.json with the
-    ingredients. Returns the hold-out metrics.
+def make_soup(
+    sources: list[str | Path],
+    out: Path,
+    data: Path,
+    holdout_fraction: float = 0.15,
+    seed: int = 0,
+    start: str | Path | None = None,
+    start_share: float = 0.0,
+) -> dict:
+    """Average the weights of `sources` into a checkpoint at `out` (with `start`: then take
+    `start_share` of the way back to the weights the sources were fine-tuned from), fit its
+    temperature on the grouped hold-out (the one every source kept aside) and write
+    training.json with the ingredients. Returns the hold-out metrics.
 
     Raises:
-        CheckpointError: fewer than two sources, or sources that differ in architecture,
-            classes, preprocessing, start or hold-out, or that held nothing out.
+        CheckpointError: fewer than two sources without a start, sources that differ in
+            architecture, classes, preprocessing, start or hold-out, or that held nothing out,
+            or a start that is not the weights they went on from.
     """
     started = time.time()
-    if len(sources) < 2:
-        raise CheckpointError("A soup needs at least two checkpoints to average.")
+    if len(sources) < 2 and start is None:
+        raise CheckpointError("A soup needs at least two checkpoints to average (or one and --start).")
+    if start is None and start_share or not 0 <= start_share < 1:
+        raise CheckpointError(f"--start-share is a share from 0 to below 1 and needs --start, not {start_share}.")
     loaded = [load_checkpoint(source, reliability=False) for source in sources]
     records = [read_training_record(model.directory) for model in loaded]
     expected_holdout = holdout_note(holdout_fraction, seed)
@@ -83,8 +104,12 @@ def make_soup(sources: list[str | Path], out: Path, data: Path, holdout_fraction
                 f"{records[0].get('init')!r}, or the same name holding other weights); only runs from the same start "
                 "can be averaged."
             )
+    weights = average_weights([m.model.state_dict() for m in loaded])
+    if start is not None:
+        origin = _check_start(start, loaded[0], records[0])
+        weights = average_weights([weights, origin.model.state_dict()], [1 - start_share, start_share])
     model = loaded[0].model
-    model.load_state_dict(average_weights([m.model.state_dict() for m in loaded]))
+    model.load_state_dict(weights)
     model.eval()
 
     names = list(first.label_names)
@@ -95,13 +120,13 @@ def make_soup(sources: list[str | Path], out: Path, data: Path, holdout_fraction
         **{key: records[0][key] for key in ("data", "splits", "num_images", "init") if key in records[0]},
         "holdout": expected_holdout,
         "holdout_metrics": metrics,
-        "weights": f"uniform average of {len(sources)} runs' weights (model soup, Wortsman et al. 2022), "
-        "BatchNorm statistics averaged too",
+        "weights": _weights_note(len(sources), start_share if start is not None else None),
         "soup_of": [
             {"checkpoint": str(source), **{key: rec.get(key) for key in INGREDIENT_KEYS}}
             for source, rec in zip(sources, records)
         ],
         "ingredient_records": [{k: v for k, v in rec.items() if k != "notes"} for rec in records],
+        **({"start": str(start), "start_share": start_share} if start is not None else {}),
         "seconds": round(time.time() - started),
         "commit": git_commit(),
     }
@@ -109,6 +134,39 @@ def make_soup(sources: list[str | Path], out: Path, data: Path, holdout_fraction
     return metrics
 
 
+def _check_start(start: str | Path, source, record: dict):
+    """The start checkpoint, loaded, once it is known to be the model the sources went on from:
+    the same architecture, classes and preprocessing, and the training record they copied."""
+    origin = load_checkpoint(start, reliability=False)
+    same_model = (origin.config.architecture, origin.config.label_names, origin.config.preprocessing) == (
+        source.config.architecture,
+        source.config.label_names,
+        source.config.preprocessing,
+    )
+    copied = _identity(record.get("continued_from") or {})
+    if not same_model or _identity(read_training_record(origin.directory)) != copied:
+        raise CheckpointError(
+            f"{start} is not the checkpoint these runs were fine-tuned from (their record names init "
+            f"{record.get('init')!r} and the training record they copied from it); pass the weights they started from."
+        )
+    return origin
+
+
+def _weights_note(runs: int, start_share: float | None) -> str:
+    kept = "the run's weights"
+    if runs > 1:
+        kept = f"uniform average of {runs} runs' weights (model soup, Wortsman et al. 2022)"
+    if start_share is not None:
+        kept += (
+            f", then {start_share:.0%} of the way back to the weights they were fine-tuned from "
+            "(WiSE-FT, Wortsman et al. 2022, CVPR)"
+        )
+    return kept + ", BatchNorm statistics averaged too"
+
+
+def _identity(record: dict) -> tuple:
+    return record.get("commit"), record.get("seconds"), record.get("holdout_metrics")
+
+
 def _start(record: dict) -> tuple:
-    previous = record.get("continued_from") or {}
-    return record.get("init"), previous.get("commit"), previous.get("seconds"), previous.get("holdout_metrics")
+    return record.get("init"), *_identity(record.get("continued_from") or {})
