@@ -186,7 +186,7 @@ def _recipe(training: dict) -> list[str]:
     )
     return [
         f"- Weights: {training.get('weights')}, made at commit `{training.get('commit')}` from {len(ingredients)} "
-        f"runs: {listed}.",
+        f"run{'s' if len(ingredients) > 1 else ''}: {listed}.",
         f"- The runs differ only in: {', '.join(differ) or 'nothing'}. The first run's recipe:",
         *("  " + line for line in _run_recipe(ingredients[0])),
     ]

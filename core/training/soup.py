@@ -120,7 +120,7 @@ def make_soup(
         **{key: records[0][key] for key in ("data", "splits", "num_images", "init") if key in records[0]},
         "holdout": expected_holdout,
         "holdout_metrics": metrics,
-        "weights": _weights_note(len(sources), start_share if start is not None else None),
+        "weights": _weights_note(len(sources), start, start_share),
         "soup_of": [
             {"checkpoint": str(source), **{key: rec.get(key) for key in INGREDIENT_KEYS}}
             for source, rec in zip(sources, records)
@@ -152,13 +152,13 @@ def _check_start(start: str | Path, source, record: dict):
     return origin
 
 
-def _weights_note(runs: int, start_share: float | None) -> str:
+def _weights_note(runs: int, start: str | Path | None, start_share: float) -> str:
     kept = "the run's weights"
     if runs > 1:
         kept = f"uniform average of {runs} runs' weights (model soup, Wortsman et al. 2022)"
-    if start_share is not None:
+    if start is not None:
         kept += (
-            f", then {start_share:.0%} of the way back to the weights they were fine-tuned from "
+            f", then {start_share:.0%} of the way back to the weights it went on from, `{start}` "
             "(WiSE-FT, Wortsman et al. 2022, CVPR)"
         )
     return kept + ", BatchNorm statistics averaged too"
