@@ -28,7 +28,6 @@ from core.volume import VolumeScores
 from core.workers import JobCancelled, JobTimedOut, PoolBusy, WorkerCrashed, explain_task
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_images"
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom", "nii", "gz", "zip"]
 USER_ERRORS = (ImageInputError, ExplainError, CheckpointError, DatasetError)
 NOTUMOR_CAVEAT = (
     "Caution: every no-tumour training image came from a different source and MRI sequence than the "
@@ -296,8 +295,7 @@ def pick_scan(key: str) -> Scan | None:
         upload = st.file_uploader(
             f"PNG, JPEG, BMP, TIFF (up to {MAX_FILE_BYTES // 2**20} MB); DICOM, NIfTI or a ZIP of one DICOM series "
             f"(up to {MAX_VOLUME_FILE_BYTES // 2**20} MB)",
-            type=UPLOAD_TYPES,
-            key=f"{key}_upload",
+            key=f"{key}_upload",  # any name: hospitals' DICOM files often have no suffix, ".IMA" or a UID
         )
         if upload is None:
             st.info("Upload a brain MRI slice, or choose a sample.")

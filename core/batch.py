@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from core.checkpoint import LoadedModel, load_checkpoint, resolve_checkpoint
 from core.explain import ExplainError, ExplainSettings, explain
-from core.image_input import SUPPORTED_SUFFIXES, ImageInputError, load_image
+from core.image_input import SUPPORTED_SUFFIXES, ImageInputError, load_image, sniffed_kind
 from core.render import explanation_panels, png_bytes
 
 if TYPE_CHECKING:
@@ -31,9 +31,7 @@ def expand_inputs(paths: list[Path]) -> list[tuple[Path, Path]]:
     pairs = []
     for path in paths:
         if path.is_dir():
-            for file in sorted(
-                p for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(SUPPORTED_SUFFIXES)
-            ):
+            for file in sorted(p for p in path.rglob("*") if p.is_file() and _is_scan(p)):
                 pairs.append((file, Path(path.name) / file.relative_to(path).parent / _stem(file)))
         else:
             pairs.append((path, Path(_stem(path))))
@@ -163,6 +161,17 @@ def _write_summary_csv(path: Path, results: list[dict], label_names, method: str
 
 def _blank_if_none(value):
     return "" if value is None else value
+
+
+def _is_scan(path: Path) -> bool:
+    """A file of a folder to explain: a supported suffix, or (DICOM exports often have none, or
+    ".IMA", or a UID for a name) DICOM or image bytes at its start; hidden files are left out."""
+    if path.name.lower().endswith(SUPPORTED_SUFFIXES):
+        return True
+    if path.name.startswith("."):
+        return False
+    with path.open("rb") as file:
+        return sniffed_kind(file.read(256)) is not None
 
 
 def _stem(path: Path) -> str:

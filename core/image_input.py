@@ -25,6 +25,10 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SERIES_SUFFIXES = (".zip",)  # a ZIP of one DICOM series
 VOLUME_SUFFIXES = DICOM_SUFFIXES + NIFTI_SUFFIXES + SERIES_SUFFIXES
 SUPPORTED_SUFFIXES = RASTER_SUFFIXES + VOLUME_SUFFIXES
+RASTER_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")  # PNG, JPEG, BMP, TIFF
+# A DICOM file written without its 128-byte preamble and "DICM" (older systems, some exports)
+# starts with its first element's tag: group 0002 (file meta) or 0008 (identification), little-endian.
+DICOM_FIRST_GROUPS = (b"\x02\x00", b"\x08\x00")
 
 # Stop Pillow from silently decoding decompression bombs; we raise our own message.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -70,27 +74,25 @@ def load_image(
     """
     if not data:
         raise ImageInputError("The file is empty (0 bytes). Please upload the scan again.")
-    name = filename.lower()
-    limit = MAX_VOLUME_FILE_BYTES if name.endswith(VOLUME_SUFFIXES) else MAX_FILE_BYTES
+    kind = upload_kind(filename, data)
+    if kind is None:
+        raise ImageInputError(
+            f"'{filename}' is not a supported format. Upload PNG, JPEG, BMP, TIFF, "
+            "DICOM, NIfTI (.nii, .nii.gz) or a ZIP of one DICOM series."
+        )
+    limit = MAX_FILE_BYTES if kind == "image" else MAX_VOLUME_FILE_BYTES
     if len(data) > limit:
         raise ImageInputError(
             f"The file is {len(data) / 1e6:.0f} MB; the limit is {limit // 2**20} MB for this kind of file. "
             "Export a single slice, or a smaller series, and try again."
         )
-    if name.endswith(SERIES_SUFFIXES):
-        kind, decode = "ZIP", lambda: _load_series(data, slice_index)
-    elif name.endswith(NIFTI_SUFFIXES):
-        kind, decode = "NIfTI", lambda: _load_nifti(data, slice_index, axis)
-    elif name.endswith(DICOM_SUFFIXES) or _looks_like_dicom(data):
-        kind, decode = "DICOM", lambda: _load_dicom(data, slice_index)
-    elif name.endswith(RASTER_SUFFIXES) or "." not in name:
-        suffix = name.rsplit(".", 1)[-1].upper() if "." in name else ""
-        kind, decode = "image", lambda: _load_raster(data, slice_index, suffix)
-    else:
-        raise ImageInputError(
-            f"'{filename}' is not a supported format. Upload PNG, JPEG, BMP, TIFF, "
-            "DICOM (.dcm), NIfTI (.nii, .nii.gz) or a ZIP of one DICOM series."
-        )
+    suffix = filename.rsplit(".", 1)[-1].upper() if "." in filename else ""
+    decode = {
+        "ZIP": lambda: _load_series(data, slice_index),
+        "NIfTI": lambda: _load_nifti(data, slice_index, axis),
+        "DICOM": lambda: _load_dicom(data, slice_index),
+        "image": lambda: _load_raster(data, slice_index, suffix),
+    }[kind]
     try:
         loaded = decode()
     except ImageInputError:
@@ -103,6 +105,31 @@ def load_image(
         ) from error
     _check_size(loaded.pixels.shape)
     return loaded
+
+
+def upload_kind(filename: str, data: bytes) -> str | None:
+    """What load_image reads a file as: "ZIP", "NIfTI", "DICOM" or "image"; None when it is none
+    of these. The name's suffix decides where it is one of ours; DICOM files named as hospitals
+    name them (no suffix, ".IMA", a UID such as 1.2.840.113619.2.55.3) are known by their bytes."""
+    name = filename.lower()
+    if name.endswith(SERIES_SUFFIXES):
+        return "ZIP"
+    if name.endswith(NIFTI_SUFFIXES):
+        return "NIfTI"
+    if name.endswith(DICOM_SUFFIXES) or _looks_like_dicom(data):
+        return "DICOM"
+    if name.endswith(RASTER_SUFFIXES):
+        return "image"
+    return sniffed_kind(data) or ("image" if "." not in name else None)
+
+
+def sniffed_kind(head: bytes) -> str | None:
+    """ "DICOM" or "image" from a file's first bytes (256 are enough), None when they are neither."""
+    if _looks_like_dicom(head) or head[:2] in DICOM_FIRST_GROUPS:
+        return "DICOM"
+    if head.startswith(RASTER_MAGIC):
+        return "image"
+    return None
 
 
 def _looks_like_dicom(data: bytes) -> bool:

@@ -29,7 +29,7 @@ from starlette.formparsers import MultiPartParser
 from core.checkpoint import CheckpointError, list_checkpoints, read_config
 from core.checkpoint import resolve_checkpoint as resolve
 from core.explain import METHODS, ExplainError, ExplainSettings
-from core.image_input import MAX_FILE_BYTES, SUPPORTED_SUFFIXES, ImageInputError
+from core.image_input import MAX_FILE_BYTES, ImageInputError, upload_kind
 from core.model_card import preferred_checkpoint
 from core.render import explanation_panels, png_bytes
 from core.workers import (
@@ -231,11 +231,13 @@ def create_app(
         brain_mask: bool = Query(True),
     ) -> dict:
         name = file.filename or "upload"
-        if not name.lower().endswith(SUPPORTED_SUFFIXES) and "." in name:
-            raise HTTPException(415, f"'{name}' is not a supported format: {', '.join(SUPPORTED_SUFFIXES)}.")
         data = await file.read(MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
             raise HTTPException(413, f"The file is over the {MAX_FILE_BYTES // 2**20} MB limit.")
+        if data and upload_kind(name, data) is None:
+            raise HTTPException(
+                415, f"'{name}' is not a supported format: PNG, JPEG, BMP, TIFF, DICOM, NIfTI or a ZIP of a series."
+            )
         installed = list_checkpoints()
         checkpoint = checkpoint or (installed[preferred_checkpoint(installed)] if installed else None)
         if checkpoint not in installed:

@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from core.image_input import MAX_FILE_BYTES, ImageInputError, load_image
+from core.image_input import MAX_FILE_BYTES, ImageInputError, load_image, upload_kind
 from tests.conftest import encode, head_phantom
 
 
@@ -118,6 +118,26 @@ def test_dicom_test_file_decodes_with_spacing():
     loaded = load_image(data, "MR_small.dcm")
     assert_valid(loaded, (64, 64))
     assert loaded.file_format == "DICOM" and loaded.pixel_spacing_mm == (0.3125, 0.3125)
+
+
+@pytest.mark.parametrize("name", ["IM0001", "IM0001.IMA", "1.2.840.113619.2.55.3", "scan.dcm"])
+@pytest.mark.parametrize("preamble", [True, False])
+def test_dicom_files_named_as_hospitals_name_them_are_read(name, preamble):
+    """No suffix, Siemens' .IMA, a UID for a name, with or without the 128-byte preamble and
+    "DICM" (older systems leave them out): known by their bytes, not refused by their names."""
+    data = open(get_testdata_file("MR_small.dcm"), "rb").read()
+    data = data if preamble else data[132:]
+    loaded = load_image(data, name)
+    assert_valid(loaded, (64, 64))
+    assert loaded.file_format == "DICOM"
+
+
+def test_files_of_unknown_names_are_read_by_their_bytes_or_refused():
+    assert upload_kind("scan.xyz", encode(head_phantom(64), "PNG")) == "image"
+    assert upload_kind("report.txt", b"hello") is None
+    assert upload_kind("scan.png", b"\x08\x00" + bytes(200)) == "image"  # the name decides where it is ours
+    with pytest.raises(ImageInputError, match="not a supported format"):
+        load_image(b"hello", "report.txt")
 
 
 def test_dicom_rescale_and_window_are_applied():

@@ -50,6 +50,15 @@ def test_target_and_mask_options(client):
     assert body["checkpoint"] == "tiny_convnext"  # first installed by default
 
 
+def test_a_dicom_named_by_its_uid_without_preamble_is_answered(client):
+    from pydicom.data import get_testdata_file
+
+    data = open(get_testdata_file("MR_small.dcm"), "rb").read()[132:]
+    response = post(client, "1.2.840.113619.2.55.3", data)
+    assert response.status_code == 200, response.json()
+    assert response.json()["prediction"] in response.json()["class_probabilities"]
+
+
 @pytest.mark.parametrize(
     "name, data, params, status, message",
     [
