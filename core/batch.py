@@ -171,7 +171,8 @@ def _is_scan(path: Path) -> bool:
     if path.name.startswith("."):
         return False
     with path.open("rb") as file:
-        return sniffed_kind(file.read(256)) is not None
+        kind = sniffed_kind(file.read(256))
+    return kind in ("DICOM", "image") or (kind == "ZIP" and "." not in path.name)  # not a .docx or .xlsx
 
 
 def _stem(path: Path) -> str:

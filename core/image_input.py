@@ -124,7 +124,9 @@ def upload_kind(filename: str, data: bytes) -> str | None:
 
 
 def sniffed_kind(head: bytes) -> str | None:
-    """ "DICOM" or "image" from a file's first bytes (256 are enough), None when they are neither."""
+    """What a file's first bytes (256 are enough) say it is: "ZIP", "DICOM" or "image"; or None."""
+    if head.startswith(b"PK\x03\x04"):
+        return "ZIP"
     if _looks_like_dicom(head) or head[:2] in DICOM_FIRST_GROUPS:
         return "DICOM"
     if head.startswith(RASTER_MAGIC):

@@ -135,6 +135,7 @@ def test_dicom_files_named_as_hospitals_name_them_are_read(name, preamble):
 def test_files_of_unknown_names_are_read_by_their_bytes_or_refused():
     assert upload_kind("scan.xyz", encode(head_phantom(64), "PNG")) == "image"
     assert upload_kind("report.txt", b"hello") is None
+    assert upload_kind("series", b"PK\x03\x04" + bytes(60)) == "ZIP"  # a ZIP of a series without .zip
     assert upload_kind("scan.png", b"\x08\x00" + bytes(200)) == "image"  # the name decides where it is ours
     with pytest.raises(ImageInputError, match="not a supported format"):
         load_image(b"hello", "report.txt")
