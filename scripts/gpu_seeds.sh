@@ -16,6 +16,10 @@
 # so INIT and TEACHER (default: that checkpoint) now start a new line from it; the rule for it must be
 # written in docs/training.md first. Then `python -m core soup` the seeds and judge the average
 # by the same rule (soup refuses runs from different starts).
+# The ConvNeXt (eleventh round: 3 CPU epochs were far too few) would go on from its hold-out-clean
+# weights, extracted here first (git show a37dcc8:checkpoints/convnext_atto/{config.json,model.safetensors}
+# into .device_data/convnext_start/) and sent with the data:
+#   ARCH=convnext_atto INIT=.device_data/convnext_start LR=2e-4 EPOCHS=... bash scripts/gpu_seeds.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:?set OUT to the folder whose files come back}
@@ -23,7 +27,7 @@ work=${WORK:-/tmp/gpu_seeds}
 mkdir -p "$work"
 for seed in ${SEEDS:-0 1 2}; do
   INIT=${INIT:-checkpoints/efficientnet_lite0} TEACHER=${TEACHER:-checkpoints/efficientnet_lite0} DISTILL=0.9 EPOCHS=${EPOCHS:-8} \
-    LR=3e-4 RANDOMISE=0.1 CONTROLS=0.25 SEED=$seed HOLDOUT_SEED=0 THREADS=${THREADS:-4} DEVICE=${DEVICE:-cuda} MEASURE=0 \
+    LR=${LR:-3e-4} RANDOMISE=0.1 CONTROLS=0.25 SEED=$seed HOLDOUT_SEED=0 THREADS=${THREADS:-4} DEVICE=${DEVICE:-cuda} MEASURE=0 \
     scripts/train_robust.sh "$work/seed$seed" "${DATA:-.device_data/brain-tumor-mri}" > "$out/seed$seed.log" 2>&1 &
 done
 wait
