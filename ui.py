@@ -293,8 +293,8 @@ def pick_scan(key: str) -> Scan | None:
     source = st.radio("Image", ["Upload a scan", "Use a sample"], horizontal=True, key=f"{key}_source")
     if source == "Upload a scan":
         upload = st.file_uploader(
-            f"PNG, JPEG, BMP, TIFF (up to {MAX_FILE_BYTES // 2**20} MB); DICOM, NIfTI or a ZIP of one DICOM series "
-            f"(up to {MAX_VOLUME_FILE_BYTES // 2**20} MB)",
+            f"PNG, JPEG, BMP, TIFF (up to {MAX_FILE_BYTES // 2**20} MB); DICOM (any file name), NIfTI or a ZIP of "
+            f"one DICOM series (up to {MAX_VOLUME_FILE_BYTES // 2**20} MB)",
             key=f"{key}_upload",  # any name: hospitals' DICOM files often have no suffix, ".IMA" or a UID
         )
         if upload is None:
