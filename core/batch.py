@@ -168,7 +168,7 @@ def _is_scan(path: Path) -> bool:
     ".IMA", or a UID for a name) DICOM or image bytes at its start; hidden files are left out."""
     if path.name.lower().endswith(SUPPORTED_SUFFIXES):
         return True
-    if path.name.startswith("."):
+    if path.name.startswith(".") or path.name.upper() == "DICOMDIR":  # an export's index, not an image
         return False
     with path.open("rb") as file:
         kind = sniffed_kind(file.read(256))

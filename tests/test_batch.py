@@ -28,14 +28,14 @@ def test_folders_are_searched_and_repeated_names_numbered(tmp_path):
 
 def test_a_dicom_export_folder_is_read_whatever_its_files_are_named(tmp_path):
     """PACS exports name files IM0001, *.IMA or by UID, often without the preamble: such files
-    are found by their bytes; other files and hidden ones are left out, not reported as broken."""
+    are found by their bytes; other files, hidden ones and the DICOMDIR index are left out."""
     from pydicom.data import get_testdata_file
 
     dicom = open(get_testdata_file("MR_small.dcm"), "rb").read()
     (tmp_path / "export" / "SE1").mkdir(parents=True)
     files = {"IM0001": dicom, "IM0002.IMA": dicom[132:], "1.2.840.113619.2.55.3": dicom[132:], "DICOMDIR.txt": b"x",
              ".DS_Store": b"\x08\x00", "LOCKFILE": b"busy", "scan.jpe": encode(head_phantom(64), "JPEG"),
-             "notes.docx": b"PK\x03\x04" + bytes(60)}  # fmt: skip
+             "notes.docx": b"PK\x03\x04" + bytes(60), "DICOMDIR": dicom}  # fmt: skip
     for name, data in files.items():
         (tmp_path / "export" / "SE1" / name).write_bytes(data)
     found = sorted(file.name for file, _ in expand_inputs([tmp_path / "export"]))
