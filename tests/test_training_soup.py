@@ -113,6 +113,9 @@ def test_a_run_moved_back_toward_its_start_is_the_weighted_mean_of_the_two(small
     capsys.readouterr()
     assert main([*wise, "--start", str(tmp_path / "other"), "--start-share", "0.5"]) == 2
     assert "not the checkpoint these runs were fine-tuned from" in capsys.readouterr().err
+    from_scratch = ["soup", str(tmp_path / "wise2"), str(tmp_path / "start"), "--data", str(small_dataset)]
+    assert main([*from_scratch, "--start", str(tmp_path / "start"), "--start-share", "0.5"]) == 2
+    assert "not the checkpoint these runs were fine-tuned from" in capsys.readouterr().err
     assert main([*wise, "--start-share", "0.5"]) == 2
     assert "(or one and --start)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="summing to 1"):

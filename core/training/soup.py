@@ -74,7 +74,7 @@ def make_soup(
     started = time.time()
     if len(sources) < 2 and start is None:
         raise CheckpointError("A soup needs at least two checkpoints to average (or one and --start).")
-    if start is None and start_share or not 0 <= start_share < 1:
+    if (start is None and start_share) or not 0 <= start_share < 1:
         raise CheckpointError(f"--start-share is a share from 0 to below 1 and needs --start, not {start_share}.")
     loaded = [load_checkpoint(source, reliability=False) for source in sources]
     records = [read_training_record(model.directory) for model in loaded]
@@ -143,8 +143,8 @@ def _check_start(start: str | Path, source, record: dict):
         source.config.label_names,
         source.config.preprocessing,
     )
-    copied = _identity(record.get("continued_from") or {})
-    if not same_model or _identity(read_training_record(origin.directory)) != copied:
+    copied = record.get("continued_from")  # None for runs from scratch or ImageNet: no checkpoint to go back to
+    if not same_model or not copied or _identity(read_training_record(origin.directory)) != _identity(copied):
         raise CheckpointError(
             f"{start} is not the checkpoint these runs were fine-tuned from (their record names init "
             f"{record.get('init')!r} and the training record they copied from it); pass the weights they started from."
