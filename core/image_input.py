@@ -493,13 +493,13 @@ def patient_fields(data: bytes, filename: str) -> dict[str, str]:
     asked to carry them; empty for other formats or when none is present."""
     import pydicom
 
-    name = filename.lower()
+    kind = upload_kind(filename, data)
     try:
-        if name.endswith(SERIES_SUFFIXES):
+        if kind == "ZIP":
             from core.dicom_series import open_series
 
             data = open_series(data, MAX_DECODED_BYTES).member_bytes(0)
-        elif not (name.endswith(DICOM_SUFFIXES) or _looks_like_dicom(data)):
+        elif kind != "DICOM":
             return {}
         header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
     except Exception:  # noqa: BLE001 - no readable header, no fields

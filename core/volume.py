@@ -16,13 +16,12 @@ import numpy as np
 from core.checkpoint import LoadedModel
 from core.image_input import (
     MAX_DECODED_BYTES,
-    NIFTI_SUFFIXES,
-    SERIES_SUFFIXES,
     ImageInputError,
     LoadedImage,
     gunzip_at_most,
     load_image,
     series_slice,
+    upload_kind,
 )
 from core.inference import judged_scores
 
@@ -83,13 +82,13 @@ def slice_reader(data: bytes, filename: str, axis: int = 2) -> tuple[int, SliceR
         ImageInputError: the file cannot be read (checked on its middle slice).
     """
     middle = load_image(data, filename, axis=axis)
-    name = filename.lower()
-    if name.endswith(SERIES_SUFFIXES):
+    kind = upload_kind(filename, data)
+    if kind == "ZIP":
         from core.dicom_series import open_series
 
         series = open_series(data, MAX_DECODED_BYTES)
         return middle.num_slices, lambda index: series_slice(series, index)
-    if name.endswith(NIFTI_SUFFIXES) and data[:2] == b"\x1f\x8b":
+    if kind == "NIfTI" and data[:2] == b"\x1f\x8b":
         raw = gunzip_at_most(data, MAX_DECODED_BYTES + 2**20)
         return middle.num_slices, lambda index: load_image(raw, "volume.nii", slice_index=index, axis=axis)
     return middle.num_slices, lambda index: load_image(data, filename, slice_index=index, axis=axis)

@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from core.image_input import MAX_FILE_BYTES, ImageInputError, load_image, upload_kind
+from core.image_input import MAX_FILE_BYTES, ImageInputError, load_image, patient_fields, upload_kind
 from tests.conftest import encode, head_phantom
 
 
@@ -130,6 +130,7 @@ def test_dicom_files_named_as_hospitals_name_them_are_read(name, preamble):
     loaded = load_image(data, name)
     assert_valid(loaded, (64, 64))
     assert loaded.file_format == "DICOM"
+    assert patient_fields(data, name)["PatientID"] == "4MR1"  # the report reads the same file as DICOM too
 
 
 def test_files_of_unknown_names_are_read_by_their_bytes_or_refused():
