@@ -19,7 +19,7 @@ from core.checkpoint import CheckpointError, LoadedModel
 from core.dataset import DatasetError
 from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, heatmap_name, layer_names
 from core.faithfulness import FaithfulnessCheck, RoadCheck
-from core.image_input import MAX_FILE_BYTES, MAX_VOLUME_FILE_BYTES, ImageInputError, LoadedImage
+from core.image_input import MAX_FILE_BYTES, MAX_VOLUME_FILE_BYTES, ImageInputError, LoadedImage, upload_kind
 from core.localisation import localisation_metrics
 from core.reliability import DEFAULT_MARGIN, UNFAMILIAR_MESSAGE
 from core.report import scan_report
@@ -307,7 +307,7 @@ def pick_scan(key: str) -> Scan | None:
         data = (SAMPLE_DIR / filename).read_bytes()
 
     axis = 2
-    if filename.lower().endswith((".nii", ".nii.gz")):
+    if upload_kind(filename, data) == "NIfTI":
         axis = st.radio(
             "Slice orientation",
             [2, 1, 0],
