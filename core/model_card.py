@@ -18,7 +18,7 @@ from core.checkpoint import (
 )
 from core.evaluation_store import LOCALISATION_COLUMNS
 from core.explain import heatmap_name
-from core.reliability import Reliability
+from core.reliability import TEXTURE_SIZE, Reliability
 from core.reliability import load as load_reliability
 from core.sweep import baseline_summary, method_table
 
@@ -471,9 +471,12 @@ def _shorten(text: str, width: int) -> str:
 
 def _texture_words(info: dict) -> str:
     """How the card names the familiarity blocks (core.reliability.fit's info)."""
-    if len(info.get("feature_blocks", [])) < 2:
+    blocks = info.get("feature_blocks", [])
+    if len(blocks) < 2:
         return ""
+    flat = blocks[-1][1] - blocks[-1][0] == TEXTURE_SIZE  # fitted without --no-flatness
     return (
         "; and, as a second block weighed alike, texture statistics of the input: Laplacian-pyramid band "
-        "energies and kurtosis inside the head"
-    )
+        "energies and kurtosis inside the head" + (", and the share of flat pixels (heavy JPEG, lost resolution)"
+                                                   if flat else "")
+    )  # fmt: skip

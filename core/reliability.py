@@ -4,7 +4,8 @@ Familiarity (Lee et al. 2018): the Mahalanobis distance of a slice's features to
 class mean, with shared covariances (Ledoit-Wolf shrinkage), all fitted on the training part of
 train+val. The features come in two blocks: what the model sees (the vector the classifier
 reads, and the channel statistics of an early stage) and texture statistics of the input
-itself (fine detail, noise and blur, which a ConvNeXt's stem discards). Each block's distance
+itself (fine detail, noise, blur and the flat patches of heavy JPEG, which a ConvNeXt's stem
+discards). Each block's distance
 is divided by its hold-out 95th percentile and the two are added in quadrature (or, fitted
 with `combine="max"`, the larger is taken), so neither drowns the other; stored as one
 block-diagonal precision. The score in [0, 1] is the share of
@@ -37,6 +38,7 @@ SELECTIVE_ACCURACY = 0.95  # what confident predictions must reach on the hold-o
 DEFAULT_MARGIN = 0.2  # for checkpoints without a fitted file
 TEXTURE_SIGMAS = (1, 2, 4, 8)  # Laplacian-pyramid bands, in pixels of the model's input
 TEXTURE_EROSION = 12  # pixels kept away from the head's edge, whose step would dominate every band
+TEXTURE_SIZE = 3 + 2 * len(TEXTURE_SIGMAS)  # columns of texture_statistics(); the flat share is the last
 UNFAMILIAR_MESSAGE = (
     "This scan is unlike the images this model was trained on; its prediction and heatmap may be wrong."
 )
@@ -142,10 +144,10 @@ def _eroded(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 def texture_statistics(tensor: torch.Tensor) -> torch.Tensor:
-    """(N, 2 + 2 * len(TEXTURE_SIGMAS)) statistics of the model's input inside the head (away
-    from its edge): the intensity mean and log-variance, then for each band of a Laplacian
-    pyramid its log energy relative to the variance (blur and resolution loss lower the fine
-    bands, noise raises them) and its log kurtosis (edges against noise)."""
+    """(N, TEXTURE_SIZE) statistics of the model's input inside the head (away from its edge):
+    the intensity mean and log-variance, then for each band of a Laplacian pyramid its log
+    energy relative to the variance (blur and resolution loss lower the fine bands, noise raises
+    them) and its log kurtosis (edges against noise), then flat_share()."""
     grey = tensor[:, :1].float()
     background = grey.amin((2, 3), keepdim=True)  # a brain-masked input is constant outside the head
     inside = (grey > background + 1e-3).float()
@@ -163,7 +165,19 @@ def texture_statistics(tensor: torch.Tensor) -> torch.Tensor:
         band = fine - coarse
         energy = average(band**2) + 1e-10
         statistics += [(energy / variance).log(), (average(band**4) / energy**2 + 1e-8).log()]
+    statistics.append((average(flat_pixels(grey)) + 1e-3).log())
     return torch.cat(statistics, 1)
+
+
+def flat_pixels(grey: torch.Tensor) -> torch.Tensor:
+    """1 where a pixel's right and lower neighbours both differ from it by less than half an
+    8-bit step of the input's range: the flat patches of heavy JPEG, resolution loss or a
+    shrunken field of view, where a real scan has noise. A smooth 16-bit or float input is
+    never flatter than 8-bit training slices, so only flatter-than-training inputs stand out."""
+    step = (grey.amax((2, 3), keepdim=True) - grey.amin((2, 3), keepdim=True)) / 255
+    across = (grey[..., :, 1:] - grey[..., :, :-1]).abs() < step / 2
+    down = (grey[..., 1:, :] - grey[..., :-1, :]).abs() < step / 2
+    return F.pad((across[..., :-1, :] & down[..., :, :-1]).to(grey.dtype), (0, 1, 0, 1))
 
 
 def scores_and_features(model: torch.nn.Module, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,11 +195,14 @@ def scores_and_features(model: torch.nn.Module, tensor: torch.Tensor) -> tuple[t
     return model.get_classifier()(pooled), features
 
 
-def feature_blocks(size: int, texture: bool = True) -> list[tuple[int, int]]:
+def feature_blocks(size: int, texture: bool = True, flatness: bool = True) -> list[tuple[int, int]]:
     """[start, stop) of the model block and (when `texture`) the texture block in a feature
-    vector of `size`; without it the texture columns are left out of the distance."""
-    model_size = size - (2 + 2 * len(TEXTURE_SIGMAS))
-    return [(0, model_size), (model_size, size)] if texture else [(0, model_size)]
+    vector of `size`; columns in no block are left out of the distance: the texture columns
+    without `texture`, the flat share (the last column) without `flatness`."""
+    model_size = size - TEXTURE_SIZE
+    if not texture:
+        return [(0, model_size)]
+    return [(0, model_size), (model_size, size if flatness else size - 1)]
 
 
 @torch.no_grad()
@@ -299,10 +316,12 @@ def fit_checkpoint(
     progress: bool = True,
     texture: bool = True,
     combine: str = "quadrature",
+    flatness: bool = True,
 ) -> Reliability:
     """Fit familiarity on the training part of train+val and the margin on its grouped hold-out
     (the split `train` uses, seed 0), with the inputs the app gives the model (brain-masked).
-    `texture`: add the texture-statistics block (docs/training.md says which checkpoint has it);
+    `texture`: add the texture-statistics block (docs/training.md says which checkpoint has it),
+    `flatness`: with its flat-share column;
     `combine`: how the blocks' distances make one ("quadrature" or "max")."""
     from core.checkpoint import load_checkpoint
     from core.dataset import decode_records, grouped_holdout, list_split
@@ -327,5 +346,5 @@ def fit_checkpoint(
         "target_selective_accuracy": SELECTIVE_ACCURACY,
         **chosen,
     }
-    blocks = feature_blocks(features.shape[1], texture)
+    blocks = feature_blocks(features.shape[1], texture, flatness)
     return fit(features[~held], labels[~held], features[held], chosen["margin"], info, blocks, combine)

@@ -202,3 +202,14 @@ def test_card_reports_faithfulness_on_a_sample_and_the_sanity_check(checkpoint_r
         assert f"| {row['method']} | {row['rank correlation, all randomised']:.2f} |" in card
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "c"),
                  "--per-class", "1", "--cache"]) == 2  # fmt: skip
+
+
+def test_card_names_the_familiarity_blocks_as_fitted():
+    from core.model_card import _texture_words
+    from core.reliability import feature_blocks
+
+    size = 100
+    assert _texture_words({"feature_blocks": feature_blocks(size, texture=False)}) == ""
+    without_flat = _texture_words({"feature_blocks": feature_blocks(size, flatness=False)})
+    assert "Laplacian-pyramid" in without_flat and "flat pixels" not in without_flat
+    assert "flat pixels" in _texture_words({"feature_blocks": feature_blocks(size)})

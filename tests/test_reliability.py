@@ -99,12 +99,43 @@ def test_texture_statistics_see_blur_and_noise_inside_the_head_whatever_its_brig
     head = head_phantom(256, seed=5)
     fine = 2  # log energy of the finest band relative to the variance
     clean = statistics(head)
-    assert clean.shape == (2 + 2 * len(reliability.TEXTURE_SIGMAS),)
+    assert clean.shape == (reliability.TEXTURE_SIZE,)
     assert statistics(cv2.GaussianBlur(head, (0, 0), 1.5))[fine] < clean[fine] - 1
     noisy = np.clip(head + np.random.default_rng(6).normal(0, 0.08, head.shape), 0, 1) * (head > 0)
     assert statistics(noisy)[fine] > clean[fine] + 1
     # Brightness and contrast change the first two statistics, not the band shapes.
     assert np.allclose(statistics(head * 0.5)[fine:], clean[fine:], atol=0.01)
+
+
+def test_the_flat_share_rises_with_heavy_jpeg_and_not_with_noise_or_16_bit_smoothness():
+    import cv2
+    import torch
+
+    def flat_share(image):
+        grey = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None].repeat(1, 3, 1, 1)
+        return float(reliability.texture_statistics(grey)[0, -1].exp() - 1e-3)
+
+    head = head_phantom(256, seed=7)
+    inside = head > 0
+    scan = np.clip(head + np.random.default_rng(8).normal(0, 0.02, head.shape), 0, 1) * inside
+    eight_bit = np.round(scan * 255) / 255
+    _, encoded = cv2.imencode(".jpg", np.uint8(eight_bit * 255), [cv2.IMWRITE_JPEG_QUALITY, 8])
+    jpeg = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255 * inside
+    noisier = np.clip(scan + np.random.default_rng(9).normal(0, 0.05, head.shape), 0, 1) * inside
+    assert flat_share(jpeg) > 0.2 > 0.05 > flat_share(eight_bit)
+    assert flat_share(noisier) <= flat_share(eight_bit)
+    assert abs(flat_share(scan) - flat_share(eight_bit)) < 0.005  # a float (or 16-bit) scan: as flat as its 8-bit copy
+    # By hand: a constant 4x4 patch in a ramp is flat where both neighbours are equal.
+    ramp = torch.arange(36, dtype=torch.float32).reshape(1, 1, 6, 6) / 35
+    ramp[..., 1:5, 1:5] = 0.5
+    assert reliability.flat_pixels(ramp)[0, 0, 1:4, 1:4].all() and reliability.flat_pixels(ramp).sum() == 9
+
+
+def test_feature_blocks_leave_the_texture_or_just_its_flat_share_out():
+    size = 64 + reliability.TEXTURE_SIZE
+    assert reliability.feature_blocks(size) == [(0, 64), (64, size)]
+    assert reliability.feature_blocks(size, flatness=False) == [(0, 64), (64, size - 1)]
+    assert reliability.feature_blocks(size, texture=False) == [(0, 64)]
 
 
 def test_saved_without_pickle_and_read_back_the_same(tmp_path):
