@@ -222,6 +222,8 @@ def _raster_to_grey(image: Image.Image) -> np.ndarray:
 
 # --- DICOM ---------------------------------------------------------------
 
+PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")  # what pydicom decodes
+
 
 def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     import pydicom
@@ -231,7 +233,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as error:
         raise ImageInputError("The DICOM file is truncated or corrupt. Export it again from the PACS.") from error
-    if "PixelData" not in dataset and "FloatPixelData" not in dataset:
+    if not any(keyword in dataset for keyword in PIXEL_DATA_KEYWORDS):
         raise ImageInputError(
             "This DICOM file holds no image (no pixel data): it may be a report or "
             "structured document. Export the image series instead."

@@ -106,6 +106,19 @@ def make_dicom(pixels: np.ndarray, **fields) -> bytes:
     return buffer.getvalue()
 
 
+def test_dicom_with_float_or_double_pixel_data_is_read(phantom):
+    """Parametric maps store FloatPixelData or DoubleFloatPixelData instead of PixelData; pydicom
+    decodes both, so both give an image (the double one used to be called "no pixel data")."""
+    for keyword, dtype, bits in (("FloatPixelData", np.float32, 32), ("DoubleFloatPixelData", np.float64, 64)):
+        dataset = pydicom.dcmread(io.BytesIO(make_dicom(phantom * 1000)))
+        del dataset.PixelData, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation
+        dataset.BitsAllocated = bits
+        setattr(dataset, keyword, (phantom * 3.5 - 1).astype(dtype).tobytes())
+        loaded = load_image(resaved(dataset), "map.dcm")
+        assert loaded.pixels.shape == phantom.shape
+        assert np.corrcoef(loaded.pixels.ravel(), phantom.ravel())[0, 1] > 0.999
+
+
 def resaved(dataset) -> bytes:
     """A (modified) DICOM dataset written back to bytes in memory."""
     buffer = io.BytesIO()
