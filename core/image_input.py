@@ -276,6 +276,9 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     if pixels.ndim != (3 if is_colour else 2):  # not one frame: the file's frame count was wrong
         num_frames, frame = 1, 0
     notes = []
+    if not is_colour and str(dataset.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+        pixels, is_colour = _palette_to_rgb(pixels, dataset), True
+        notes.append("PALETTE COLOR: the file's colour table applied, then shown in grey.")
     if is_colour:
         pixels = np.asarray(pixels, dtype=np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114])
     else:
@@ -300,6 +303,20 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         pixel_spacing_mm=spacing_mm,
         notes=tuple(notes),
     )
+
+
+def _palette_to_rgb(indices: np.ndarray, dataset) -> np.ndarray:
+    """A PALETTE COLOR image's stored values are indices into the file's colour table, not
+    intensities: the table turns them into RGB."""
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        return apply_color_lut(indices, dataset)
+    except (ValueError, AttributeError, KeyError, TypeError, IndexError) as error:
+        raise ImageInputError(
+            "This DICOM is a PALETTE COLOR image whose colour table is missing or damaged, so its "
+            "pixels cannot be turned into intensities. Export it again from the PACS."
+        ) from error
 
 
 def _decode_frame(data: bytes, dataset, frame: int | None) -> np.ndarray:

@@ -119,6 +119,20 @@ def test_dicom_with_float_or_double_pixel_data_is_read(phantom):
         assert np.corrcoef(loaded.pixels.ravel(), phantom.ravel())[0, 1] > 0.999
 
 
+def test_palette_colour_dicom_shows_the_colour_table_not_its_indices():
+    from pydicom.pixels import apply_color_lut
+
+    name = "examples_palette.dcm"
+    dataset = pydicom.dcmread(get_testdata_file(name))
+    luma = apply_color_lut(dataset.pixel_array, dataset).astype(float) @ [0.299, 0.587, 0.114]
+    loaded = load_image(open(get_testdata_file(name), "rb").read(), name)
+    assert np.corrcoef(loaded.pixels.ravel(), luma.ravel())[0, 1] > 0.999  # the indices alone: 0.70
+    assert any("PALETTE COLOR" in note for note in loaded.notes)
+    del dataset.RedPaletteColorLookupTableDescriptor
+    with pytest.raises(ImageInputError, match="colour table is missing or damaged"):
+        load_image(resaved(dataset), name)
+
+
 def resaved(dataset) -> bytes:
     """A (modified) DICOM dataset written back to bytes in memory."""
     buffer = io.BytesIO()
