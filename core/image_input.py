@@ -282,8 +282,13 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     if is_colour:
         pixels = np.asarray(pixels, dtype=np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114])
     else:
+        padding = _padding_mask(pixels, dataset)
         pixels, note = _modality(pixels, dataset)
         notes += [note] if note else []
+        if padding is not None:  # black on screen: the lowest value, or the highest under MONOCHROME1
+            inverted = str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+            pixels[padding] = pixels[~padding].max() if inverted else pixels[~padding].min()
+            notes.append("Pixel padding (outside the scanned area) shown as background.")
     window = _dicom_window(dataset)
     if window is not None:
         centre, width = window
@@ -398,6 +403,24 @@ def _modality(pixels: np.ndarray, dataset) -> tuple[np.ndarray, str | None]:
         return np.asarray(pixels, dtype=np.float64), (
             "The file's rescale or Modality LUT is damaged, so stored pixel values are shown as they are."
         )
+
+
+def _padding_mask(stored: np.ndarray, dataset) -> np.ndarray | None:
+    """Where the stored values are PixelPaddingValue (or within PixelPaddingRangeLimit of it):
+    not tissue but fill outside the scanned area, often the largest value a pixel can hold,
+    which would otherwise turn the background white and squeeze the head into a few greys.
+    None when the file declares no padding, or every pixel or none is padding."""
+    try:
+        value = int(dataset.get("PixelPaddingValue"))
+        limit = dataset.get("PixelPaddingRangeLimit")
+        limit = value if limit is None else int(limit)
+    except (TypeError, ValueError):
+        return None
+    if np.issubdtype(stored.dtype, np.signedinteger):  # read as US while the pixels are signed
+        bits = 8 * stored.dtype.itemsize
+        value, limit = (v - 2**bits if v >= 2 ** (bits - 1) else v for v in (value, limit))
+    mask = (stored >= min(value, limit)) & (stored <= max(value, limit))
+    return mask if mask.any() and not mask.all() else None
 
 
 def _dicom_window(dataset) -> tuple[float, float] | None:

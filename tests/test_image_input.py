@@ -133,6 +133,29 @@ def test_palette_colour_dicom_shows_the_colour_table_not_its_indices():
         load_image(resaved(dataset), name)
 
 
+def test_dicom_pixel_padding_is_background_not_the_brightest_tissue(phantom):
+    outside = phantom < 0.05
+    stored = (phantom * 4000).astype(np.uint16)
+    stored[outside] = 65535  # padding at the top of the range, as some scanners write it
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(stored)))
+    dataset.PixelPaddingValue = 65535
+    dataset["PixelPaddingValue"].VR = "US"
+    loaded = load_image(resaved(dataset), "padded.dcm")
+    assert np.corrcoef(loaded.pixels.ravel(), phantom.ravel())[0, 1] > 0.99  # unhandled: -0.87
+    assert loaded.pixels[outside].max() == 0 and any("padding" in note for note in loaded.notes)
+
+    signed = (phantom * 2000 - 1000).astype(np.int16)
+    signed[outside] = -2000 - np.arange(outside.sum()) % 1000  # a padding range, as CT writes it
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(signed.view(np.uint16))))
+    dataset.PixelRepresentation = 1
+    dataset.PixelData = signed.tobytes()
+    dataset.PixelPaddingValue, dataset.PixelPaddingRangeLimit = -2000, -2999
+    dataset["PixelPaddingValue"].VR = dataset["PixelPaddingRangeLimit"].VR = "SS"
+    loaded = load_image(resaved(dataset), "ct.dcm")
+    assert np.corrcoef(loaded.pixels.ravel(), phantom.ravel())[0, 1] > 0.99
+    assert loaded.pixels[outside].max() == 0
+
+
 def resaved(dataset) -> bytes:
     """A (modified) DICOM dataset written back to bytes in memory."""
     buffer = io.BytesIO()
