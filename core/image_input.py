@@ -260,6 +260,12 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         pixels = _decode_frame(data, dataset, frame if frames > 1 else None)
     except (NotImplementedError, RuntimeError) as error:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        if "does not support" in str(error):  # a decoder for the syntax, not for this variant (12-bit JPEG)
+            raise ImageInputError(
+                f"This DICOM is compressed ({getattr(syntax, 'name', syntax)}, "
+                f"{_dicom_int(dataset, 'BitsStored') or '?'}-bit), a variant the installed decoders cannot read. "
+                "Export it uncompressed (explicit VR little endian) and re-upload."
+            ) from error
         if _decoder_available(syntax):
             raise ImageInputError(
                 f"The DICOM's compressed pixel data ({getattr(syntax, 'name', syntax)}) is corrupt and cannot be "

@@ -156,6 +156,14 @@ def test_dicom_pixel_padding_is_background_not_the_brightest_tissue(phantom):
     assert loaded.pixels[outside].max() == 0
 
 
+def test_twelve_bit_jpeg_dicom_is_called_an_unreadable_variant_not_corrupt():
+    """Pillow decodes JPEG Extended at 8 bits only; a sound 12-bit file is not 'corrupt'."""
+    with pytest.raises(ImageInputError) as refusal:
+        load_image(open(get_testdata_file("JPGExtended.dcm"), "rb").read(), "JPGExtended.dcm")
+    message = str(refusal.value)
+    assert "12-bit" in message and "Export it uncompressed" in message and "corrupt" not in message
+
+
 def resaved(dataset) -> bytes:
     """A (modified) DICOM dataset written back to bytes in memory."""
     buffer = io.BytesIO()
