@@ -145,7 +145,7 @@ def reliability_note(result: Explanation, place=st) -> None:
         place.caption("This model has no familiarity check (fit one with `python -m core reliability`).")
         return
     if verdict.unfamiliar:
-        place.error(UNFAMILIAR_MESSAGE)
+        place.error(" ".join(filter(None, (UNFAMILIAR_MESSAGE, verdict.unusual_text()))))
     place.caption(
         f"Familiarity {verdict.familiarity:.2f}: the share of the model's own held-out training-source slices that "
         "look less typical to it (below 0.05: unfamiliar)."

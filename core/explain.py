@@ -212,9 +212,10 @@ def explain_batch(
             targets = None if target_index is None else [ClassifierOutputTarget(target_index)] * len(images)
             with _backpropagate_only_above(_lowest(loaded.model, layers)):
                 cam_squares, logits = _run_cam(CAM_METHODS[settings.method], loaded.model, layers, tensor, targets)
-        familiarity = None
+        familiarity, unusual = None, [()] * len(images)
         if loaded.reliability is not None:
-            familiarity = loaded.reliability.familiarity(familiarity_features(loaded.model, tensor))
+            features = familiarity_features(loaded.model, tensor)
+            familiarity, unusual = loaded.reliability.familiarity(features), loaded.reliability.unusual(features)
     model_ms = _ms_since(step)
 
     results = []
@@ -252,7 +253,10 @@ def explain_batch(
                 timings_ms={k: round(v, 1) for k, v in timings.items()},
                 warning=warning,
                 reliability=verdict(
-                    probabilities, None if familiarity is None else float(familiarity[len(results)]), loaded.reliability
+                    probabilities,
+                    None if familiarity is None else float(familiarity[len(results)]),
+                    loaded.reliability,
+                    unusual[len(results)],
                 ),
             )
         )

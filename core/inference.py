@@ -74,7 +74,8 @@ def judged_scores(loaded: LoadedModel, images: list[np.ndarray], mask_input: boo
     probabilities = softmax(logits, loaded.config.temperature)
     trusted = loaded.reliability
     familiarity = trusted.familiarity(features).tolist() if trusted is not None else [None] * len(images)
-    verdicts: list[Verdict] = [verdict(p, f, trusted) for p, f in zip(probabilities, familiarity)]
+    unusual = trusted.unusual(features) if trusted is not None else [()] * len(images)
+    verdicts: list[Verdict] = [verdict(p, f, trusted, u) for p, f, u in zip(probabilities, familiarity, unusual)]
     return logits, probabilities, verdicts
 
 

@@ -39,6 +39,11 @@ DEFAULT_MARGIN = 0.2  # for checkpoints without a fitted file
 TEXTURE_SIGMAS = (1, 2, 4, 8)  # Laplacian-pyramid bands, in pixels of the model's input
 TEXTURE_EROSION = 12  # pixels kept away from the head's edge, whose step would dominate every band
 TEXTURE_SIZE = 3 + 2 * len(TEXTURE_SIGMAS)  # columns of texture_statistics(); the flat share is the last
+BLOCK_ASPECTS = ("content", "texture")  # the model's features, then texture_statistics()
+ASPECT_WORDS = {
+    "content": "what the model sees in it (sequence, view, anatomy, or not a brain MRI at all)",
+    "texture": "its image texture (resolution, blur, noise, compression or intensity curve)",
+}
 UNFAMILIAR_MESSAGE = (
     "This scan is unlike the images this model was trained on; its prediction and heatmap may be wrong."
 )
@@ -72,6 +77,23 @@ class Reliability:
             best = np.minimum(best, squared)
         return np.sqrt(np.maximum(best, 0))
 
+    def unusual(self, features: np.ndarray) -> list[tuple[str, ...]]:
+        """Per slice, which blocks (BLOCK_ASPECTS, in feature order) lie farther from their
+        nearest class mean than that block's own hold-out 95th percentile: what makes an
+        unfamiliar slice unfamiliar. Empty for single-block files, or when neither block alone
+        is that far (the two together can be)."""
+        blocks = self.info.get("feature_blocks") or []
+        if len(blocks) < 2:
+            return [()] * len(features)
+        features = np.asarray(features, dtype=np.float64)
+        precision = self.precision.astype(np.float64)
+        beyond = []
+        for (start, stop), aspect in zip(blocks, BLOCK_ASPECTS):
+            block = precision[start:stop, start:stop]  # divided by the block's squared 95th percentile
+            nearest = np.min([_quadratic(features[:, start:stop] - mean[start:stop], block) for mean in self.means], 0)
+            beyond.append((aspect, nearest > 1.0))
+        return [tuple(aspect for aspect, far in beyond if far[i]) for i in range(len(features))]
+
     def familiarity(self, features: np.ndarray) -> np.ndarray:
         """Share of the hold-out at least as far from the training data, in [0, 1]."""
         distances = self.distances(features)
@@ -94,6 +116,13 @@ class Verdict:
     unfamiliar: bool
     uncertain: bool
     runner_up: int
+    unusual: tuple[str, ...] = ()  # Reliability.unusual(): which aspects lie beyond the hold-out
+
+    def unusual_text(self) -> str:
+        """'Unusual: its image texture (...).' for an unfamiliar slice, else empty."""
+        if not (self.unfamiliar and self.unusual):
+            return ""
+        return "Unusual: " + " and ".join(ASPECT_WORDS[aspect] for aspect in self.unusual) + "."
 
     def fields(self) -> dict:
         familiarity = None if self.familiarity is None else round(self.familiarity, 4)
@@ -103,12 +132,18 @@ class Verdict:
 NOT_ASSESSED = Verdict(None, False, False, 0)
 
 
-def verdict(probabilities: np.ndarray, familiarity: float | None, reliability: Reliability | None) -> Verdict:
+def verdict(
+    probabilities: np.ndarray,
+    familiarity: float | None,
+    reliability: Reliability | None,
+    unusual: tuple[str, ...] = (),
+) -> Verdict:
     order = np.argsort(probabilities)[::-1]
     lead = float(probabilities[order[0]] - probabilities[order[1]]) if len(order) > 1 else 1.0
     margin = reliability.margin if reliability is not None else DEFAULT_MARGIN
     unfamiliar = familiarity is not None and familiarity < UNFAMILIAR_SHARE
-    return Verdict(familiarity, unfamiliar, lead < margin, int(order[1]) if len(order) > 1 else int(order[0]))
+    runner_up = int(order[1]) if len(order) > 1 else int(order[0])
+    return Verdict(familiarity, unfamiliar, lead < margin, runner_up, unusual if unfamiliar else ())
 
 
 def uncertain_text(probabilities: np.ndarray, label_names, top: int, runner_up: int) -> str:

@@ -138,6 +138,25 @@ def test_feature_blocks_leave_the_texture_or_just_its_flat_share_out():
     assert reliability.feature_blocks(size, texture=False) == [(0, 64)]
 
 
+def test_an_unfamiliar_slice_says_which_block_is_unusual():
+    rng = np.random.default_rng(11)
+    train, train_labels = rng.normal(size=(600, 6)), rng.integers(0, 2, 600)
+    held = rng.normal(size=(200, 6))
+    trust = reliability.fit(train, train_labels, held, 0.3, {}, blocks=[(0, 4), (4, 6)])
+    probes = np.zeros((4, 6))
+    probes[1, :4] = 8  # what the model sees is off
+    probes[2, 4:] = 8  # the texture is off
+    probes[3] = 8
+    assert trust.unusual(probes) == [(), ("content",), ("texture",), ("content", "texture")]
+    assert reliability.fit(train, train_labels, held, 0.3, {}).unusual(probes) == [()] * 4  # one block: no split
+
+    familiarity = trust.familiarity(probes)
+    told = [reliability.verdict(np.array([0.9, 0.1]), f, trust, u) for f, u in zip(familiarity, trust.unusual(probes))]
+    assert told[0].unusual_text() == "" and not told[0].unfamiliar
+    assert told[2].unfamiliar and told[2].unusual_text().startswith("Unusual: its image texture")
+    assert "what the model sees" in told[3].unusual_text() and "image texture" in told[3].unusual_text()
+
+
 def test_saved_without_pickle_and_read_back_the_same(tmp_path):
     trust = fitted(np.random.default_rng(1))
     path = reliability.save(trust, tmp_path)
