@@ -126,7 +126,12 @@ class Verdict:
 
     def fields(self) -> dict:
         familiarity = None if self.familiarity is None else round(self.familiarity, 4)
-        return {"familiarity": familiarity, "unfamiliar": self.unfamiliar, "uncertain": self.uncertain}
+        return {
+            "familiarity": familiarity,
+            "unfamiliar": self.unfamiliar,
+            "unusual": list(self.unusual),
+            "uncertain": self.uncertain,
+        }
 
 
 NOT_ASSESSED = Verdict(None, False, False, 0)

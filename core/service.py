@@ -270,6 +270,7 @@ def create_app(
             "warning": summary["warning"],
             "familiarity": summary["familiarity"],
             "unfamiliar": summary["unfamiliar"],
+            "unusual": summary["unusual"],
             "uncertain": summary["uncertain"],
             "timings_ms": summary["timings_ms"],
             "heatmap_url": str(request.url_for("picture", key=key, kind="heatmap")),

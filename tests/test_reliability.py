@@ -194,7 +194,7 @@ def test_a_near_tie_is_uncertain_and_says_both_classes():
     assert uncertain_text(probabilities, LABELS, 0, 1) == "uncertain: glioma 48% or meningioma 41%"
     clear = verdict(np.array([0.9, 0.05, 0.03, 0.02]), familiarity=0.01, reliability=None)
     assert not clear.uncertain and clear.unfamiliar
-    assert clear.fields() == {"familiarity": 0.01, "unfamiliar": True, "uncertain": False}
+    assert clear.fields() == {"familiarity": 0.01, "unfamiliar": True, "unusual": [], "uncertain": False}
     assert DEFAULT_MARGIN == 0.2
 
 
