@@ -474,9 +474,9 @@ def _texture_words(info: dict) -> str:
     blocks = info.get("feature_blocks", [])
     if len(blocks) < 2:
         return ""
-    flat = blocks[-1][1] - blocks[-1][0] == TEXTURE_SIZE  # fitted without --no-flatness
+    extra = {TEXTURE_SIZE: ", and the shares of flat pixels and linear ramps (heavy JPEG, lost resolution)",
+             TEXTURE_SIZE - 1: ", and the share of flat pixels (heavy JPEG, lost resolution)"}  # fmt: skip
     return (
         "; and, as a second block weighed alike, texture statistics of the input: Laplacian-pyramid band "
-        "energies and kurtosis inside the head" + (", and the share of flat pixels (heavy JPEG, lost resolution)"
-                                                   if flat else "")
-    )  # fmt: skip
+        "energies and kurtosis inside the head" + extra.get(blocks[-1][1] - blocks[-1][0], "")
+    )

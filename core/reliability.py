@@ -38,7 +38,7 @@ SELECTIVE_ACCURACY = 0.95  # what confident predictions must reach on the hold-o
 DEFAULT_MARGIN = 0.2  # for checkpoints without a fitted file
 TEXTURE_SIGMAS = (1, 2, 4, 8)  # Laplacian-pyramid bands, in pixels of the model's input
 TEXTURE_EROSION = 12  # pixels kept away from the head's edge, whose step would dominate every band
-TEXTURE_SIZE = 3 + 2 * len(TEXTURE_SIGMAS)  # columns of texture_statistics(); the flat share is the last
+TEXTURE_SIZE = 4 + 2 * len(TEXTURE_SIGMAS)  # columns of texture_statistics(); the flat and linear shares last
 BLOCK_ASPECTS = ("content", "texture")  # the model's features, then texture_statistics()
 ASPECT_WORDS = {
     "content": "what the model sees in it (sequence, view, anatomy, or not a brain MRI at all)",
@@ -187,7 +187,8 @@ def texture_statistics(tensor: torch.Tensor) -> torch.Tensor:
     """(N, TEXTURE_SIZE) statistics of the model's input inside the head (away from its edge):
     the intensity mean and log-variance, then for each band of a Laplacian pyramid its log
     energy relative to the variance (blur and resolution loss lower the fine bands, noise raises
-    them) and its log kurtosis (edges against noise), then flat_share()."""
+    them) and its log kurtosis (edges against noise), then the shares of flat_pixels() and
+    linear_pixels()."""
     grey = tensor[:, :1].float()
     background = grey.amin((2, 3), keepdim=True)  # a brain-masked input is constant outside the head
     inside = (grey > background + 1e-3).float()
@@ -206,6 +207,7 @@ def texture_statistics(tensor: torch.Tensor) -> torch.Tensor:
         energy = average(band**2) + 1e-10
         statistics += [(energy / variance).log(), (average(band**4) / energy**2 + 1e-8).log()]
     statistics.append((average(flat_pixels(grey)) + 1e-3).log())
+    statistics.append((average(linear_pixels(grey)) + 1e-3).log())
     return torch.cat(statistics, 1)
 
 
@@ -235,14 +237,27 @@ def scores_and_features(model: torch.nn.Module, tensor: torch.Tensor) -> tuple[t
     return model.get_classifier()(pooled), features
 
 
-def feature_blocks(size: int, texture: bool = True, flatness: bool = True) -> list[tuple[int, int]]:
+def linear_pixels(grey: torch.Tensor) -> torch.Tensor:
+    """1 where the second differences across and down both stay under half an 8-bit step of the
+    input's range: the ramps a slice enlarged by linear interpolation is made of (resolution
+    loss), where a real scan has noise."""
+    step = (grey.amax((2, 3), keepdim=True) - grey.amin((2, 3), keepdim=True)) / 255
+    across = (grey[..., 1:-1, 2:] - 2 * grey[..., 1:-1, 1:-1] + grey[..., 1:-1, :-2]).abs() < step / 2
+    down = (grey[..., 2:, 1:-1] - 2 * grey[..., 1:-1, 1:-1] + grey[..., :-2, 1:-1]).abs() < step / 2
+    return F.pad((across & down).to(grey.dtype), (1, 1, 1, 1))
+
+
+def feature_blocks(
+    size: int, texture: bool = True, flatness: bool = True, linear: bool = True
+) -> list[tuple[int, int]]:
     """[start, stop) of the model block and (when `texture`) the texture block in a feature
     vector of `size`; columns in no block are left out of the distance: the texture columns
-    without `texture`, the flat share (the last column) without `flatness`."""
+    without `texture`, the flat and linear shares (the last two columns) without `flatness`,
+    the linear share (the last) without `linear`."""
     model_size = size - TEXTURE_SIZE
     if not texture:
         return [(0, model_size)]
-    return [(0, model_size), (model_size, size if flatness else size - 1)]
+    return [(0, model_size), (model_size, size - (2 if not flatness else 0 if linear else 1))]
 
 
 @torch.no_grad()
@@ -357,11 +372,12 @@ def fit_checkpoint(
     texture: bool = True,
     combine: str = "quadrature",
     flatness: bool = True,
+    linear: bool = True,
 ) -> Reliability:
     """Fit familiarity on the training part of train+val and the margin on its grouped hold-out
     (the split `train` uses, seed 0), with the inputs the app gives the model (brain-masked).
     `texture`: add the texture-statistics block (docs/training.md says which checkpoint has it),
-    `flatness`: with its flat-share column;
+    `flatness`: with its flat and linear shares, `linear`: with the linear one;
     `combine`: how the blocks' distances make one ("quadrature" or "max")."""
     from core.checkpoint import load_checkpoint
     from core.dataset import decode_records, grouped_holdout, list_split
@@ -386,5 +402,5 @@ def fit_checkpoint(
         "target_selective_accuracy": SELECTIVE_ACCURACY,
         **chosen,
     }
-    blocks = feature_blocks(features.shape[1], texture, flatness)
+    blocks = feature_blocks(features.shape[1], texture, flatness, linear)
     return fit(features[~held], labels[~held], features[held], chosen["margin"], info, blocks, combine)

@@ -212,4 +212,6 @@ def test_card_names_the_familiarity_blocks_as_fitted():
     assert _texture_words({"feature_blocks": feature_blocks(size, texture=False)}) == ""
     without_flat = _texture_words({"feature_blocks": feature_blocks(size, flatness=False)})
     assert "Laplacian-pyramid" in without_flat and "flat pixels" not in without_flat
-    assert "flat pixels" in _texture_words({"feature_blocks": feature_blocks(size)})
+    assert "flat pixels and linear ramps" in _texture_words({"feature_blocks": feature_blocks(size)})
+    flat_only = _texture_words({"feature_blocks": feature_blocks(size, linear=False)})
+    assert "share of flat pixels" in flat_only and "linear" not in flat_only

@@ -113,7 +113,7 @@ def test_the_flat_share_rises_with_heavy_jpeg_and_not_with_noise_or_16_bit_smoot
 
     def flat_share(image):
         grey = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None].repeat(1, 3, 1, 1)
-        return float(reliability.texture_statistics(grey)[0, -1].exp() - 1e-3)
+        return float(reliability.texture_statistics(grey)[0, -2].exp() - 1e-3)
 
     head = head_phantom(256, seed=7)
     inside = head > 0
@@ -131,10 +131,31 @@ def test_the_flat_share_rises_with_heavy_jpeg_and_not_with_noise_or_16_bit_smoot
     assert reliability.flat_pixels(ramp)[0, 0, 1:4, 1:4].all() and reliability.flat_pixels(ramp).sum() == 9
 
 
+def test_the_linear_share_rises_when_a_slice_was_enlarged_and_not_with_noise():
+    import cv2
+    import torch
+
+    def linear_share(image):
+        grey = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None].repeat(1, 3, 1, 1)
+        return float(reliability.texture_statistics(grey)[0, -1].exp() - 1e-3)
+
+    head = head_phantom(256, seed=12)
+    inside = head > 0
+    scan = np.clip(head + np.random.default_rng(13).normal(0, 0.02, head.shape), 0, 1) * inside
+    small = cv2.resize(scan, (64, 64), interpolation=cv2.INTER_AREA)
+    enlarged = cv2.resize(small, (256, 256), interpolation=cv2.INTER_LINEAR) * inside
+    noisier = np.clip(scan + np.random.default_rng(14).normal(0, 0.05, head.shape), 0, 1) * inside
+    assert linear_share(enlarged) > 0.1 > 0.02 > linear_share(scan) >= linear_share(noisier)
+    # By hand: a ramp is linear everywhere inside; its border pixels (no two neighbours) are not.
+    ramp = torch.arange(6, dtype=torch.float32).repeat(6, 1).reshape(1, 1, 6, 6) / 5
+    assert reliability.linear_pixels(ramp)[0, 0, 1:5, 1:5].all() and reliability.linear_pixels(ramp).sum() == 16
+
+
 def test_feature_blocks_leave_the_texture_or_just_its_flat_share_out():
     size = 64 + reliability.TEXTURE_SIZE
     assert reliability.feature_blocks(size) == [(0, 64), (64, size)]
-    assert reliability.feature_blocks(size, flatness=False) == [(0, 64), (64, size - 1)]
+    assert reliability.feature_blocks(size, flatness=False) == [(0, 64), (64, size - 2)]
+    assert reliability.feature_blocks(size, linear=False) == [(0, 64), (64, size - 1)]
     assert reliability.feature_blocks(size, texture=False) == [(0, 64)]
 
 
