@@ -282,7 +282,8 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     if pixels.ndim != (3 if is_colour else 2):  # not one frame: the file's frame count was wrong
         num_frames, frame = 1, 0
     notes = []
-    if not is_colour and str(dataset.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+    photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
+    if not is_colour and photometric == "PALETTE COLOR":
         pixels, is_colour = _palette_to_rgb(pixels, dataset), True
         notes.append("PALETTE COLOR: the file's colour table applied, then shown in grey.")
     if is_colour:
@@ -292,15 +293,14 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         pixels, note = _modality(pixels, dataset)
         notes += [note] if note else []
         if padding is not None:  # black on screen: the lowest value, or the highest under MONOCHROME1
-            inverted = str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
-            pixels[padding] = pixels[~padding].max() if inverted else pixels[~padding].min()
+            pixels[padding] = pixels[~padding].max() if photometric == "MONOCHROME1" else pixels[~padding].min()
             notes.append("Pixel padding (outside the scanned area) shown as background.")
     window = _dicom_window(dataset)
     if window is not None:
         centre, width = window
         pixels = np.clip(pixels, centre - width / 2, centre + width / 2)
         notes.append(f"Window centre {centre:g}, width {width:g} from the file.")
-    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    if photometric == "MONOCHROME1":
         pixels = pixels.max() - pixels  # MONOCHROME1 shows low values as white
         notes.append("MONOCHROME1: intensities inverted for display.")
     spacing_mm = _pixel_spacing(dataset)

@@ -64,35 +64,34 @@ class Reliability:
     def distances(self, features: np.ndarray) -> np.ndarray:
         """Mahalanobis distance of each feature row to its nearest class mean; with blocks
         combined by "max", the largest of the blocks' (scaled) distances to that mean."""
+        if self.info.get("combine") == "max" and self.info.get("feature_blocks"):
+            squared = self._block_squares(features).max(axis=1)  # (means, N)
+        else:
+            features = np.asarray(features, dtype=np.float64)
+            precision = self.precision.astype(np.float64)
+            squared = np.stack([_quadratic(features - mean, precision) for mean in self.means.astype(np.float64)])
+        return np.sqrt(np.maximum(squared.min(axis=0), 0))
+
+    def _block_squares(self, features: np.ndarray) -> np.ndarray:
+        """(means, blocks, N) squared distances of each block of each feature row to each class
+        mean, each scaled by that block's hold-out 95th percentile (its precision was divided by it)."""
         features = np.asarray(features, dtype=np.float64)
         precision = self.precision.astype(np.float64)
-        blocks = self.info.get("feature_blocks") if self.info.get("combine") == "max" else None
-        best = np.full(len(features), np.inf)
-        for mean in self.means.astype(np.float64):
-            centred = features - mean
-            if blocks:
-                squared = np.max([_quadratic(centred[:, a:b], precision[a:b, a:b]) for a, b in blocks], axis=0)
-            else:
-                squared = _quadratic(centred, precision)
-            best = np.minimum(best, squared)
-        return np.sqrt(np.maximum(best, 0))
+        blocks = self.info["feature_blocks"]
+        return np.stack([
+            [_quadratic(features[:, a:b] - mean[a:b], precision[a:b, a:b]) for a, b in blocks]
+            for mean in self.means.astype(np.float64)
+        ])  # fmt: skip
 
     def unusual(self, features: np.ndarray) -> list[tuple[str, ...]]:
         """Per slice, which blocks (BLOCK_ASPECTS, in feature order) lie farther from their
         nearest class mean than that block's own hold-out 95th percentile: what makes an
         unfamiliar slice unfamiliar. Empty for single-block files, or when neither block alone
         is that far (the two together can be)."""
-        blocks = self.info.get("feature_blocks") or []
-        if len(blocks) < 2:
+        if len(self.info.get("feature_blocks") or []) < 2:
             return [()] * len(features)
-        features = np.asarray(features, dtype=np.float64)
-        precision = self.precision.astype(np.float64)
-        beyond = []
-        for (start, stop), aspect in zip(blocks, BLOCK_ASPECTS):
-            block = precision[start:stop, start:stop]  # divided by the block's squared 95th percentile
-            nearest = np.min([_quadratic(features[:, start:stop] - mean[start:stop], block) for mean in self.means], 0)
-            beyond.append((aspect, nearest > 1.0))
-        return [tuple(aspect for aspect, far in beyond if far[i]) for i in range(len(features))]
+        beyond = self._block_squares(features).min(axis=0) > 1.0  # (blocks, N): past the block's own line
+        return [tuple(aspect for aspect, far in zip(BLOCK_ASPECTS, row) if far) for row in beyond.T]
 
     def familiarity(self, features: np.ndarray) -> np.ndarray:
         """Share of the hold-out at least as far from the training data, in [0, 1]."""
@@ -120,7 +119,7 @@ class Verdict:
 
     def unusual_text(self) -> str:
         """'Unusual: its image texture (...).' for an unfamiliar slice, else empty."""
-        if not (self.unfamiliar and self.unusual):
+        if not self.unusual:  # verdict() keeps it empty for a familiar slice
             return ""
         return "Unusual: " + " and ".join(ASPECT_WORDS[aspect] for aspect in self.unusual) + "."
 
@@ -211,14 +210,19 @@ def texture_statistics(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(statistics, 1)
 
 
+def _half_step(grey: torch.Tensor) -> torch.Tensor:
+    """Half an 8-bit step of each input's own range: below it, two values are the same 8-bit level."""
+    return (grey.amax((2, 3), keepdim=True) - grey.amin((2, 3), keepdim=True)) / 255 / 2
+
+
 def flat_pixels(grey: torch.Tensor) -> torch.Tensor:
     """1 where a pixel's right and lower neighbours both differ from it by less than half an
     8-bit step of the input's range: the flat patches of heavy JPEG, resolution loss or a
     shrunken field of view, where a real scan has noise. A smooth 16-bit or float input is
     never flatter than 8-bit training slices, so only flatter-than-training inputs stand out."""
-    step = (grey.amax((2, 3), keepdim=True) - grey.amin((2, 3), keepdim=True)) / 255
-    across = (grey[..., :, 1:] - grey[..., :, :-1]).abs() < step / 2
-    down = (grey[..., 1:, :] - grey[..., :-1, :]).abs() < step / 2
+    half_step = _half_step(grey)
+    across = (grey[..., :, 1:] - grey[..., :, :-1]).abs() < half_step
+    down = (grey[..., 1:, :] - grey[..., :-1, :]).abs() < half_step
     return F.pad((across[..., :-1, :] & down[..., :, :-1]).to(grey.dtype), (0, 1, 0, 1))
 
 
@@ -241,9 +245,9 @@ def linear_pixels(grey: torch.Tensor) -> torch.Tensor:
     """1 where the second differences across and down both stay under half an 8-bit step of the
     input's range: the ramps a slice enlarged by linear interpolation is made of (resolution
     loss), where a real scan has noise."""
-    step = (grey.amax((2, 3), keepdim=True) - grey.amin((2, 3), keepdim=True)) / 255
-    across = (grey[..., 1:-1, 2:] - 2 * grey[..., 1:-1, 1:-1] + grey[..., 1:-1, :-2]).abs() < step / 2
-    down = (grey[..., 2:, 1:-1] - 2 * grey[..., 1:-1, 1:-1] + grey[..., :-2, 1:-1]).abs() < step / 2
+    half_step = _half_step(grey)
+    across = (grey[..., 1:-1, 2:] - 2 * grey[..., 1:-1, 1:-1] + grey[..., 1:-1, :-2]).abs() < half_step
+    down = (grey[..., 2:, 1:-1] - 2 * grey[..., 1:-1, 1:-1] + grey[..., :-2, 1:-1]).abs() < half_step
     return F.pad((across & down).to(grey.dtype), (1, 1, 1, 1))
 
 

@@ -88,23 +88,26 @@ def test_blocks_combined_by_max_take_the_larger_scaled_distance_to_the_nearest_m
         reliability.fit(train, train_labels, held, 0.3, {}, blocks=blocks, combine="mean")
 
 
-def test_texture_statistics_see_blur_and_noise_inside_the_head_whatever_its_brightness():
-    import cv2
+def texture_of(image) -> np.ndarray:
+    """texture_statistics() of one grey image given as the model's 3-channel input."""
     import torch
 
-    def statistics(image):
-        grey = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None].repeat(1, 3, 1, 1)
-        return reliability.texture_statistics(grey)[0].numpy()
+    grey = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None].repeat(1, 3, 1, 1)
+    return reliability.texture_statistics(grey)[0].numpy()
+
+
+def test_texture_statistics_see_blur_and_noise_inside_the_head_whatever_its_brightness():
+    import cv2
 
     head = head_phantom(256, seed=5)
     fine = 2  # log energy of the finest band relative to the variance
-    clean = statistics(head)
+    clean = texture_of(head)
     assert clean.shape == (reliability.TEXTURE_SIZE,)
-    assert statistics(cv2.GaussianBlur(head, (0, 0), 1.5))[fine] < clean[fine] - 1
+    assert texture_of(cv2.GaussianBlur(head, (0, 0), 1.5))[fine] < clean[fine] - 1
     noisy = np.clip(head + np.random.default_rng(6).normal(0, 0.08, head.shape), 0, 1) * (head > 0)
-    assert statistics(noisy)[fine] > clean[fine] + 1
+    assert texture_of(noisy)[fine] > clean[fine] + 1
     # Brightness and contrast change the first two statistics, not the band shapes.
-    assert np.allclose(statistics(head * 0.5)[fine:], clean[fine:], atol=0.01)
+    assert np.allclose(texture_of(head * 0.5)[fine:], clean[fine:], atol=0.01)
 
 
 def test_the_flat_share_rises_with_heavy_jpeg_and_not_with_noise_or_16_bit_smoothness():
@@ -112,8 +115,7 @@ def test_the_flat_share_rises_with_heavy_jpeg_and_not_with_noise_or_16_bit_smoot
     import torch
 
     def flat_share(image):
-        grey = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None].repeat(1, 3, 1, 1)
-        return float(reliability.texture_statistics(grey)[0, -2].exp() - 1e-3)
+        return float(np.exp(texture_of(image)[-2]) - 1e-3)
 
     head = head_phantom(256, seed=7)
     inside = head > 0
@@ -136,8 +138,7 @@ def test_the_linear_share_rises_when_a_slice_was_enlarged_and_not_with_noise():
     import torch
 
     def linear_share(image):
-        grey = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None].repeat(1, 3, 1, 1)
-        return float(reliability.texture_statistics(grey)[0, -1].exp() - 1e-3)
+        return float(np.exp(texture_of(image)[-1]) - 1e-3)
 
     head = head_phantom(256, seed=12)
     inside = head > 0
