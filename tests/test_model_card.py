@@ -36,7 +36,7 @@ def test_card_reports_the_measurements(checkpoint_root, tmp_path):
     summary = json.loads((tmp_path / "e" / "summary.json").read_text())
     card = (checkpoint / "README.md").read_text()
     right = round(summary["accuracy"] * 8)
-    assert f"Accuracy **{summary['accuracy']:.4f}** ({right} of 8 right; target >= 0.88: NOT met)" in card
+    assert f"Accuracy **{summary['accuracy']:.4f}** ({right} of 8 right; target >= 0.90: NOT met)" in card
     assert f"macro-F1 **{summary['macro_f1']:.4f}** (target >= 0.85: NOT met)" in card
     assert "commit `abc1234`" in card and "not a medical device" in card and "Source bias" in card
     assert "- Weights kept: last step." in card  # no training record says otherwise
