@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -68,20 +69,28 @@ class Reliability:
             squared = self._block_squares(features).max(axis=1)  # (means, N)
         else:
             features = np.asarray(features, dtype=np.float64)
-            precision = self.precision.astype(np.float64)
-            squared = np.stack([_quadratic(features - mean, precision) for mean in self.means.astype(np.float64)])
+            squared = _squares_to_means(features, self._means64, self._precision64)
         return np.sqrt(np.maximum(squared.min(axis=0), 0))
+
+    @cached_property
+    def _means64(self) -> np.ndarray:
+        return self.means.astype(np.float64)
+
+    @cached_property
+    def _precision64(self) -> np.ndarray:
+        return self.precision.astype(np.float64)
+
+    @cached_property
+    def _block_precisions(self) -> list[tuple[int, int, np.ndarray]]:
+        """(start, end, contiguous precision) of each feature block."""
+        return [(a, b, np.ascontiguousarray(self._precision64[a:b, a:b])) for a, b in self.info["feature_blocks"]]
 
     def _block_squares(self, features: np.ndarray) -> np.ndarray:
         """(means, blocks, N) squared distances of each block of each feature row to each class
         mean, each scaled by that block's hold-out 95th percentile (its precision was divided by it)."""
         features = np.asarray(features, dtype=np.float64)
-        precision = self.precision.astype(np.float64)
-        blocks = self.info["feature_blocks"]
-        return np.stack([
-            [_quadratic(features[:, a:b] - mean[a:b], precision[a:b, a:b]) for a, b in blocks]
-            for mean in self.means.astype(np.float64)
-        ])  # fmt: skip
+        blocks = [_squares_to_means(features[:, a:b], self._means64[:, a:b], p) for a, b, p in self._block_precisions]
+        return np.stack(blocks, axis=1)
 
     def unusual(self, features: np.ndarray) -> list[tuple[str, ...]]:
         """Per slice, which blocks (BLOCK_ASPECTS, in feature order) lie farther from their
@@ -100,8 +109,11 @@ class Reliability:
         return 1 - below / len(self.holdout_distances)
 
 
-def _quadratic(centred: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    return np.einsum("nc,cd,nd->n", centred, precision, centred)
+def _squares_to_means(features: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """(means, N) squared Mahalanobis distances, (x - m)^T P (x - m), in one BLAS product for all
+    rows and means (numpy's three-operand einsum does not use BLAS: it took 10x as long per slice)."""
+    centred = (features[None] - means[:, None]).reshape(-1, features.shape[1])
+    return np.einsum("nc,nc->n", centred @ precision, centred).reshape(len(means), len(features))
 
 
 COMBINATIONS = ("quadrature", "max")
