@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import core.bench
 from core.bench import bench_render
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_rerender_bench_times_the_pages_panels_at_both_thresholds(monkeypatch):
@@ -62,3 +67,13 @@ def test_thinking_clients_wait_a_random_time_before_each_request(monkeypatch):
     core.load_bench.clients_latencies("http://x", b"", {}, clients=2, each=300, think_ms=200.0)
     assert len(waits) == 600 and len(set(waits)) > 500  # random, and different for each client
     assert 0.17 < sum(waits) / len(waits) < 0.23  # seconds: the mean think time
+
+
+def test_importing_core_gives_numpy_blas_one_thread_in_a_fresh_process():
+    """numpy's OpenBLAS threads spin after each call and take the cores from torch's next pass."""
+    script = ("import core, threadpoolctl; print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info() "
+              "if i['user_api'] == 'blas'}))")  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if not key.endswith("_NUM_THREADS")}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True,
+                            cwd=REPO)  # fmt: skip
+    assert result.stdout.strip() == "[1]"
