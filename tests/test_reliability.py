@@ -96,6 +96,15 @@ def texture_of(image) -> np.ndarray:
     return reliability.texture_statistics(grey)[0].numpy()
 
 
+def texture_share(image, column: int) -> float:
+    """A share column of texture_of() (stored as log(share + 1e-3)) back as a share."""
+    return float(np.exp(texture_of(image)[column]) - 1e-3)
+
+
+def with_noise(image, seed: int, sigma: float, inside) -> np.ndarray:
+    return np.clip(image + np.random.default_rng(seed).normal(0, sigma, image.shape), 0, 1) * inside
+
+
 def test_texture_statistics_see_blur_and_noise_inside_the_head_whatever_its_brightness():
     import cv2
 
@@ -115,15 +124,15 @@ def test_the_flat_share_rises_with_heavy_jpeg_and_not_with_noise_or_16_bit_smoot
     import torch
 
     def flat_share(image):
-        return float(np.exp(texture_of(image)[-2]) - 1e-3)
+        return texture_share(image, -2)
 
     head = head_phantom(256, seed=7)
     inside = head > 0
-    scan = np.clip(head + np.random.default_rng(8).normal(0, 0.02, head.shape), 0, 1) * inside
+    scan = with_noise(head, 8, 0.02, inside)
     eight_bit = np.round(scan * 255) / 255
     _, encoded = cv2.imencode(".jpg", np.uint8(eight_bit * 255), [cv2.IMWRITE_JPEG_QUALITY, 8])
     jpeg = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255 * inside
-    noisier = np.clip(scan + np.random.default_rng(9).normal(0, 0.05, head.shape), 0, 1) * inside
+    noisier = with_noise(scan, 9, 0.05, inside)
     assert flat_share(jpeg) > 0.2 > 0.05 > flat_share(eight_bit)
     assert flat_share(noisier) <= flat_share(eight_bit)
     assert abs(flat_share(scan) - flat_share(eight_bit)) < 0.005  # a float (or 16-bit) scan: as flat as its 8-bit copy
@@ -138,14 +147,14 @@ def test_the_linear_share_rises_when_a_slice_was_enlarged_and_not_with_noise():
     import torch
 
     def linear_share(image):
-        return float(np.exp(texture_of(image)[-1]) - 1e-3)
+        return texture_share(image, -1)
 
     head = head_phantom(256, seed=12)
     inside = head > 0
-    scan = np.clip(head + np.random.default_rng(13).normal(0, 0.02, head.shape), 0, 1) * inside
+    scan = with_noise(head, 13, 0.02, inside)
     small = cv2.resize(scan, (64, 64), interpolation=cv2.INTER_AREA)
     enlarged = cv2.resize(small, (256, 256), interpolation=cv2.INTER_LINEAR) * inside
-    noisier = np.clip(scan + np.random.default_rng(14).normal(0, 0.05, head.shape), 0, 1) * inside
+    noisier = with_noise(scan, 14, 0.05, inside)
     assert linear_share(enlarged) > 0.1 > 0.02 > linear_share(scan) >= linear_share(noisier)
     # By hand: a ramp is linear everywhere inside; its border pixels (no two neighbours) are not.
     ramp = torch.arange(6, dtype=torch.float32).repeat(6, 1).reshape(1, 1, 6, 6) / 5
