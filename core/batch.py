@@ -65,7 +65,8 @@ def explain_file(loaded: LoadedModel, path: Path, settings: ExplainSettings, rep
     except (ImageInputError, ExplainError, OSError) as error:
         return ExplainedFile({**entry, "error": _message(error)})
     page = _report_page(path, data, loaded_image, result) if report else None
-    return ExplainedFile({**entry, **result.summary()}, *_panel_pngs(image, result.heatmap), report_page=page)
+    entry = {**entry, **result.summary(), "image_notes": list(loaded_image.notes)}
+    return ExplainedFile(entry, *_panel_pngs(image, result.heatmap), report_page=page)
 
 
 def _report_page(path: Path, data: bytes, image, result, **extra) -> ReportScan:

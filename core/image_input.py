@@ -17,7 +17,8 @@ MAX_FILE_BYTES = 50 * 1024 * 1024  # a single image
 MAX_VOLUME_FILE_BYTES = 200 * 1024 * 1024  # a volume or series: NIfTI, DICOM, a ZIP of a DICOM series
 MAX_PIXELS = 16_000_000  # per slice: a 4000x4000 image; MRI slices are rarely over 1024x1024
 MAX_DECODED_BYTES = 512 * 1024 * 1024  # a whole decoded series or volume, checked from its header first
-MIN_SIDE = 32
+MIN_SIDE = 2  # a single row or column is not a slice
+SMALL_SIDE = 32  # below this a slice is a thumbnail, icon or dose grid: read, but with a warning
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -103,8 +104,7 @@ def load_image(
         raise ImageInputError(
             f"The {kind} file is truncated or corrupt and cannot be read. Export it again and re-upload."
         ) from error
-    _check_size(loaded.pixels.shape)
-    return loaded
+    return _size_checked(loaded)
 
 
 def upload_kind(filename: str, data: bytes) -> str | None:
@@ -147,9 +147,22 @@ def _check_size(shape: tuple[int, ...]) -> None:
         )
     if min(height, width) < MIN_SIDE:
         raise ImageInputError(
-            f"The image is only {width}x{height} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed. "
-            "Upload the full-resolution slice, not a thumbnail."
+            f"The image is {width}x{height} pixels: a line, not a slice. Upload the full-resolution slice."
         )
+
+
+def _size_checked(loaded: LoadedImage) -> LoadedImage:
+    """`loaded` after _check_size(), with a note when it is smaller than a diagnostic slice (the
+    familiarity model calls such enlarged thumbnails unfamiliar; the note says why)."""
+    _check_size(loaded.pixels.shape)
+    height, width = loaded.pixels.shape[:2]
+    note = (
+        f"This image is only {width}x{height} pixels (a thumbnail, icon or dose grid, not a diagnostic slice). "
+        "It was enlarged for the model, so the prediction and heatmap say little; upload the full-resolution slice."
+    )
+    if min(height, width) >= SMALL_SIDE or note in loaded.notes:
+        return loaded
+    return replace(loaded, notes=loaded.notes + (note,))
 
 
 def to_unit_range(values: np.ndarray) -> np.ndarray:
@@ -366,8 +379,7 @@ def series_slice(series, index: int) -> LoadedImage:
         raise ImageInputError(f"Slice {index} ({member}) of the ZIP is damaged and cannot be read.") from error
     loaded = replace(loaded, file_format="DICOM series", num_slices=len(series.members), slice_index=index,
                      notes=series.notes + loaded.notes)  # fmt: skip
-    _check_size(loaded.pixels.shape)
-    return loaded
+    return _size_checked(loaded)
 
 
 def _decoder_available(syntax) -> bool:

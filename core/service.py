@@ -256,7 +256,7 @@ def create_app(
         except PoolBusy as error:
             raise HTTPException(503, str(error), headers={"Retry-After": str(error.retry_after_s)}) from error
         image, result = await _outcome(job, request)
-        key = app.state.store.put(image, result.heatmap)
+        key = app.state.store.put(image.pixels, result.heatmap)
         summary = result.summary()
         return {
             "checkpoint": checkpoint,
@@ -272,6 +272,7 @@ def create_app(
             "unfamiliar": summary["unfamiliar"],
             "unusual": summary["unusual"],
             "uncertain": summary["uncertain"],
+            "image_notes": list(image.notes),
             "timings_ms": summary["timings_ms"],
             "heatmap_url": str(request.url_for("picture", key=key, kind="heatmap")),
             "overlay_url": str(request.url_for("picture", key=key, kind="overlay")),

@@ -362,10 +362,10 @@ def explain_task(directory: str, pixels, settings, report: Callable[[int, int], 
 
 
 def decode_and_explain_task(directory: str, data: bytes, filename: str, settings, report: Callable[[int, int], None]):
-    """(the decoded slice, its Explanation): decoding in the worker, so that a decoder that
+    """(the decoded LoadedImage, its Explanation): decoding in the worker, so that a decoder that
     aborts the process on a hostile file takes one worker with it, not the server."""
     from core.explain import explain
     from core.image_input import load_image
 
-    pixels = load_image(data, filename).pixels
-    return pixels, explain(worker_model(directory), pixels, settings, on_progress=report)
+    image = load_image(data, filename)
+    return image, explain(worker_model(directory), image.pixels, settings, on_progress=report)

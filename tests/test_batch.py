@@ -47,10 +47,12 @@ def test_pictures_are_the_apps_panels_and_rows_say_what_failed(checkpoint_root, 
     scan = tmp_path / "scan.png"
     scan.write_bytes(encode(head_phantom(96), "PNG"))
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
+    (tmp_path / "icon.png").write_bytes(encode(head_phantom(96)[:20, :20], "PNG"))
     settings = ExplainSettings("HiResCAM", target="glioma")
-    results = explain_files([scan, tmp_path / "bad.png"], checkpoint_root / "tiny_convnext", tmp_path / "out",
-                            settings, progress=False)  # fmt: skip
+    results = explain_files([scan, tmp_path / "bad.png", tmp_path / "icon.png"], checkpoint_root / "tiny_convnext",
+                            tmp_path / "out", settings, progress=False)  # fmt: skip
     assert results[0]["target_class"] == "glioma" and results[0]["method"] == "HiResCAM"
+    assert results[0]["image_notes"] == [] and "only 20x20 pixels" in results[2]["image_notes"][0]
     assert "error" in results[1] and "prediction" not in results[1]
 
     image = load_image(scan.read_bytes(), scan.name).pixels
@@ -59,5 +61,5 @@ def test_pictures_are_the_apps_panels_and_rows_say_what_failed(checkpoint_root, 
     written = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "scan_overlay.png")), cv2.COLOR_BGR2RGB)
     assert np.array_equal(written, expected.overlay)
     rows = list(csv.DictReader((tmp_path / "out" / "summary.csv").open()))
-    assert [r["prediction"] != "" for r in rows] == [True, False] and rows[1]["error"]
+    assert [r["prediction"] != "" for r in rows] == [True, False, True] and rows[1]["error"]
     assert json.loads((tmp_path / "out" / "results.json").read_text())["images"] == results

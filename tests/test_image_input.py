@@ -321,13 +321,21 @@ def png_with_declared_size(width: int, height: int) -> bytes:
         (np.random.default_rng(1).bytes(5000), "noise", "not an image we can read"),
         (b"hello, this is a text file", "notes.txt", "not a supported format"),
         (png_with_declared_size(100_000, 100_000), "bomb.png", "megapixel"),
-        (encode(head_phantom(64)[:20, :20], "PNG"), "tiny.png", "at least 32x32"),
+        (encode(head_phantom(64)[:1, :], "PNG"), "line.png", "a line, not a slice"),
         (encode(np.full((64, 64), 0.5), "PNG"), "flat.png", "same value"),
     ],
 )
 def test_bad_input_gets_a_clear_message(data, name, message):
     with pytest.raises(ImageInputError, match=message):
         load_image(data, name)
+
+
+def test_a_thumbnail_is_read_with_a_note_that_it_is_one():
+    """Thumbnails, icons and dose grids give a result (enlarged for the model) and say why it means little."""
+    loaded = load_image(encode(head_phantom(64)[:20, :24], "PNG"), "tiny.png")
+    assert loaded.pixels.shape == (20, 24)
+    assert any("only 24x20 pixels" in note and "full-resolution" in note for note in loaded.notes)
+    assert not load_image(encode(head_phantom(64), "PNG"), "full.png").notes
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])

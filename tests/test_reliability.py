@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -280,6 +281,31 @@ def test_images_that_are_not_brain_mri_come_out_unfamiliar_to_the_shipped_models
     _, features = slice_scores(loaded, list(images.values()))
     familiarity = dict(zip(images, loaded.reliability.familiarity(features).round(3)))
     assert all(score < 0.05 for score in familiarity.values()), familiarity
+
+
+@needs_data
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "convnext_atto"])
+def test_thumbnails_enlarged_for_the_model_come_out_unfamiliar_to_the_shipped_models(name):
+    """Slices under 32 pixels a side are read (with a note), not refused; what the model makes
+    of the enlarged copy must not be shown as a familiar, trusted result, though the same
+    slices at full size are familiar."""
+    from pydicom.data import get_testdata_file
+
+    from core.dataset import list_split
+
+    loaded = load_checkpoint(SHIPPED / name)
+    records = list_split(SHARED_DATA, "val", list(loaded.config.label_names))[::50]
+    slices = [load_image((SHARED_DATA / r.image).read_bytes(), r.image).pixels for r in records]
+    full_size = loaded.reliability.familiarity(slice_scores(loaded, slices)[1])
+    familiar = [image for image, score in zip(slices, full_size) if score >= 0.05]
+    assert len(familiar) >= 0.8 * len(slices), full_size.round(3)
+    thumbnails = [cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+                  for image in familiar[:6] for side in (8, 16, 31)]  # fmt: skip
+    for file in ("rtdose.dcm", "SC_rgb_small_odd.dcm", "JPEGLSNearLossless_08.dcm"):
+        path = Path(get_testdata_file(file))
+        thumbnails.append(load_image(path.read_bytes(), path.name).pixels)
+    familiarity = loaded.reliability.familiarity(slice_scores(loaded, thumbnails)[1])
+    assert (familiarity < 0.05).all(), familiarity.round(3)
 
 
 @needs_data

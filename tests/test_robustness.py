@@ -198,14 +198,14 @@ def test_uploads_are_never_written_to_disk_and_patient_fields_never_shown(use_ti
 
 def test_every_dicom_in_pydicoms_corpus_that_pydicom_decodes_gives_a_slice():
     """pydicom's own test files (real-world transfer syntaxes: JPEG, JPEG 2000, JPEG-LS, RLE,
-    big endian, odd sizes), with the decoders requirements.txt installs: every one whose pixels
-    pydicom decodes gives a slice, or a clear refusal only for being a thumbnail."""
+    big endian, odd sizes, RT dose grids), with the decoders requirements.txt installs: every
+    one whose pixels pydicom decodes gives a slice; those under 32 pixels a side say so."""
     import warnings
 
     import pydicom
     from pydicom.data import get_testdata_files
 
-    decoded = refused = 0
+    decoded = small = 0
     for path in get_testdata_files("*.dcm"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -213,12 +213,10 @@ def test_every_dicom_in_pydicoms_corpus_that_pydicom_decodes_gives_a_slice():
                 assert pydicom.dcmread(path, force=True).pixel_array.size
             except Exception:  # noqa: BLE001 - not decodable by pydicom: outside this check
                 continue
-        try:
-            loaded = load_image(Path(path).read_bytes(), Path(path).name)
-        except ImageInputError as error:
-            assert "at least 32x32" in str(error), (path, str(error))
-            refused += 1
-            continue
-        assert loaded.pixels.ndim == 2 and np.isfinite(loaded.pixels).all()
+        loaded = load_image(Path(path).read_bytes(), Path(path).name)
+        assert loaded.pixels.ndim == 2 and np.isfinite(loaded.pixels).all(), path
+        if min(loaded.pixels.shape) < 32:
+            assert any("full-resolution slice" in note for note in loaded.notes), (path, loaded.notes)
+            small += 1
         decoded += 1
-    assert decoded >= 40 and refused <= 12  # 45 and 11 with the pinned pydicom and decoders
+    assert decoded >= 50 and small >= 5  # 56 and 11 with the pinned pydicom and decoders

@@ -58,6 +58,16 @@ def test_a_dicom_named_by_its_uid_without_preamble_is_answered(client):
     response = post(client, "1.2.840.113619.2.55.3", data)
     assert response.status_code == 200, response.json()
     assert response.json()["prediction"] in response.json()["class_probabilities"]
+    assert response.json()["image_notes"] == ["Window centre 600, width 1600 from the file."]
+
+
+def test_a_dose_grid_smaller_than_a_slice_is_answered_with_a_note_saying_so(client):
+    from pydicom.data import get_testdata_file
+
+    response = post(client, "rtdose.dcm", open(get_testdata_file("rtdose.dcm"), "rb").read())
+    assert response.status_code == 200, response.json()
+    assert "only 10x10 pixels" in response.json()["image_notes"][0]
+    assert client.get(response.json()["overlay_url"]).status_code == 200
 
 
 @pytest.mark.parametrize(

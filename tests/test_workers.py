@@ -116,7 +116,7 @@ def test_the_worker_explains_as_the_process_does(pool, checkpoint_root, tiny_mod
     np.testing.assert_allclose(there.probabilities, here.probabilities, atol=1e-6)
     np.testing.assert_allclose(there.heatmap, here.heatmap, atol=1e-5)
     folder = str(checkpoint_root / "tiny_convnext")
-    pixels, result = pool.run(decode_and_explain_task, folder, encode(image, "PNG"), "scan.png", ExplainSettings())
-    assert pixels.shape == image.shape and result.predicted_label in tiny_model.config.label_names
+    loaded, result = pool.run(decode_and_explain_task, folder, encode(image, "PNG"), "scan.png", ExplainSettings())
+    assert loaded.pixels.shape == image.shape and result.predicted_label in tiny_model.config.label_names
     with pytest.raises(ImageInputError):
         pool.run(decode_and_explain_task, folder, b"junk", "scan.png", ExplainSettings())
