@@ -356,9 +356,58 @@ def _decode_frame(data: bytes, dataset, frame: int | None) -> np.ndarray:
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as error:  # noqa: BLE001 - pyo3's PanicException derives from BaseException
+        if _syntax(dataset) in JPEG_SYNTAXES and isinstance(error, (RuntimeError, NotImplementedError)):
+            return _decode_jpeg(dataset, frame or 0)
         if isinstance(error, Exception):
             raise
         raise RuntimeError(f"the pixel decoder failed: {error}") from error
+
+
+# JPEG baseline, extended (12-bit), lossless and lossless first-order (Process 14, SV1): what
+# pydicom's Pillow decoder cannot read of them, libjpeg-turbo 3 (through imagecodecs) can.
+JPEG_SYNTAXES = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
+
+
+def _syntax(dataset) -> str:
+    return str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "") or "")
+
+
+def _decode_jpeg(dataset, index: int) -> np.ndarray:
+    """One frame of a JPEG-compressed DICOM through imagecodecs, after checking that the JPEG
+    stream's own size is the one the DICOM declares (a small file cannot expand into a bomb)."""
+    import imagecodecs
+    from pydicom.encaps import get_frame
+
+    rows, columns = _dicom_int(dataset, "Rows"), _dicom_int(dataset, "Columns")
+    frames = max(1, _dicom_int(dataset, "NumberOfFrames") or 1)
+    try:
+        stream = get_frame(dataset.PixelData, index, number_of_frames=frames)
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise RuntimeError(f"the JPEG frame cannot be found: {error}") from error
+    if _jpeg_size(stream) != (rows, columns):
+        raise RuntimeError(f"the JPEG stream is {_jpeg_size(stream)}, not the declared {rows}x{columns}")
+    try:
+        pixels = imagecodecs.jpeg8_decode(stream)
+    except (imagecodecs.Jpeg8Error, ValueError, MemoryError) as error:
+        raise RuntimeError(f"the JPEG decoder failed: {error}") from error
+    bits = _dicom_int(dataset, "BitsStored")
+    if _dicom_int(dataset, "PixelRepresentation") == 1 and 1 < bits <= 16 and pixels.dtype == np.uint16:
+        values = pixels.astype(np.int32) & ((1 << bits) - 1)  # two's complement in `bits` bits
+        pixels = np.where(values >= 1 << (bits - 1), values - (1 << bits), values)
+    return pixels
+
+
+def _jpeg_size(stream: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from a JPEG stream's start-of-frame marker, None when it has none."""
+    at = 2
+    while at + 9 <= len(stream):
+        if stream[at] != 0xFF:
+            return None
+        marker, length = stream[at + 1], int.from_bytes(stream[at + 2 : at + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(stream[at + 5 : at + 7], "big"), int.from_bytes(stream[at + 7 : at + 9], "big")
+        at += 2 + length
+    return None
 
 
 def _load_series(data: bytes, slice_index: int | None) -> LoadedImage:
@@ -386,6 +435,8 @@ def _decoder_available(syntax) -> bool:
     """Whether the installed pydicom has a working decoder for this transfer syntax."""
     from pydicom.pixels import get_decoder
 
+    if str(syntax or "") in JPEG_SYNTAXES:
+        return True  # imagecodecs, when pydicom's own decoders cannot
     try:
         return bool(syntax) and get_decoder(syntax).is_available
     except (NotImplementedError, ValueError, TypeError):

@@ -156,12 +156,58 @@ def test_dicom_pixel_padding_is_background_not_the_brightest_tissue(phantom):
     assert loaded.pixels[outside].max() == 0
 
 
-def test_twelve_bit_jpeg_dicom_is_called_an_unreadable_variant_not_corrupt():
-    """Pillow decodes JPEG Extended at 8 bits only; a sound 12-bit file is not 'corrupt'."""
-    with pytest.raises(ImageInputError) as refusal:
-        load_image(open(get_testdata_file("JPGExtended.dcm"), "rb").read(), "JPGExtended.dcm")
-    message = str(refusal.value)
-    assert "12-bit" in message and "Export it uncompressed" in message and "corrupt" not in message
+def jpeg_lossless_dicom(stored: np.ndarray, signed: bool = False, frames: int = 1) -> bytes:
+    """A DICOM whose pixels are JPEG lossless (Process 14, SV1), as many PACS archives keep them."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(np.zeros(stored.shape[-2:], np.uint16))))
+    dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 12, 11, int(signed)
+    raw = (stored.astype(np.int32) & 0xFFF).astype(np.uint16)  # two's complement in 12 bits when signed
+    planes = raw if raw.ndim == 3 else raw[None]
+    if frames > 1:
+        dataset.NumberOfFrames = frames
+    dataset.PixelData = encapsulate([imagecodecs.jpeg8_encode(plane, lossless=True, bitspersample=12)
+                                     for plane in planes])  # fmt: skip
+    dataset["PixelData"].VR = "OB"
+    dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.70"
+    return resaved(dataset)
+
+
+def test_jpeg_lossless_dicom_is_read_exactly(phantom):
+    """JPEG lossless (Process 14) is common in PACS archives and beyond pydicom's installed
+    decoders: it is read through imagecodecs, bit for bit, signed values and frames included."""
+    stored = (phantom * 4000).astype(np.uint16)
+    loaded = load_image(jpeg_lossless_dicom(stored), "lossless.dcm")
+    np.testing.assert_allclose(loaded.pixels, (stored - stored.min()) / np.ptp(stored), atol=1e-6)
+
+    signed = stored.astype(np.int32) - 2000  # e.g. CT numbers before the rescale
+    loaded = load_image(jpeg_lossless_dicom(signed, signed=True), "signed.dcm")
+    np.testing.assert_allclose(loaded.pixels, (signed - signed.min()) / np.ptp(signed), atol=1e-6)
+
+    frames = np.stack([stored, stored[::-1], stored[:, ::-1]])
+    loaded = load_image(jpeg_lossless_dicom(frames, frames=3), "frames.dcm", slice_index=1)
+    assert loaded.num_slices == 3
+    np.testing.assert_allclose(loaded.pixels, (stored[::-1] - stored.min()) / np.ptp(stored), atol=1e-6)
+
+
+def test_jpeg_dicoms_pillow_cannot_read_are_read():
+    """pydicom's own 12-bit JPEG Extended and JPEG lossless RGB files: Pillow reads neither."""
+    for name, shape in (("JPGExtended.dcm", (1024, 256)), ("SC_rgb_jpeg_gdcm.dcm", (100, 100))):
+        loaded = load_image(open(get_testdata_file(name), "rb").read(), name)
+        assert loaded.pixels.shape == shape and loaded.pixels.std() > 0.05, name
+
+
+def test_a_jpeg_stream_larger_than_its_dicom_declares_is_refused_before_decoding(phantom):
+    """The decode budget is checked on Rows x Columns; the JPEG stream inside must agree."""
+    import imagecodecs
+
+    dataset = pydicom.dcmread(io.BytesIO(jpeg_lossless_dicom((phantom * 4000).astype(np.uint16))))
+    from pydicom.encaps import encapsulate
+
+    dataset.PixelData = encapsulate([imagecodecs.jpeg8_encode(np.zeros((4000, 4000), np.uint16), lossless=True)])
+    with pytest.raises(ImageInputError, match="corrupt"):
+        load_image(resaved(dataset), "bomb.dcm")
 
 
 def resaved(dataset) -> bytes:

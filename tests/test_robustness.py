@@ -108,6 +108,8 @@ SEEDS = {  # one valid file of every format and DICOM encoding the app reads
     "rle.dcm": _pydicom_file("MR_small_RLE.dcm"),
     "j2k.dcm": _pydicom_file("MR_small_jp2klossless.dcm"),
     "jls.dcm": _pydicom_file("MR_small_jpeg_ls_lossless.dcm"),
+    "jpeg-lossless.dcm": _pydicom_file("SC_rgb_jpeg_gdcm.dcm"),  # read through imagecodecs
+    "jpeg-12bit.dcm": _pydicom_file("JPGExtended.dcm"),
     "a.nii": nib.Nifti1Image(VOLUME, np.eye(4)).to_bytes(),
     "a.nii.gz": gzip.compress(nib.Nifti1Image(VOLUME, np.eye(4)).to_bytes()),
     "series.zip": _series_zip(),
