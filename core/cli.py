@@ -542,8 +542,9 @@ def _reliability(commands) -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset ROOT with train/ and val/")
     parser.add_argument("--seed", type=int, default=0, help="seed of the grouped hold-out (as in train)")
     parser.add_argument("--no-texture", action="store_true", help="measure familiarity on the model's features alone")
-    parser.add_argument("--no-flatness", action="store_true", help="no flat or linear shares in texture")
-    parser.add_argument("--no-linear", action="store_true", help="no linear share in the texture block")
+    parser.add_argument("--no-flatness", action="store_true", help="no flat or linear shares, nor tilt, in texture")
+    parser.add_argument("--no-linear", action="store_true", help="no linear share, nor tilt, in the texture block")
+    parser.add_argument("--no-tilt", action="store_true", help="no intensity tilt in the texture block")
     parser.add_argument(
         "--combine", choices=COMBINATIONS, default=COMBINATIONS[0],
         help="how the feature blocks' scaled distances make one: added in quadrature, or the largest",
@@ -558,6 +559,7 @@ def _run_reliability(args: argparse.Namespace) -> int:
     fitted = fit_checkpoint(
         args.checkpoint, args.data, args.seed, sys.stderr.isatty(),
         texture=not args.no_texture, combine=args.combine, flatness=not args.no_flatness, linear=not args.no_linear,
+        tilt=not args.no_tilt,
     )  # fmt: skip
     path = save(fitted, resolve_checkpoint(args.checkpoint))
     info = fitted.info

@@ -475,8 +475,10 @@ def _texture_words(info: dict) -> str:
     blocks = info.get("feature_blocks", [])
     if len(blocks) < 2:
         return ""
-    extra = {TEXTURE_SIZE: ", and the shares of flat pixels and linear ramps (heavy JPEG, lost resolution)",
-             TEXTURE_SIZE - 1: ", and the share of flat pixels (heavy JPEG, lost resolution)"}  # fmt: skip
+    shares = ", and the shares of flat pixels and linear ramps (heavy JPEG, lost resolution)"
+    extra = {TEXTURE_SIZE: shares + ", and the tilt of intensity across the head (a coil's bias field)",
+             TEXTURE_SIZE - 2: shares,
+             TEXTURE_SIZE - 3: ", and the share of flat pixels (heavy JPEG, lost resolution)"}  # fmt: skip
     return (
         "; and, as a second block weighed alike, texture statistics of the input: Laplacian-pyramid band "
         "energies and kurtosis inside the head" + extra.get(blocks[-1][1] - blocks[-1][0], "")

@@ -39,7 +39,9 @@ SELECTIVE_ACCURACY = 0.95  # what confident predictions must reach on the hold-o
 DEFAULT_MARGIN = 0.2  # for checkpoints without a fitted file
 TEXTURE_SIGMAS = (1, 2, 4, 8)  # Laplacian-pyramid bands, in pixels of the model's input
 TEXTURE_EROSION = 12  # pixels kept away from the head's edge, whose step would dominate every band
-TEXTURE_SIZE = 4 + 2 * len(TEXTURE_SIGMAS)  # columns of texture_statistics(); the flat and linear shares last
+# columns of texture_statistics(): mean and log-variance, two per band, then the flat share, the linear
+# share and the two slopes of intensity_tilt(), in that order (feature_blocks() leaves out a tail of them)
+TEXTURE_SIZE = 2 + 2 * len(TEXTURE_SIGMAS) + 4
 BLOCK_ASPECTS = ("content", "texture")  # the model's features, then texture_statistics()
 ASPECT_WORDS = {
     "content": "what the model sees in it (sequence, view, anatomy, or not a brain MRI at all)",
@@ -199,7 +201,7 @@ def texture_statistics(tensor: torch.Tensor) -> torch.Tensor:
     the intensity mean and log-variance, then for each band of a Laplacian pyramid its log
     energy relative to the variance (blur and resolution loss lower the fine bands, noise raises
     them) and its log kurtosis (edges against noise), then the shares of flat_pixels() and
-    linear_pixels()."""
+    linear_pixels(), then intensity_tilt()."""
     grey = tensor[:, :1].float()
     background = grey.amin((2, 3), keepdim=True)  # a brain-masked input is constant outside the head
     inside = (grey > background + 1e-3).float()
@@ -219,7 +221,25 @@ def texture_statistics(tensor: torch.Tensor) -> torch.Tensor:
         statistics += [(energy / variance).log(), (average(band**4) / energy**2 + 1e-8).log()]
     statistics.append((average(flat_pixels(grey)) + 1e-3).log())
     statistics.append((average(linear_pixels(grey)) + 1e-3).log())
+    statistics.append(intensity_tilt(grey, background, inside))
     return torch.cat(statistics, 1)
+
+
+def intensity_tilt(grey: torch.Tensor, background: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """(N, 2) left-right and top-bottom slopes of log intensity inside the head (coordinates in
+    [-1, 1]), from a weighted least-squares fit on 1, x, y, xy, x², y², so that the head's own
+    curved centre-to-edge profile goes to the quadratic terms: a coil's bias field multiplies
+    the slice by a smooth field and tilts it, a real head is close to level. Intensities are
+    offset by 5 % of the input's range so that the darkest pixels do not dominate the logs."""
+    count, side = len(grey), grey.shape[-1]
+    y, x = torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side), indexing="ij")
+    terms = torch.stack([torch.ones_like(x), x, y, x * y, x * x, y * y]).reshape(6, -1).double()
+    span = grey.amax((2, 3), keepdim=True) - background
+    logs = torch.log(grey - background + 0.05 * span + 1e-6).reshape(count, -1).double()
+    weighted = terms[None] * inside.reshape(count, 1, -1).double()  # (N, 6, pixels)
+    gram = weighted @ terms.T + 1e-6 * torch.eye(6, dtype=torch.float64)  # ridge: an empty head gives 0
+    coefficients = torch.linalg.solve(gram, (weighted * logs[:, None]).sum(-1))
+    return coefficients[:, 1:3].to(grey.dtype)
 
 
 def _half_step(grey: torch.Tensor) -> torch.Tensor:
@@ -264,16 +284,18 @@ def linear_pixels(grey: torch.Tensor) -> torch.Tensor:
 
 
 def feature_blocks(
-    size: int, texture: bool = True, flatness: bool = True, linear: bool = True
+    size: int, texture: bool = True, flatness: bool = True, linear: bool = True, tilt: bool = True
 ) -> list[tuple[int, int]]:
     """[start, stop) of the model block and (when `texture`) the texture block in a feature
     vector of `size`; columns in no block are left out of the distance: the texture columns
-    without `texture`, the flat and linear shares (the last two columns) without `flatness`,
-    the linear share (the last) without `linear`."""
+    without `texture`; without `flatness` the flat share and every column after it (the last
+    four), without `linear` the linear share and the tilt (the last three), without `tilt` the
+    tilt's two slopes (the last two)."""
     model_size = size - TEXTURE_SIZE
     if not texture:
         return [(0, model_size)]
-    return [(0, model_size), (model_size, size - (2 if not flatness else 0 if linear else 1))]
+    left_out = 4 if not flatness else 3 if not linear else 2 if not tilt else 0
+    return [(0, model_size), (model_size, size - left_out)]
 
 
 @torch.no_grad()
@@ -389,11 +411,13 @@ def fit_checkpoint(
     combine: str = "quadrature",
     flatness: bool = True,
     linear: bool = True,
+    tilt: bool = True,
 ) -> Reliability:
     """Fit familiarity on the training part of train+val and the margin on its grouped hold-out
     (the split `train` uses, seed 0), with the inputs the app gives the model (brain-masked).
     `texture`: add the texture-statistics block (docs/training.md says which checkpoint has it),
-    `flatness`: with its flat and linear shares, `linear`: with the linear one;
+    `flatness`: with its flat share and what follows, `linear`: with the linear share and the
+    tilt, `tilt`: with intensity_tilt()'s slopes;
     `combine`: how the blocks' distances make one ("quadrature" or "max")."""
     from core.checkpoint import load_checkpoint
     from core.dataset import decode_records, grouped_holdout, list_split
@@ -418,5 +442,5 @@ def fit_checkpoint(
         "target_selective_accuracy": SELECTIVE_ACCURACY,
         **chosen,
     }
-    blocks = feature_blocks(features.shape[1], texture, flatness, linear)
+    blocks = feature_blocks(features.shape[1], texture, flatness, linear, tilt)
     return fit(features[~held], labels[~held], features[held], chosen["margin"], info, blocks, combine)

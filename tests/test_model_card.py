@@ -212,6 +212,9 @@ def test_card_names_the_familiarity_blocks_as_fitted():
     assert _texture_words({"feature_blocks": feature_blocks(size, texture=False)}) == ""
     without_flat = _texture_words({"feature_blocks": feature_blocks(size, flatness=False)})
     assert "Laplacian-pyramid" in without_flat and "flat pixels" not in without_flat
-    assert "flat pixels and linear ramps" in _texture_words({"feature_blocks": feature_blocks(size)})
+    everything = _texture_words({"feature_blocks": feature_blocks(size)})
+    assert "flat pixels and linear ramps" in everything and "tilt of intensity" in everything
+    no_tilt = _texture_words({"feature_blocks": feature_blocks(size, tilt=False)})
+    assert "flat pixels and linear ramps" in no_tilt and "tilt" not in no_tilt
     flat_only = _texture_words({"feature_blocks": feature_blocks(size, linear=False)})
     assert "share of flat pixels" in flat_only and "linear" not in flat_only

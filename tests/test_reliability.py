@@ -125,7 +125,7 @@ def test_the_flat_share_rises_with_heavy_jpeg_and_not_with_noise_or_16_bit_smoot
     import torch
 
     def flat_share(image):
-        return texture_share(image, -2)
+        return texture_share(image, -4)  # the flat share: before the linear share and the two slopes
 
     head = head_phantom(256, seed=7)
     inside = head > 0
@@ -148,7 +148,7 @@ def test_the_linear_share_rises_when_a_slice_was_enlarged_and_not_with_noise():
     import torch
 
     def linear_share(image):
-        return texture_share(image, -1)
+        return texture_share(image, -3)  # the linear share: before the two slopes
 
     head = head_phantom(256, seed=12)
     inside = head > 0
@@ -162,12 +162,27 @@ def test_the_linear_share_rises_when_a_slice_was_enlarged_and_not_with_noise():
     assert reliability.linear_pixels(ramp)[0, 0, 1:5, 1:5].all() and reliability.linear_pixels(ramp).sum() == 16
 
 
-def test_feature_blocks_leave_the_texture_or_just_its_flat_share_out():
+def test_feature_blocks_leave_the_texture_or_a_tail_of_its_columns_out():
     size = 64 + reliability.TEXTURE_SIZE
     assert reliability.feature_blocks(size) == [(0, 64), (64, size)]
-    assert reliability.feature_blocks(size, flatness=False) == [(0, 64), (64, size - 2)]
-    assert reliability.feature_blocks(size, linear=False) == [(0, 64), (64, size - 1)]
+    assert reliability.feature_blocks(size, flatness=False) == [(0, 64), (64, size - 4)]
+    assert reliability.feature_blocks(size, linear=False) == [(0, 64), (64, size - 3)]
+    assert reliability.feature_blocks(size, tilt=False) == [(0, 64), (64, size - 2)]
     assert reliability.feature_blocks(size, texture=False) == [(0, 64)]
+
+
+def test_the_intensity_tilt_sees_a_bias_field_not_brightness_or_a_level_head():
+    head = head_phantom(256, seed=5)
+    inside = head > 0
+    x = np.linspace(-1, 1, 256)[None, :].repeat(256, 0)
+    level = texture_of(head)[-2:]
+    assert np.abs(level).max() < 0.1  # the phantom is level: no tilt either way
+    assert np.allclose(texture_of(head * 0.5)[-2:], level, atol=1e-4)  # brightness alone tilts nothing
+    rightwards = texture_of(head * np.exp(0.6 * x) * inside)[-2:]
+    leftwards = texture_of(head * np.exp(-0.6 * x) * inside)[-2:]
+    downwards = texture_of(head * np.exp(0.6 * x.T) * inside)[-2:]
+    assert rightwards[0] > level[0] + 0.3 and leftwards[0] < level[0] - 0.3 and abs(rightwards[1] - level[1]) < 0.1
+    assert downwards[1] > level[1] + 0.3 and abs(downwards[0] - level[0]) < 0.1
 
 
 def test_an_unfamiliar_slice_says_which_block_is_unusual():
