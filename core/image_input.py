@@ -151,16 +151,23 @@ def _check_size(shape: tuple[int, ...]) -> None:
         )
 
 
-def _size_checked(loaded: LoadedImage) -> LoadedImage:
-    """`loaded` after _check_size(), with a note when it is smaller than a diagnostic slice (the
-    familiarity model calls such enlarged thumbnails unfamiliar; the note says why)."""
-    _check_size(loaded.pixels.shape)
-    height, width = loaded.pixels.shape[:2]
-    note = (
+def thumbnail_note(shape: tuple[int, ...]) -> str | None:
+    """The note for a slice smaller than a diagnostic one (the familiarity model calls such
+    enlarged thumbnails unfamiliar; the note says why), None for a slice of SMALL_SIDE or more."""
+    height, width = shape[:2]
+    if min(height, width) >= SMALL_SIDE:
+        return None
+    return (
         f"This image is only {width}x{height} pixels (a thumbnail, icon or dose grid, not a diagnostic slice). "
         "It was enlarged for the model, so the prediction and heatmap say little; upload the full-resolution slice."
     )
-    if min(height, width) >= SMALL_SIDE or note in loaded.notes:
+
+
+def _size_checked(loaded: LoadedImage) -> LoadedImage:
+    """`loaded` after _check_size(), with thumbnail_note() among its notes when it is one."""
+    _check_size(loaded.pixels.shape)
+    note = thumbnail_note(loaded.pixels.shape)
+    if note is None or note in loaded.notes:
         return loaded
     return replace(loaded, notes=loaded.notes + (note,))
 

@@ -59,6 +59,12 @@ def test_bad_upload_shows_a_clear_error(use_tiny_checkpoints):
     assert not at.image
 
 
+def test_a_thumbnail_is_explained_under_a_warning_that_it_is_one(use_tiny_checkpoints):
+    at = upload(run_page(), "icon.png", encode(head_phantom(160)[::8, ::8], "PNG"))
+    assert not at.exception and len(at.image) == 4
+    assert any("only 20x20 pixels" in warning.value for warning in at.warning)
+
+
 @pytest.mark.parametrize("sample", ["mni152_t1_2mm.nii.gz", "pydicom_mr_small.dcm", "mni152_axial.png"])
 def test_samples_render(use_tiny_checkpoints, sample):
     at = run_page(explain_source="Use a sample", explain_sample=sample)
