@@ -16,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_FILE_BYTES = 50 * 1024 * 1024  # a single image
 MAX_VOLUME_FILE_BYTES = 200 * 1024 * 1024  # a volume or series: NIfTI, DICOM, a ZIP of a DICOM series
 MAX_PIXELS = 16_000_000  # per slice: a 4000x4000 image; MRI slices are rarely over 1024x1024
-MAX_DECODED_BYTES = 512 * 1024 * 1024  # a whole decoded series or volume, checked from its header first
+MAX_DECODED_BYTES = 512 * 1024 * 1024  # a decoded series, NIfTI volume or DICOM frame, checked from headers first
 MIN_SIDE = 2  # a single row or column is not a slice
 SMALL_SIDE = 32  # below this a slice is a thumbnail, icon or dose grid: read, but with a warning
 
@@ -268,11 +268,12 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     frames = max(1, _dicom_int(dataset, "NumberOfFrames") or 1)
     samples = max(1, _dicom_int(dataset, "SamplesPerPixel") or 1)
     bits = max(8, _dicom_int(dataset, "BitsAllocated") or 16)
-    declared = rows * columns * frames * samples * bits // 8
+    declared = rows * columns * samples * bits // 8  # one frame: frames are decoded one at a time
     if declared > MAX_DECODED_BYTES:
         raise ImageInputError(
-            f"The DICOM declares {frames} frame(s) of {columns}x{rows} ({declared / 2**20:.0f} MB decoded), over the "
-            f"{MAX_DECODED_BYTES // 2**20} MB limit. Export fewer frames or a single image."
+            f"The DICOM declares frames of {columns}x{rows} with {samples} sample(s) of {bits} bits "
+            f"({declared / 2**20:.0f} MB each, decoded), over the {MAX_DECODED_BYTES // 2**20} MB limit. "
+            "Export a smaller image."
         )
     num_frames = frames
     frame = _choose_index(frame, frames, "frame") if frames > 1 else 0

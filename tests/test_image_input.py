@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import struct
+import tracemalloc
 import zlib
 
 import nibabel as nib
@@ -427,10 +428,44 @@ def test_dicom_without_rows_says_what_is_missing():
         load_image(resaved(dataset), "norows.dcm")
 
 
-def test_dicom_declaring_a_huge_series_is_refused_before_decoding():
+def test_dicom_declaring_frames_it_does_not_hold_is_refused_without_decoding_them():
     data = make_dicom(np.zeros((64, 64), dtype=np.uint16), NumberOfFrames=200_000)
-    with pytest.raises(ImageInputError, match="over the 512 MB limit"):
+    tracemalloc.start()
+    with pytest.raises(ImageInputError, match="truncated or corrupt"):
         load_image(data, "many.dcm")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50 * 2**20, peak
+
+
+def test_a_long_compressed_cine_is_read_one_frame_at_a_time():
+    """300 frames of 1024x1024 at 16 bits decode to 600 MB, over the 512 MB budget for a whole
+    volume; compressed, the file is small, and only the frame asked for is decoded."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+
+    frame = (np.add.outer(np.arange(1024), np.arange(1024)) // 8).astype(np.uint16)  # smooth: compresses well
+    dataset = pydicom.dcmread(io.BytesIO(jpeg_lossless_dicom((head_phantom(64) * 4000).astype(np.uint16))))
+    dataset.Rows = dataset.Columns = 1024
+    dataset.NumberOfFrames = 300
+    dataset.PixelData = encapsulate([imagecodecs.jpeg8_encode(frame, lossless=True, bitspersample=12)] * 300)
+    data = resaved(dataset)
+    assert len(data) < 50 * 2**20
+    tracemalloc.start()
+    loaded = load_image(data, "cine.dcm", slice_index=150)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert loaded.num_slices == 300 and loaded.slice_index == 150 and loaded.pixels.shape == (1024, 1024)
+    assert peak < 200 * 2**20, peak
+
+
+def test_a_frame_larger_than_the_budget_is_refused_before_decoding():
+    data = make_dicom(np.zeros((64, 64), dtype=np.uint16))
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.Rows = dataset.Columns = 4000
+    dataset.SamplesPerPixel = 20
+    with pytest.raises(ImageInputError, match="over the 512 MB limit"):
+        load_image(resaved(dataset), "wide.dcm")
 
 
 def test_a_small_nifti_bomb_is_refused_from_its_header():
