@@ -319,8 +319,13 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     window = _dicom_window(dataset)
     if window is not None:
         centre, width = window
-        pixels = np.clip(pixels, centre - width / 2, centre + width / 2)
-        notes.append(f"Window centre {centre:g}, width {width:g} from the file.")
+        windowed = np.clip(pixels, centre - width / 2, centre + width / 2)
+        if np.ptp(windowed[np.isfinite(windowed)]) > 0 or not np.ptp(pixels[np.isfinite(pixels)]) > 0:
+            pixels = windowed
+            notes.append(f"Window centre {centre:g}, width {width:g} from the file.")
+        else:  # every value on one side of the window: a window meant for other data
+            notes.append(f"The file's window (centre {centre:g}, width {width:g}) leaves no contrast in this "
+                         "image, so its full range is shown.")  # fmt: skip
     if photometric == "MONOCHROME1":
         pixels = pixels.max() - pixels  # MONOCHROME1 shows low values as white
         notes.append("MONOCHROME1: intensities inverted for display.")

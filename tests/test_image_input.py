@@ -134,6 +134,16 @@ def test_palette_colour_dicom_shows_the_colour_table_not_its_indices():
         load_image(resaved(dataset), name)
 
 
+def test_a_window_that_leaves_no_contrast_is_set_aside_with_a_note(phantom):
+    """A window copied from other data (every value above it) would make the slice one grey."""
+    stored = (phantom * 1000 + 3000).astype(np.uint16)
+    loaded = load_image(make_dicom(stored, WindowCenter=40, WindowWidth=80), "ct.dcm")
+    assert np.corrcoef(loaded.pixels.ravel(), stored.ravel())[0, 1] > 0.999
+    assert any("leaves no contrast" in note for note in loaded.notes)
+    windowed = load_image(make_dicom(stored, WindowCenter=3500, WindowWidth=400), "ct.dcm")
+    assert windowed.pixels.max() == 1 and any("Window centre 3500" in note for note in windowed.notes)
+
+
 def test_dicom_pixel_padding_is_background_not_the_brightest_tissue(phantom):
     outside = phantom < 0.05
     stored = (phantom * 4000).astype(np.uint16)
