@@ -16,6 +16,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_FILE_BYTES = 50 * 1024 * 1024  # a single image
 MAX_VOLUME_FILE_BYTES = 200 * 1024 * 1024  # a volume or series: NIfTI, DICOM, a ZIP of a DICOM series
 MAX_PIXELS = 16_000_000  # per slice: a 4000x4000 image; MRI slices are rarely over 1024x1024
+# a DICOM image may be larger (large-format radiographs, digitised film): it is decoded, then every
+# k-th pixel kept to fit MAX_PIXELS, before any float copy is made
+MAX_DICOM_PIXELS = 40_000_000
 MAX_DECODED_BYTES = 512 * 1024 * 1024  # a decoded series, NIfTI volume or DICOM frame, checked from headers first
 MIN_SIDE = 2  # a single row or column is not a slice
 SMALL_SIDE = 32  # below this a slice is a thumbnail, icon or dose grid: read, but with a warning
@@ -138,11 +141,11 @@ def _looks_like_dicom(data: bytes) -> bool:
     return len(data) > 132 and data[128:132] == b"DICM"
 
 
-def _check_size(shape: tuple[int, ...]) -> None:
+def _check_size(shape: tuple[int, ...], max_pixels: int = MAX_PIXELS) -> None:
     height, width = shape[:2]
-    if height * width > MAX_PIXELS:
+    if height * width > max_pixels:
         raise ImageInputError(
-            f"The image is {width}x{height} pixels, over the {MAX_PIXELS // 1_000_000} megapixel "
+            f"The image is {width}x{height} pixels, over the {max_pixels // 1_000_000} megapixel "
             "limit. Downsample it or export one slice."
         )
     if min(height, width) < MIN_SIDE:
@@ -264,7 +267,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
             "This DICOM file does not say how large its image is (Rows or Columns missing or zero): it is "
             "damaged or not an image. Export it again from the PACS."
         )
-    _check_size((rows, columns))
+    _check_size((rows, columns), MAX_DICOM_PIXELS)
     frames = max(1, _dicom_int(dataset, "NumberOfFrames") or 1)
     samples = max(1, _dicom_int(dataset, "SamplesPerPixel") or 1)
     bits = max(8, _dicom_int(dataset, "BitsAllocated") or 16)
@@ -303,6 +306,12 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     if pixels.ndim != (3 if is_colour else 2):  # not one frame: the file's frame count was wrong
         num_frames, frame = 1, 0
     notes = []
+    step = _decimation(pixels.shape[:2])
+    if step > 1:  # strided, not averaged: palette indices and padding values stay what they are
+        height, width = pixels.shape[:2]
+        pixels = np.ascontiguousarray(pixels[::step, ::step])
+        notes.append(f"A {width}x{height} image, over the {MAX_PIXELS // 1_000_000} megapixels of a slice: one "
+                     f"pixel in {step} along each side is used ({pixels.shape[1]}x{pixels.shape[0]}).")  # fmt: skip
     photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
     if not is_colour and photometric == "PALETTE COLOR":
         pixels, is_colour = _palette_to_rgb(pixels, dataset), True
@@ -330,6 +339,8 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         pixels = pixels.max() - pixels  # MONOCHROME1 shows low values as white
         notes.append("MONOCHROME1: intensities inverted for display.")
     spacing_mm = _pixel_spacing(dataset)
+    if spacing_mm is not None and step > 1:
+        spacing_mm = (spacing_mm[0] * step, spacing_mm[1] * step)
     if spacing_mm is None and "PixelSpacing" in dataset:
         notes.append("The file's PixelSpacing is unreadable, so distances are given in pixels.")
     return LoadedImage(
@@ -340,6 +351,14 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         pixel_spacing_mm=spacing_mm,
         notes=tuple(notes),
     )
+
+
+def _decimation(shape: tuple[int, int]) -> int:
+    """The smallest k for which one pixel in k along each axis fits MAX_PIXELS."""
+    step = 1
+    while -(-shape[0] // step) * -(-shape[1] // step) > MAX_PIXELS:
+        step += 1
+    return step
 
 
 def _palette_to_rgb(indices: np.ndarray, dataset) -> np.ndarray:

@@ -8,6 +8,7 @@ import struct
 import tracemalloc
 import zlib
 
+import cv2
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -467,6 +468,19 @@ def test_a_long_compressed_cine_is_read_one_frame_at_a_time():
     tracemalloc.stop()
     assert loaded.num_slices == 300 and loaded.slice_index == 150 and loaded.pixels.shape == (1024, 1024)
     assert peak < 200 * 2**20, peak
+
+
+def test_a_large_format_radiograph_is_read_at_a_stride_that_fits_a_slice():
+    """A 4300x4300 detector (18.5 megapixels) is over the 16 megapixels of a slice: one pixel in
+    2 along each side is used, the spacing doubled, and the note says so; 41 megapixels are refused."""
+    stored = cv2.resize((head_phantom(256) * 4000).astype(np.uint16), (4300, 4300), interpolation=cv2.INTER_NEAREST)
+    loaded = load_image(make_dicom(stored, PixelSpacing=[0.1, 0.1]), "dx.dcm")
+    assert loaded.pixels.shape == (2150, 2150) and loaded.pixel_spacing_mm == (0.2, 0.2)
+    assert any("one pixel in 2 along each side" in note for note in loaded.notes), loaded.notes
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(np.zeros((64, 64), np.uint16))))
+    dataset.Rows, dataset.Columns = 6400, 6400
+    with pytest.raises(ImageInputError, match="40 megapixel"):
+        load_image(resaved(dataset), "huge.dcm")
 
 
 def test_a_frame_larger_than_the_budget_is_refused_before_decoding():
