@@ -19,7 +19,14 @@ from core.checkpoint import CheckpointError, LoadedModel
 from core.dataset import DatasetError
 from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, heatmap_name, layer_names
 from core.faithfulness import FaithfulnessCheck, RoadCheck
-from core.image_input import MAX_FILE_BYTES, MAX_VOLUME_FILE_BYTES, ImageInputError, LoadedImage, upload_kind
+from core.image_input import (
+    MAX_FILE_BYTES,
+    MAX_VOLUME_FILE_BYTES,
+    ImageInputError,
+    LoadedImage,
+    thumbnail_note,
+    upload_kind,
+)
 from core.localisation import localisation_metrics
 from core.reliability import DEFAULT_MARGIN, UNFAMILIAR_MESSAGE
 from core.report import scan_report
@@ -136,6 +143,12 @@ def duration(milliseconds: float) -> str:
 def prediction(scan: Scan, checkpoint: str, mask_input: bool) -> str:
     """The predicted class with or without the input masked (one forward pass, cached)."""
     return _or_stop(cached.prediction, scan, checkpoint, mask_input)
+
+
+def image_notes(image: LoadedImage) -> None:
+    """What reading the file involved, as captions; a thumbnail's note as a warning."""
+    for note in image.notes:
+        (st.warning if note == thumbnail_note(image.pixels.shape) else st.caption)(note)
 
 
 def reliability_note(result: Explanation, place=st) -> None:

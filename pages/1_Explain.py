@@ -7,7 +7,6 @@ import streamlit as st
 import ui
 from core import render
 from core.explain import METHODS, ExplainSettings
-from core.image_input import thumbnail_note
 from core.model_card import preferred_checkpoint
 
 st.set_page_config(page_title="Explain a scan", layout="wide")
@@ -72,8 +71,7 @@ st.caption(ui.DISCLAIMER)
 if result.warning:
     st.warning(result.warning)
 (st.info if result.brain_mask is not None else st.warning)(result.brain_mask_note)
-for note in scan.image.notes:
-    (st.warning if note == thumbnail_note(scan.image.pixels.shape) else st.caption)(note)
+ui.image_notes(scan.image)
 
 ui.reliability_note(result)
 prediction, chart = st.columns([1, 2])

@@ -40,6 +40,7 @@ first, second = results[model_a], results[model_b]
 records = {name: ui.load_model(name).config.metrics.get("accuracy") for name in (model_a, model_b)}
 together = verdict((model_a, model_b), first, second, records)
 {"agree": st.success, "neutral": st.info, "disagree": st.warning}[together.kind](together.sentence)
+ui.image_notes(scan.image)
 
 pixels = scan.image.pixels
 for name, result in results.items():

@@ -7,7 +7,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from core.explain import METHODS
-from tests.conftest import LABELS
+from tests.conftest import LABELS, encode, head_phantom
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Compare.py")
 
@@ -26,6 +26,7 @@ def test_compare_sample_and_method_grid(use_tiny_checkpoints):
     # each model's prediction, whole, or 'uncertain' with both classes (the tiny models are near-ties)
     assert sum(header in (*LABELS, "uncertain") for header in shown) == 2
     assert any(text.value.endswith("% confidence") or text.value.startswith("uncertain: ") for text in at.markdown)
+    assert any("Window centre" in caption.value for caption in at.caption)  # how the DICOM was read
     peak = next(m for m in at.metric if m.label == "Distance between peaks")
     assert peak.value.endswith("mm")  # the DICOM gives pixel spacing
 
@@ -35,6 +36,14 @@ def test_compare_sample_and_method_grid(use_tiny_checkpoints):
     at.toggle(key="run_grid").set_value(True).run()
     assert not at.exception
     assert len(at.image) == 8 + len(METHODS)  # every method, the two input attributions included
+
+
+def test_a_thumbnail_is_compared_under_a_warning_that_it_is_one(use_tiny_checkpoints):
+    at = AppTest.from_file(PAGE, default_timeout=180).run()
+    at.file_uploader(key="compare_upload").set_value(("icon.png", encode(head_phantom(160)[::8, ::8], "PNG"),
+                                                      "image/png")).run()  # fmt: skip
+    assert not at.exception and len(at.image) == 8
+    assert any("only 20x20 pixels" in warning.value for warning in at.warning)
 
 
 def test_one_model_is_not_enough(tmp_path, monkeypatch, checkpoint_root):
