@@ -16,8 +16,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_FILE_BYTES = 50 * 1024 * 1024  # a single image
 MAX_VOLUME_FILE_BYTES = 200 * 1024 * 1024  # a volume or series: NIfTI, DICOM, a ZIP of a DICOM series
 MAX_PIXELS = 16_000_000  # per slice: a 4000x4000 image; MRI slices are rarely over 1024x1024
-# a DICOM image may be larger (large-format radiographs, digitised film): it is decoded, then every
-# k-th pixel kept to fit MAX_PIXELS, before any float copy is made
+# a DICOM image may be larger (large-format radiographs, digitised film): it is decoded, then one
+# pixel in k along each side kept to fit MAX_PIXELS, before any float copy is made
 MAX_DICOM_PIXELS = 40_000_000
 MAX_DECODED_BYTES = 512 * 1024 * 1024  # a decoded series, NIfTI volume or DICOM frame, checked from headers first
 MIN_SIDE = 2  # a single row or column is not a slice
@@ -435,6 +435,9 @@ def _jpeg_size(stream: bytes) -> tuple[int, int] | None:
     while at + 9 <= len(stream):
         if stream[at] != 0xFF:
             return None
+        if stream[at + 1] == 0xFF:  # a fill byte before the marker
+            at += 1
+            continue
         marker, length = stream[at + 1], int.from_bytes(stream[at + 2 : at + 4], "big")
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             return int.from_bytes(stream[at + 5 : at + 7], "big"), int.from_bytes(stream[at + 7 : at + 9], "big")

@@ -203,6 +203,17 @@ def test_jpeg_lossless_dicom_is_read_exactly(phantom):
     np.testing.assert_allclose(loaded.pixels, (stored[::-1] - stored.min()) / np.ptp(stored), atol=1e-6)
 
 
+def test_the_jpeg_size_is_read_from_its_start_of_frame_past_fill_bytes():
+    import imagecodecs
+
+    from core.image_input import _jpeg_size
+
+    stream = imagecodecs.jpeg8_encode(np.zeros((48, 80), np.uint16), lossless=True, bitspersample=12)
+    assert _jpeg_size(stream) == (48, 80)
+    assert _jpeg_size(stream[:2] + b"\xff\xff" + stream[2:]) == (48, 80)
+    assert _jpeg_size(b"\xff\xd8" + bytes(20)) is None
+
+
 def test_jpeg_dicoms_pillow_cannot_read_are_read():
     """pydicom's own 12-bit JPEG Extended and JPEG lossless RGB files: Pillow reads neither."""
     for name, shape in (("JPGExtended.dcm", (1024, 256)), ("SC_rgb_jpeg_gdcm.dcm", (100, 100))):
