@@ -147,8 +147,9 @@ def prediction(scan: Scan, checkpoint: str, mask_input: bool) -> str:
 
 def image_notes(image: LoadedImage) -> None:
     """What reading the file involved, as captions; a thumbnail's note as a warning."""
+    thumbnail = thumbnail_note(image.pixels.shape)
     for note in image.notes:
-        (st.warning if note == thumbnail_note(image.pixels.shape) else st.caption)(note)
+        (st.warning if note == thumbnail else st.caption)(note)
 
 
 def reliability_note(result: Explanation, place=st) -> None:

@@ -329,7 +329,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     if window is not None:
         centre, width = window
         windowed = np.clip(pixels, centre - width / 2, centre + width / 2)
-        if np.ptp(windowed[np.isfinite(windowed)]) > 0 or not np.ptp(pixels[np.isfinite(pixels)]) > 0:
+        if _has_contrast(windowed) or not _has_contrast(pixels):
             pixels = windowed
             notes.append(f"Window centre {centre:g}, width {width:g} from the file.")
         else:  # every value on one side of the window: a window meant for other data
@@ -351,6 +351,12 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         pixel_spacing_mm=spacing_mm,
         notes=tuple(notes),
     )
+
+
+def _has_contrast(values: np.ndarray) -> bool:
+    """Whether the finite values are not all one value (False for none at all)."""
+    finite = values[np.isfinite(values)]
+    return finite.size > 0 and finite.max() > finite.min()
 
 
 def _decimation(shape: tuple[int, int]) -> int:
@@ -416,8 +422,9 @@ def _decode_jpeg(dataset, index: int) -> np.ndarray:
         stream = get_frame(dataset.PixelData, index, number_of_frames=frames)
     except (ValueError, KeyError, IndexError, TypeError) as error:
         raise RuntimeError(f"the JPEG frame cannot be found: {error}") from error
-    if _jpeg_size(stream) != (rows, columns):
-        raise RuntimeError(f"the JPEG stream is {_jpeg_size(stream)}, not the declared {rows}x{columns}")
+    size = _jpeg_size(stream)
+    if size != (rows, columns):
+        raise RuntimeError(f"the JPEG stream is {size}, not the declared {rows}x{columns}")
     try:
         pixels = imagecodecs.jpeg8_decode(stream)
     except (imagecodecs.Jpeg8Error, ValueError, MemoryError) as error:

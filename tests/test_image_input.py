@@ -145,6 +145,15 @@ def test_a_window_that_leaves_no_contrast_is_set_aside_with_a_note(phantom):
     assert windowed.pixels.max() == 1 and any("Window centre 3500" in note for note in windowed.notes)
 
 
+def test_a_float_dicom_without_valid_values_says_so_whatever_its_window():
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(np.zeros((64, 64), np.uint16), WindowCenter=40, WindowWidth=80)))
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 32, 32, 31
+    del dataset.PixelData
+    dataset.FloatPixelData = np.full((64, 64), np.nan, np.float32).tobytes()
+    with pytest.raises(ImageInputError, match="no valid pixel values"):
+        load_image(resaved(dataset), "nan.dcm")
+
+
 def test_dicom_pixel_padding_is_background_not_the_brightest_tissue(phantom):
     outside = phantom < 0.05
     stored = (phantom * 4000).astype(np.uint16)
