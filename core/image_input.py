@@ -84,12 +84,8 @@ def load_image(
             f"'{filename}' is not a supported format. Upload PNG, JPEG, BMP, TIFF, "
             "DICOM, NIfTI (.nii, .nii.gz) or a ZIP of one DICOM series."
         )
-    limit = MAX_FILE_BYTES if kind == "image" else MAX_VOLUME_FILE_BYTES
-    if len(data) > limit:
-        raise ImageInputError(
-            f"The file is {len(data) / 1e6:.0f} MB; the limit is {limit // 2**20} MB for this kind of file. "
-            "Export a single slice, or a smaller series, and try again."
-        )
+    if message := oversize_message(kind, len(data)):
+        raise ImageInputError(message)
     suffix = filename.rsplit(".", 1)[-1].upper() if "." in filename else ""
     decode = {
         "ZIP": lambda: _load_series(data, slice_index),
@@ -124,6 +120,17 @@ def upload_kind(filename: str, data: bytes) -> str | None:
     if name.endswith(RASTER_SUFFIXES):
         return "image"
     return sniffed_kind(data) or ("image" if "." not in name else None)
+
+
+def oversize_message(kind: str, size: int) -> str | None:
+    """Why a file of upload_kind `kind` and `size` bytes is refused, or None when it fits."""
+    limit = MAX_FILE_BYTES if kind == "image" else MAX_VOLUME_FILE_BYTES
+    if size <= limit:
+        return None
+    return (
+        f"The file is {size / 1e6:.0f} MB; the limit is {limit // 2**20} MB for this kind of file. "
+        "Export a single slice, or a smaller series, and try again."
+    )
 
 
 def sniffed_kind(head: bytes) -> str | None:

@@ -178,8 +178,11 @@ def clients_latencies(base: str, sample: bytes, params: dict, clients: int, each
 
 def hostile_uploads() -> dict[str, bytes]:
     """Single uploads that once took gigabytes: a .nii.gz declaring a 680^3 float volume, a
-    39.7-megapixel 16-bit PNG, and a large valid 16-bit PNG within the limits."""
+    39.7-megapixel 16-bit PNG, and large valid uploads within the limits: a 12-megapixel 16-bit
+    PNG and a NIfTI volume just under the 200 MB that volumes may have."""
     import nibabel
+
+    from core.image_input import MAX_VOLUME_FILE_BYTES
 
     header = nibabel.Nifti1Header()
     header.set_data_shape((680, 680, 680))
@@ -194,6 +197,10 @@ def hostile_uploads() -> dict[str, bytes]:
         png = io.BytesIO()
         Image.fromarray(np.uint16(np.add.outer(ramp, ramp) / 2)).save(png, format="PNG")
         uploads[name] = png.getvalue()
+    slices = (MAX_VOLUME_FILE_BYTES - 2**20) // (512 * 512 * 2)
+    ramp = np.uint16(np.add.outer(np.arange(512), np.arange(512)) * 32)
+    volume = np.repeat(ramp[:, :, None], slices, axis=2)
+    uploads[f"large_{slices}_slices.nii"] = nibabel.Nifti1Image(volume, np.eye(4)).to_bytes()
     return uploads
 
 

@@ -29,7 +29,7 @@ from starlette.formparsers import MultiPartParser
 from core.checkpoint import CheckpointError, list_checkpoints, read_config
 from core.checkpoint import resolve_checkpoint as resolve
 from core.explain import METHODS, ExplainError, ExplainSettings
-from core.image_input import MAX_FILE_BYTES, ImageInputError, upload_kind
+from core.image_input import MAX_FILE_BYTES, MAX_VOLUME_FILE_BYTES, ImageInputError, oversize_message, upload_kind
 from core.model_card import preferred_checkpoint
 from core.render import explanation_panels, png_bytes
 from core.workers import (
@@ -101,7 +101,7 @@ class ImageStore:
 # Request bodies larger than this are refused while they arrive (an upload plus the form's
 # framing); below it, Starlette keeps an uploaded file in memory (its spool rolls over to a
 # temporary file only past spool_max_size, set above this cap), so no upload touches the disk.
-MAX_BODY_BYTES = MAX_FILE_BYTES + 2**20
+MAX_BODY_BYTES = MAX_VOLUME_FILE_BYTES + 2**20
 MultiPartParser.spool_max_size = MAX_BODY_BYTES + 1
 
 
@@ -138,7 +138,8 @@ class LimitBody:
 
 
 async def _too_large(send) -> None:
-    body = json.dumps({"error": f"The upload is over the {MAX_FILE_BYTES // 2**20} MB limit."}).encode()
+    limits = f"{MAX_VOLUME_FILE_BYTES // 2**20} MB ({MAX_FILE_BYTES // 2**20} MB for a single image)"
+    body = json.dumps({"error": f"The upload is over the {limits} limit."}).encode()
     await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
 
@@ -231,13 +232,15 @@ def create_app(
         brain_mask: bool = Query(True),
     ) -> dict:
         name = file.filename or "upload"
-        data = await file.read(MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            raise HTTPException(413, f"The file is over the {MAX_FILE_BYTES // 2**20} MB limit.")
-        if data and upload_kind(name, data) is None:
+        data = await file.read(MAX_VOLUME_FILE_BYTES + 1)
+        await file.close()  # the form's in-memory copy is freed before the job takes its own
+        kind = upload_kind(name, data)
+        if data and kind is None:
             raise HTTPException(
                 415, f"'{name}' is not a supported format: PNG, JPEG, BMP, TIFF, DICOM, NIfTI or a ZIP of a series."
             )
+        if kind and (message := oversize_message(kind, len(data))):
+            raise HTTPException(413, message)
         installed = list_checkpoints()
         checkpoint = checkpoint or (installed[preferred_checkpoint(installed)] if installed else None)
         if checkpoint not in installed:

@@ -228,6 +228,8 @@ class _Slot(threading.Thread):
             self._replace()
             job._fail(WorkerCrashed(f"The job could not be handed to a worker: {error}"))
             return
+        finally:
+            job.args = ()  # handed over (or failed): an upload is not kept here while the worker runs
         deadline = None if job.time_limit_s is None else job.started + job.time_limit_s
         while True:
             if self.connection.poll(POLL_S):
@@ -338,7 +340,7 @@ def _worker_main(connection, preload: list[str], nice: int = 0) -> None:
             connection.send(message)
         except Exception as error:  # an unpicklable result or exception
             connection.send(("error", RuntimeError(f"{type(error).__name__}: {error}")))
-        del message
+        del task, args, message  # the upload too: it would stay alive until the next job
         _return_freed_memory()
 
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from core.image_input import MAX_FILE_BYTES
+from core.image_input import MAX_FILE_BYTES, MAX_VOLUME_FILE_BYTES
 from core.render import explanation_panels, png_bytes
 from core.service import ImageStore, create_app
 from core.workers import SLOW_NICE
@@ -193,9 +193,26 @@ def test_an_upload_over_one_megabyte_stays_in_memory(client, monkeypatch):
 
 
 def test_an_upload_over_the_limit_is_refused_while_it_arrives(client):
-    from core.image_input import MAX_FILE_BYTES
+    response = post(client, "huge.nii", b"\0" * (MAX_VOLUME_FILE_BYTES + 2 * 2**20))
+    assert response.status_code == 413 and "200 MB" in response.json()["error"]
 
-    response = post(client, "huge.png", b"\0" * (MAX_FILE_BYTES + 2 * 2**20))
+
+def test_a_volume_over_the_single_image_limit_is_explained_as_in_the_app(client):
+    """The app takes DICOM, NIfTI and ZIP series up to 200 MB; the API refused them over 50 MB."""
+    import nibabel
+
+    slices = 60 * 2**20 // (256 * 256 * 2) + 1
+    head = np.uint16(head_phantom(256) * 1000)
+    volume = np.repeat(head[:, :, None], slices, axis=2)
+    data = nibabel.Nifti1Image(volume, np.eye(4)).to_bytes()
+    assert MAX_FILE_BYTES < len(data) < MAX_VOLUME_FILE_BYTES
+    response = post(client, "series.nii", data, checkpoint="tiny_effnet")
+    assert response.status_code == 200, response.text
+    assert response.json()["prediction"] in response.json()["class_probabilities"]
+
+
+def test_a_single_image_keeps_its_own_limit(client):
+    response = post(client, "big.png", b"\x89PNG\r\n\x1a\n" + b"\0" * MAX_FILE_BYTES)
     assert response.status_code == 413 and "50 MB" in response.json()["error"]
 
 

@@ -120,3 +120,29 @@ def test_the_worker_explains_as_the_process_does(pool, checkpoint_root, tiny_mod
     assert loaded.pixels.shape == image.shape and result.predicted_label in tiny_model.config.label_names
     with pytest.raises(ImageInputError):
         pool.run(decode_and_explain_task, folder, b"junk", "scan.png", ExplainSettings())
+
+
+def resident_mb_task(data: bytes, report):
+    """The worker's resident memory in MB, with `data` received."""
+    return _resident_mb(os.getpid())
+
+
+def _resident_mb(pid: int) -> float:
+    status = open(f"/proc/{pid}/status").read()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
+def test_a_large_upload_is_let_go_by_the_pool_and_the_worker_once_its_job_ends():
+    """A worker kept the last job's arguments (an upload of up to 200 MB) alive until its next job,
+    and so did the pool's record of the job while the worker ran."""
+    with WorkerPool(workers=1, queue_limit=1) as pool:
+        pool.run(sleep_task, 0.0)
+        (pid,) = pool.pids()
+        before = _resident_mb(pid)
+        job = pool.submit(resident_mb_task, os.urandom(150 * 2**20))
+        holding = job.result(timeout=120)
+        assert holding > before + 100  # the upload was there
+        time.sleep(0.2)
+        assert _resident_mb(pid) < before + 30
+        assert job.args == ()
