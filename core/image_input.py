@@ -287,6 +287,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         )
     num_frames = frames
     frame = _choose_index(frame, frames, "frame") if frames > 1 else 0
+    _lift_functional_groups(dataset, frame)
     try:
         pixels = _decode_frame(data, dataset, frame if frames > 1 else None)
     except (NotImplementedError, RuntimeError) as error:
@@ -490,6 +491,41 @@ def _decoder_available(syntax) -> bool:
         return bool(syntax) and get_decoder(syntax).is_available
     except (NotImplementedError, ValueError, TypeError):
         return False
+
+
+# Where enhanced (multi-frame) DICOM keeps what the classic objects hold at the top level.
+FUNCTIONAL_GROUP_ATTRIBUTES = {
+    "PixelMeasuresSequence": ("PixelSpacing",),
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth"),
+}
+
+
+def _lift_functional_groups(dataset, frame: int) -> None:
+    """Copy spacing, rescale and window of an enhanced DICOM's frame (its per-frame functional
+    group, else the shared one) to the top level, where the rest of the loader reads them.
+    Attributes already at the top level stay; a damaged group is skipped."""
+    groups = [_sequence_item(dataset, "PerFrameFunctionalGroupsSequence", frame),
+              _sequence_item(dataset, "SharedFunctionalGroupsSequence", 0)]  # fmt: skip
+    for sequence, keywords in FUNCTIONAL_GROUP_ATTRIBUTES.items():
+        if any(keyword in dataset for keyword in keywords):
+            continue
+        items = (_sequence_item(group, sequence, 0) for group in groups if group is not None)
+        item = next((item for item in items if item is not None and all(k in item for k in keywords)), None)
+        if item is not None:
+            for keyword in keywords:
+                dataset[keyword] = item[keyword]
+
+
+def _sequence_item(dataset, keyword: str, index: int):
+    """Item `index` of the sequence `keyword` as a Dataset, or None when missing or damaged."""
+    from pydicom import Dataset
+
+    try:
+        item = dataset[keyword].value[index]
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        return None
+    return item if isinstance(item, Dataset) else None
 
 
 def _pixel_spacing(dataset) -> tuple[float, float] | None:

@@ -288,6 +288,39 @@ def test_dicom_rescale_and_window_are_applied():
     assert 0.4 < row[30] < 0.6
 
 
+def functional_group(**sequences) -> pydicom.Dataset:
+    """One item of a Shared or Per-frame Functional Groups Sequence: {"PixelMeasuresSequence": {...}}."""
+    group = pydicom.Dataset()
+    for keyword, fields in sequences.items():
+        item = pydicom.Dataset()
+        for key, value in fields.items():
+            setattr(item, key, value)
+        setattr(group, keyword, pydicom.Sequence([item]))
+    return group
+
+
+def test_enhanced_mr_spacing_rescale_and_window_come_from_its_functional_groups():
+    """Enhanced (multi-frame) MR and CT keep spacing, rescale and window in functional groups,
+    shared by all frames or per frame, not at the top level of the file."""
+    ramp = np.tile(np.arange(0, 1000, 10, dtype=np.uint16), (100, 1))  # 0..990 across columns
+    shared = functional_group(
+        PixelMeasuresSequence={"PixelSpacing": [0.5, 0.75], "SliceThickness": 3},
+        PixelValueTransformationSequence={"RescaleSlope": 2, "RescaleIntercept": -100, "RescaleType": "US"},
+    )
+    windows = [
+        functional_group(FrameVOILUTSequence={"WindowCenter": centre, "WindowWidth": 400}) for centre in (500, 900)
+    ]
+    data = make_dicom(np.stack([ramp, ramp]), SharedFunctionalGroupsSequence=pydicom.Sequence([shared]),
+                      PerFrameFunctionalGroupsSequence=pydicom.Sequence(windows))  # fmt: skip
+    first = load_image(data, "enhanced.dcm", slice_index=0)
+    assert first.pixel_spacing_mm == (0.5, 0.75)
+    assert "Window centre 500, width 400 from the file." in first.notes
+    row = first.pixels[0]  # as the top-level rescale and window test: raw 200..400 kept
+    assert row[:20].max() == 0.0 and row[41:].min() == 1.0 and 0.4 < row[30] < 0.6
+    second = load_image(data, "enhanced.dcm", slice_index=1)  # its own window: rescaled 700..1100, raw 400..600
+    assert second.pixels[0][:40].max() == 0.0 and second.pixels[0][61:].min() == 1.0
+
+
 def test_monochrome1_is_inverted():
     pixels = np.tile(np.arange(100, dtype=np.uint16), (64, 1))
     plain = load_image(make_dicom(pixels), "a.dcm").pixels

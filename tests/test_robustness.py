@@ -20,7 +20,7 @@ from core.explain import ExplainSettings, explain
 from core.image_input import MAX_VOLUME_FILE_BYTES, ImageInputError, load_image
 from tests.conftest import encode, head_phantom
 from tests.test_explain import hook_count
-from tests.test_image_input import make_dicom, png_with_declared_size
+from tests.test_image_input import functional_group, make_dicom, png_with_declared_size
 
 # A hang detector, not a speed target: on a CI machine also running a training job, one
 # mutated JPEG-LS DICOM took 5.4 s to be refused, so the limit leaves room for a loaded machine.
@@ -98,6 +98,17 @@ def _pydicom_file(name: str) -> bytes:
     return Path(get_testdata_file(name)).read_bytes()
 
 
+def _enhanced_dicom() -> bytes:
+    import pydicom
+
+    shared = functional_group(PixelMeasuresSequence={"PixelSpacing": [0.9, 0.9]},
+                              PixelValueTransformationSequence={"RescaleSlope": 1, "RescaleIntercept": 0})  # fmt: skip
+    frames = [functional_group(FrameVOILUTSequence={"WindowCenter": 450 + i, "WindowWidth": 900}) for i in range(2)]
+    return make_dicom(np.stack([PHANTOM * 900 + i for i in range(2)]).astype(np.uint16),
+                      SharedFunctionalGroupsSequence=pydicom.Sequence([shared]),
+                      PerFrameFunctionalGroupsSequence=pydicom.Sequence(frames))  # fmt: skip
+
+
 SEEDS = {  # one valid file of every format and DICOM encoding the app reads
     "a.png": encode(PHANTOM, "PNG"),
     "a.jpg": encode(PHANTOM, "JPEG"),
@@ -105,6 +116,7 @@ SEEDS = {  # one valid file of every format and DICOM encoding the app reads
     "a.tif": encode(Image.fromarray((PHANTOM * 65535).astype(np.uint16)), "TIFF"),
     "a.dcm": make_dicom((PHANTOM * 900).astype(np.uint16)),
     "frames.dcm": make_dicom(np.stack([PHANTOM * 900 + i for i in range(3)]).astype(np.uint16)),
+    "enhanced.dcm": _enhanced_dicom(),  # spacing, rescale and window in functional groups
     "rle.dcm": _pydicom_file("MR_small_RLE.dcm"),
     "j2k.dcm": _pydicom_file("MR_small_jp2klossless.dcm"),
     "jls.dcm": _pydicom_file("MR_small_jpeg_ls_lossless.dcm"),
