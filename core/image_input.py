@@ -53,6 +53,16 @@ class LoadedImage:
     pixel_spacing_mm: tuple[float, float] | None = None  # (row, column)
     notes: tuple[str, ...] = field(default_factory=tuple)
 
+    @property
+    def position(self) -> str:
+        return slice_position(self.slice_index, self.num_slices)
+
+
+def slice_position(index: int, count: int) -> str:
+    """Where a slice is in its file, numbered from 0 as the slider, the API and the CLI number it
+    ("slice 1 of 0-3"); empty for a single image."""
+    return f"slice {index} of 0-{count - 1}" if count > 1 else ""
+
 
 def load_image(
     data: bytes,

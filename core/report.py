@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
 from core.explain import CLASS_AGNOSTIC_METHODS, Explanation  # noqa: E402
+from core.image_input import slice_position  # noqa: E402
 from core.reliability import UNFAMILIAR_MESSAGE  # noqa: E402
 from core.render import CLASS_COLOURS, colour_bar, explanation_panels  # noqa: E402
 from core.training.record import git_commit  # noqa: E402
@@ -139,7 +140,7 @@ def _scan_page(scan: ReportScan, model_name: str, card: list[str], version: str,
     lines.append((f"Model: {model_name}", {"weight": "bold"}))
     lines += [(line, {}) for line in card]
     lines.append(("", {}))
-    where = f", slice {scan.slice_index} of {scan.num_slices}" if scan.num_slices > 1 else ""
+    where = f", {slice_position(scan.slice_index, scan.num_slices)}" if scan.num_slices > 1 else ""
     lines.append((f"File: {scan.filename} ({scan.file_format}{where})", {}))
     lines.append((f"SHA-256: {scan.sha256}", {"family": "monospace", "fontsize": 7}))
     lines.append((f"Software: {version}; made {when:%Y-%m-%d %H:%M} UTC", {}))

@@ -75,6 +75,6 @@ def test_explain_page_report_for_a_scored_volume_adds_its_chart_page(checkpoint_
                       display={"threshold": 0.3, "colormap": "Viridis"}, warnings=("Masking changes it.",),
                       volume=volume, top=2)  # fmt: skip
     first, second = pdf_text(pdf)
-    assert "slice 1 of 4" in first and "Warning: Masking changes it." in first and "heatmap >= 0.30" in first
+    assert "slice 1 of 0-3" in first and "Warning: Masking changes it." in first and "heatmap >= 0.30" in first
     assert "Every slice of head.nii" in second and "4 slices." in second
     assert sum(f"slice {i}:" in second for i in volume.most_suspicious(2)) == 2

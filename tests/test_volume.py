@@ -152,4 +152,4 @@ def test_cli_all_slices_writes_a_row_per_slice_and_the_top_slices_pictures(check
     assert len(top) == 2 and all((tmp_path / "o" / f"head_slice{i:03d}_overlay.png").is_file() for i in top)
     assert sorted(r["slice"] for r in rows if r["overlay"]) == sorted(str(i) for i in top)
     pages = pdf_text((tmp_path / "o" / "report.pdf").read_bytes())  # the volume's two pages, none for the ZIP
-    assert len(pages) == 2 and f"slice {top[0]} of 5" in pages[0] and "Every slice of head.nii" in pages[1]
+    assert len(pages) == 2 and f"slice {top[0]} of 0-4" in pages[0] and "Every slice of head.nii" in pages[1]
