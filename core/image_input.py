@@ -31,8 +31,9 @@ VOLUME_SUFFIXES = DICOM_SUFFIXES + NIFTI_SUFFIXES + SERIES_SUFFIXES
 SUPPORTED_SUFFIXES = RASTER_SUFFIXES + VOLUME_SUFFIXES
 RASTER_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"BM", b"II*\x00", b"MM\x00*")  # PNG, JPEG, BMP, TIFF
 # A DICOM file written without its 128-byte preamble and "DICM" (older systems, some exports)
-# starts with its first element's tag: group 0002 (file meta) or 0008 (identification), little-endian.
-DICOM_FIRST_GROUPS = (b"\x02\x00", b"\x08\x00")
+# starts with its first element's tag: group 0002 (file meta) or 0008 (identification), little-endian,
+# or group 0008 big-endian (a dataset written without its file meta in explicit VR big endian).
+DICOM_FIRST_GROUPS = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
 
 # Stop Pillow from silently decoding decompression bombs; we raise our own message.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -278,6 +279,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
             "This DICOM file holds no image (no pixel data): it may be a report or "
             "structured document. Export the image series instead."
         )
+    _infer_transfer_syntax(dataset)
     rows, columns = _dicom_int(dataset, "Rows"), _dicom_int(dataset, "Columns")
     if not rows or not columns:
         raise ImageInputError(
@@ -399,6 +401,32 @@ def _palette_to_rgb(indices: np.ndarray, dataset) -> np.ndarray:
         ) from error
 
 
+def _infer_transfer_syntax(dataset) -> None:
+    """A file without the File Meta header (older archives, some research tools) does not name
+    its transfer syntax, which pydicom needs to decode the pixels. Uncompressed pixels are read
+    in the encoding the dataset was found in; compressed ones cannot be guessed."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if _syntax(dataset):
+        return
+    try:
+        compressed = "PixelData" in dataset and dataset["PixelData"].is_undefined_length
+    except (KeyError, ValueError, TypeError, AttributeError):
+        compressed = False  # a damaged element: decoding says so
+    if compressed:
+        raise ImageInputError(
+            "This DICOM file has no File Meta header, so it does not say how its compressed pixel data are "
+            "encoded. Export it again from the PACS as a complete DICOM file (Part 10)."
+        )
+    implicit, little = getattr(dataset, "original_encoding", None) or (True, True)
+    if getattr(dataset, "file_meta", None) is None:
+        dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    )
+
+
 def _decode_frame(data: bytes, dataset, frame: int | None) -> np.ndarray:
     """Every frame's pixels, or with `frame` only that one (a 300-frame series is not decoded
     300 times to show each of its slices).
@@ -408,7 +436,9 @@ def _decode_frame(data: bytes, dataset, frame: int | None) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     try:
-        return dataset.pixel_array if frame is None else pixel_array(io.BytesIO(data), index=frame)
+        if frame is None:
+            return dataset.pixel_array
+        return pixel_array(io.BytesIO(data), index=frame, transfer_syntax_uid=_syntax(dataset))
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as error:  # noqa: BLE001 - pyo3's PanicException derives from BaseException

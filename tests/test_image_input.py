@@ -269,6 +269,43 @@ def test_dicom_files_named_as_hospitals_name_them_are_read(name, preamble):
     assert patient_fields(data, name)["PatientID"] == "4MR1"  # the report reads the same file as DICOM too
 
 
+def dataset_only(dataset, implicit: bool = True, little: bool = True) -> bytes:
+    """The dataset without preamble or File Meta header, as older archives and some tools write it."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = implicit, little
+    write_dataset(buffer, pydicom.Dataset(dataset))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("implicit, little", [(True, True), (False, True), (False, False)])
+def test_dicom_without_a_file_meta_header_is_read_in_the_encoding_it_was_written_in(implicit, little):
+    reference = load_image(open(get_testdata_file("MR_small.dcm"), "rb").read(), "MR_small.dcm")
+    source = "MR_small.dcm" if little else "MR_small_bigendian.dcm"  # pixel bytes already in that order
+    data = dataset_only(pydicom.dcmread(get_testdata_file(source)), implicit, little)
+    for name in ("x.dcm", "IM0001"):
+        loaded = load_image(data, name)
+        np.testing.assert_array_equal(loaded.pixels, reference.pixels)
+        assert loaded.pixel_spacing_mm == reference.pixel_spacing_mm
+
+
+def test_a_multi_frame_dicom_without_a_file_meta_header_reads_its_chosen_frame():
+    frames = np.full((3, 40, 40), 100, dtype=np.uint16)
+    for index, frame in enumerate(frames):
+        frame[: 10 * (index + 1)] = 0  # frame 2: its first 30 rows dark
+    data = dataset_only(pydicom.dcmread(io.BytesIO(make_dicom(frames))))
+    chosen = load_image(data, "cine", slice_index=2)
+    assert chosen.num_slices == 3 and chosen.pixels[:30].max() == 0.0 and chosen.pixels[30:].min() == 1.0
+
+
+def test_compressed_dicom_without_a_file_meta_header_says_what_is_missing():
+    dataset = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
+    with pytest.raises(ImageInputError, match="does not say how its compressed pixel data are encoded"):
+        load_image(dataset_only(dataset, implicit=False), "x.dcm")
+
+
 def test_files_of_unknown_names_are_read_by_their_bytes_or_refused():
     assert upload_kind("scan.xyz", encode(head_phantom(64), "PNG")) == "image"
     assert upload_kind("report.txt", b"hello") is None

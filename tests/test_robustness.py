@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import time
 import tomllib
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,7 +22,7 @@ from core.explain import ExplainSettings, explain
 from core.image_input import MAX_VOLUME_FILE_BYTES, ImageInputError, load_image
 from tests.conftest import encode, head_phantom
 from tests.test_explain import hook_count
-from tests.test_image_input import functional_group, make_dicom, png_with_declared_size
+from tests.test_image_input import dataset_only, functional_group, make_dicom, png_with_declared_size
 
 # A hang detector, not a speed target: on a CI machine also running a training job, one
 # mutated JPEG-LS DICOM took 5.4 s to be refused, so the limit leaves room for a loaded machine.
@@ -99,8 +101,6 @@ def _pydicom_file(name: str) -> bytes:
 
 
 def _enhanced_dicom() -> bytes:
-    import pydicom
-
     shared = functional_group(PixelMeasuresSequence={"PixelSpacing": [0.9, 0.9]},
                               PixelValueTransformationSequence={"RescaleSlope": 1, "RescaleIntercept": 0})  # fmt: skip
     frames = [functional_group(FrameVOILUTSequence={"WindowCenter": 450 + i, "WindowWidth": 900}) for i in range(2)]
@@ -117,6 +117,7 @@ SEEDS = {  # one valid file of every format and DICOM encoding the app reads
     "a.dcm": make_dicom((PHANTOM * 900).astype(np.uint16)),
     "frames.dcm": make_dicom(np.stack([PHANTOM * 900 + i for i in range(3)]).astype(np.uint16)),
     "enhanced.dcm": _enhanced_dicom(),  # spacing, rescale and window in functional groups
+    "IM0001": dataset_only(pydicom.dcmread(io.BytesIO(make_dicom((PHANTOM * 900).astype(np.uint16))))),  # no meta
     "rle.dcm": _pydicom_file("MR_small_RLE.dcm"),
     "j2k.dcm": _pydicom_file("MR_small_jp2klossless.dcm"),
     "jls.dcm": _pydicom_file("MR_small_jpeg_ls_lossless.dcm"),
@@ -216,7 +217,6 @@ def test_every_dicom_in_pydicoms_corpus_that_pydicom_decodes_gives_a_slice():
     one whose pixels pydicom decodes gives a slice; those under 32 pixels a side say so."""
     import warnings
 
-    import pydicom
     from pydicom.data import get_testdata_files
 
     decoded = small = 0
