@@ -301,7 +301,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     frame = _choose_index(frame, frames, "frame") if frames > 1 else 0
     _lift_functional_groups(dataset, frame)
     try:
-        pixels = _decode_frame(data, dataset, frame if frames > 1 else None)
+        pixels = _decode_frame(dataset, frame if frames > 1 else None)
     except (NotImplementedError, RuntimeError) as error:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         if "does not support" in str(error):  # a decoder for the syntax, not for this variant (12-bit JPEG)
@@ -427,7 +427,7 @@ def _infer_transfer_syntax(dataset) -> None:
     )
 
 
-def _decode_frame(data: bytes, dataset, frame: int | None) -> np.ndarray:
+def _decode_frame(dataset, frame: int | None) -> np.ndarray:
     """Every frame's pixels, or with `frame` only that one (a 300-frame series is not decoded
     300 times to show each of its slices).
 
@@ -436,9 +436,7 @@ def _decode_frame(data: bytes, dataset, frame: int | None) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     try:
-        if frame is None:
-            return dataset.pixel_array
-        return pixel_array(io.BytesIO(data), index=frame, transfer_syntax_uid=_syntax(dataset))
+        return dataset.pixel_array if frame is None else pixel_array(dataset, index=frame)
     except (KeyboardInterrupt, SystemExit, GeneratorExit):
         raise
     except BaseException as error:  # noqa: BLE001 - pyo3's PanicException derives from BaseException

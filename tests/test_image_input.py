@@ -300,6 +300,20 @@ def test_a_multi_frame_dicom_without_a_file_meta_header_reads_its_chosen_frame()
     assert chosen.num_slices == 3 and chosen.pixels[:30].max() == 0.0 and chosen.pixels[30:].min() == 1.0
 
 
+def test_a_deflated_multi_frame_dicom_reads_its_chosen_frame():
+    """Deflated explicit VR: the file's bytes are not the dataset's, so a frame is decoded from
+    the dataset pydicom inflated, not from the file."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    frames = np.full((3, 40, 40), 100, dtype=np.uint16)
+    for index, frame in enumerate(frames):
+        frame[: 10 * (index + 1)] = 0
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(frames)))
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    chosen = load_image(resaved(dataset), "deflated.dcm", slice_index=2)
+    assert chosen.num_slices == 3 and chosen.pixels[:30].max() == 0.0 and chosen.pixels[30:].min() == 1.0
+
+
 def test_compressed_dicom_without_a_file_meta_header_says_what_is_missing():
     dataset = pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm"))
     with pytest.raises(ImageInputError, match="does not say how its compressed pixel data are encoded"):
