@@ -323,8 +323,11 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         raise ImageInputError("The DICOM pixel data is truncated or corrupt. Export it again from the PACS.") from error
 
     is_colour = samples > 1
-    if pixels.ndim != (3 if is_colour else 2):  # not one frame: the file's frame count was wrong
-        num_frames, frame = 1, 0
+    if pixels.ndim != (3 if is_colour else 2):  # pydicom found more frames, or fewer samples, than declared
+        raise ImageInputError(
+            f"The DICOM's pixel data do not fit the image it declares ({columns}x{rows}, {samples} sample(s) per "
+            f"pixel, {frames} frame(s)): the file is damaged. Export it again from the PACS."
+        )
     notes = []
     step = _decimation(pixels.shape[:2])
     if step > 1:  # strided, not averaged: palette indices and padding values stay what they are

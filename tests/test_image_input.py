@@ -535,6 +535,16 @@ def test_dicom_with_an_empty_modality_lut_still_shows_and_says_so():
     assert any("Modality LUT is damaged" in note for note in loaded.notes)
 
 
+def test_dicom_whose_pixel_data_do_not_fit_its_declared_size_is_called_damaged():
+    """Columns damaged from 48 to 2: pydicom read the 48x48 pixels as 24 frames of 48x2, and a
+    three-dimensional 'slice' went on to the model (found by the fuzz test)."""
+    data = make_dicom(np.ones((48, 48)) * 100)
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.Columns = 2
+    with pytest.raises(ImageInputError, match="do not fit the image it declares .2x48"):
+        load_image(resaved(dataset), "x.dcm")
+
+
 def test_dicom_without_rows_says_what_is_missing():
     data = make_dicom((head_phantom(64) * 1000).astype(np.uint16))
     dataset = pydicom.dcmread(io.BytesIO(data))
