@@ -223,7 +223,7 @@ class _Slot(threading.Thread):
     def _run(self, job: Job) -> None:
         job.started = time.monotonic()
         try:
-            self.connection.send((job.task, job.args))
+            _send_job(self.connection, job.task, job.args)
         except (OSError, ValueError) as error:  # the process died while idle, or the job cannot be pickled
             self._replace()
             job._fail(WorkerCrashed(f"The job could not be handed to a worker: {error}"))
@@ -268,6 +268,28 @@ class _Slot(threading.Thread):
                 "or use an encoding the decoder cannot handle; export it again as PNG or uncompressed DICOM."
             )
         )
+
+
+# Arguments at least this large (an upload) travel as raw bytes beside the pickled job: pickling
+# would make a second copy of them in the server while it sends.
+RAW_ARGUMENT_BYTES = 2**20
+
+
+class _RawArgument:
+    """Stands in the pickled arguments for one sent raw, in order, after them."""
+
+
+def _send_job(connection, task: Callable, args: tuple) -> None:
+    raw = [isinstance(a, (bytes, bytearray)) and len(a) >= RAW_ARGUMENT_BYTES for a in args]
+    connection.send((task, tuple(_RawArgument() if is_raw else a for a, is_raw in zip(args, raw))))
+    for argument, is_raw in zip(args, raw):
+        if is_raw:
+            connection.send_bytes(argument)
+
+
+def _receive_job(connection) -> tuple[Callable, tuple]:
+    task, args = connection.recv()
+    return task, tuple(connection.recv_bytes() if isinstance(a, _RawArgument) else a for a in args)
 
 
 _START_LOCK = threading.Lock()
@@ -329,7 +351,7 @@ def _worker_main(connection, preload: list[str], nice: int = 0) -> None:
 
     while True:
         try:
-            task, args = connection.recv()
+            task, args = _receive_job(connection)
         except (EOFError, OSError, KeyboardInterrupt):
             return
         try:

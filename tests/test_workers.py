@@ -146,3 +146,19 @@ def test_a_large_upload_is_let_go_by_the_pool_and_the_worker_once_its_job_ends()
         time.sleep(0.2)
         assert _resident_mb(pid) < before + 30
         assert job.args == ()
+
+
+def digest_task(small: bytes, large: bytes, text: str, report):
+    import hashlib
+
+    return small, hashlib.sha256(large).hexdigest(), len(large), text
+
+
+def test_large_byte_arguments_travel_raw_and_arrive_intact(pool):
+    """Arguments of 1 MB and more go beside the pickled job, not inside it, in their places."""
+    import hashlib
+
+    large = os.urandom(3 * 2**20 + 7)
+    small = b"x" * 10
+    assert pool.run(digest_task, small, large, "name.dcm") == (small, hashlib.sha256(large).hexdigest(), len(large),
+                                                               "name.dcm")  # fmt: skip
