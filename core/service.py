@@ -153,6 +153,7 @@ async def _upload_bytes(file: UploadFile) -> bytes:
     if isinstance(buffer, io.BytesIO) and buffer.seek(0, io.SEEK_END) <= MAX_VOLUME_FILE_BYTES + 1:
         data = buffer.getvalue()
     else:
+        await file.seek(0)
         data = await file.read(MAX_VOLUME_FILE_BYTES + 1)
     await file.close()
     return data

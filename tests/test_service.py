@@ -211,6 +211,12 @@ def test_a_volume_over_the_single_image_limit_is_explained_as_in_the_app(client)
     assert response.json()["prediction"] in response.json()["class_probabilities"]
 
 
+def test_a_volume_just_over_its_limit_is_refused_with_413_not_read_as_empty(client):
+    """Within the body cap (the file plus 1 MB of form framing) but over the file limit."""
+    response = post(client, "series.nii", b"\0" * (MAX_VOLUME_FILE_BYTES + 2**17))
+    assert response.status_code == 413 and "limit is 200 MB" in response.json()["error"]
+
+
 def test_a_single_image_keeps_its_own_limit(client):
     response = post(client, "big.png", b"\x89PNG\r\n\x1a\n" + b"\0" * MAX_FILE_BYTES)
     assert response.status_code == 413 and "50 MB" in response.json()["error"]
