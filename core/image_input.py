@@ -683,12 +683,21 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
                            pixel_spacing_mm=(float(zooms[0]), float(zooms[1])))  # fmt: skip
     if axis not in (0, 1, 2):
         raise ImageInputError("The slicing axis must be 0 (sagittal), 1 (coronal) or 2 (axial).")
-    count = shape[axis]
+    world, direction, notes = _voxel_orientation(image.affine)
+    stored = world.index(axis)  # the stored axis that runs along the one asked for
+    count = shape[stored]
     index = _choose_index(slice_index, count, "slice")
     # Only the chosen slice is read from the file's data, never the whole volume as floats.
-    where = tuple(index if i == axis else slice(None) for i in range(3)) + ((0,) if len(shape) == 4 else ())
+    at = index if direction[stored] > 0 else count - 1 - index  # counted from right, anterior, inferior
+    where = tuple(at if i == stored else slice(None) for i in range(3)) + ((0,) if len(shape) == 4 else ())
     plane = _nifti_values(image, where)
-    in_plane = [float(z) for i, z in enumerate(zooms[:3]) if i != axis]
+    rest = [i for i in range(3) if i != stored]  # the plane's stored axes, put in world order below
+    if world[rest[0]] > world[rest[1]]:
+        plane, rest = plane.T, rest[::-1]
+    for dimension, i in enumerate(rest):
+        if direction[i] < 0:
+            plane = np.flip(plane, dimension)
+    in_plane = [float(zooms[i]) for i in rest]
     # Radiological display: rotate so anterior is up, as viewers show it.
     return LoadedImage(
         pixels=to_unit_range(np.rot90(plane)),
@@ -696,7 +705,27 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
         num_slices=count,
         slice_index=index,
         pixel_spacing_mm=(in_plane[1], in_plane[0]),
+        notes=notes,
     )
+
+
+def _voxel_orientation(affine) -> tuple[list[int], list[int], tuple[str, ...]]:
+    """For each stored voxel axis, the world axis it runs along (0 left-right, 1 posterior-anterior,
+    2 inferior-superior) and its direction (+1 towards right, anterior, superior), from the
+    volume's affine; a volume whose affine says nothing is taken as stored in RAS order."""
+    import nibabel as nib
+
+    try:
+        orientation = nib.orientations.io_orientation(affine)
+    except (ValueError, np.linalg.LinAlgError):
+        orientation = np.full((3, 2), np.nan)
+    if not np.isfinite(orientation).all() or sorted(orientation[:, 0]) != [0, 1, 2]:
+        return [0, 1, 2], [1, 1, 1], ()
+    world, direction = [int(w) for w in orientation[:, 0]], [int(d) for d in orientation[:, 1]]
+    if world == [0, 1, 2] and direction == [1, 1, 1]:
+        return world, direction, ()
+    codes = "".join(nib.orientations.ornt2axcodes(orientation))
+    return world, direction, (f"Stored in {codes} voxel order; shown in the standard orientation.",)
 
 
 def _nifti_values(image, where: tuple) -> np.ndarray:

@@ -438,6 +438,27 @@ def test_nifti_defaults_to_middle_axial_slice(gz):
     assert loaded.pixel_spacing_mm == (1.5, 1.0)
 
 
+@pytest.mark.parametrize("codes", [("L", "P", "S"), ("R", "A", "I"), ("P", "S", "R"), ("S", "L", "A")])
+def test_nifti_stored_in_any_axis_order_shows_the_same_slices(codes):
+    """Volumes are stored in the scanner's or the converter's voxel order (ITK's LPS, a sagittal
+    acquisition's PSR, ...); the axial, coronal and sagittal slices must be the same ones, the
+    same way up, as for the volume stored in the standard RAS order."""
+    rng = np.random.default_rng(0)
+    ras = nib.Nifti1Image(rng.random((20, 24, 28)).astype(np.float32), np.diag([1.0, 1.5, 2.0, 1.0]))
+    turn = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")),
+                                           nib.orientations.axcodes2ornt(codes))  # fmt: skip
+    stored = ras.as_reoriented(turn)
+    assert nib.aff2axcodes(stored.affine) == codes
+    for axis in (0, 1, 2):
+        for index in (None, 3):
+            expected = load_image(ras.to_bytes(), "a.nii", slice_index=index, axis=axis)
+            loaded = load_image(stored.to_bytes(), "b.nii", slice_index=index, axis=axis)
+            np.testing.assert_array_equal(loaded.pixels, expected.pixels)
+            assert (loaded.num_slices, loaded.slice_index) == (expected.num_slices, expected.slice_index)
+            assert loaded.pixel_spacing_mm == expected.pixel_spacing_mm
+            assert any("".join(codes) in note for note in loaded.notes)
+
+
 def test_nifti_axis_and_slice_are_selectable():
     volume = np.random.default_rng(0).random((40, 50, 60)).astype(np.float32)
     loaded = load_image(nifti_bytes(volume), "v.nii", axis=0, slice_index=3)
