@@ -146,15 +146,11 @@ async def _too_large(send) -> None:
 
 
 async def _upload_bytes(file: UploadFile) -> bytes:
-    """The uploaded file's bytes (at most MAX_VOLUME_FILE_BYTES + 1), without a second copy where
+    """The uploaded file's bytes (LimitBody has already capped them), without a second copy where
     possible: an in-memory upload's buffer is taken over (BytesIO.getvalue() hands over its buffer
     when nothing else holds it), so a 200 MB upload does not briefly take 400 MB."""
     buffer = getattr(file.file, "_file", None)  # the in-memory spool of Starlette's upload
-    if isinstance(buffer, io.BytesIO) and buffer.seek(0, io.SEEK_END) <= MAX_VOLUME_FILE_BYTES + 1:
-        data = buffer.getvalue()
-    else:
-        await file.seek(0)
-        data = await file.read(MAX_VOLUME_FILE_BYTES + 1)
+    data = buffer.getvalue() if isinstance(buffer, io.BytesIO) else await file.read()
     await file.close()
     return data
 
