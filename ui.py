@@ -339,7 +339,7 @@ def pick_scan(key: str) -> Scan | None:
     except ImageInputError as error:
         st.error(str(error))
         return None
-    where = f", {image.position}" if image.position else ""
+    where = f", {position}" if (position := image.position) else ""
     st.caption(f"**{filename}**: {image.file_format}, {image.pixels.shape[1]}x{image.pixels.shape[0]} pixels{where}")
     return Scan(data, filename, slice_index, axis, image)
 

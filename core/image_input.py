@@ -688,7 +688,7 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
     count = shape[stored]
     index = _choose_index(slice_index, count, "slice")
     # Only the chosen slice is read from the file's data, never the whole volume as floats.
-    at = index if direction[stored] > 0 else count - 1 - index  # counted from right, anterior, inferior
+    at = index if direction[stored] > 0 else count - 1 - index  # counted from left, posterior, inferior
     where = tuple(at if i == stored else slice(None) for i in range(3)) + ((0,) if len(shape) == 4 else ())
     plane = _nifti_values(image, where)
     rest = [i for i in range(3) if i != stored]  # the plane's stored axes, put in world order below

@@ -140,7 +140,7 @@ def _scan_page(scan: ReportScan, model_name: str, card: list[str], version: str,
     lines.append((f"Model: {model_name}", {"weight": "bold"}))
     lines += [(line, {}) for line in card]
     lines.append(("", {}))
-    where = f", {slice_position(scan.slice_index, scan.num_slices)}" if scan.num_slices > 1 else ""
+    where = f", {position}" if (position := slice_position(scan.slice_index, scan.num_slices)) else ""
     lines.append((f"File: {scan.filename} ({scan.file_format}{where})", {}))
     lines.append((f"SHA-256: {scan.sha256}", {"family": "monospace", "fontsize": 7}))
     lines.append((f"Software: {version}; made {when:%Y-%m-%d %H:%M} UTC", {}))
