@@ -33,7 +33,7 @@ from core.checkpoint import LoadedModel, ModelConfig
 from core.inference import prepare_slices
 from core.metrics import softmax
 from core.preprocess import heatmap_to_slice, to_tensor
-from core.reliability import NOT_ASSESSED, Verdict, familiarity_features, uncertain_text, verdict
+from core.reliability import NOT_ASSESSED, FirstPassFeatures, Verdict, uncertain_text, verdict
 
 CAM_METHODS = {
     "Grad-CAM": GradCAM,
@@ -204,7 +204,11 @@ def explain_batch(
     preprocess_ms = _ms_since(started)
 
     step = time.perf_counter()
-    with loaded.lock, _count_passes(loaded, layers, settings.method, len(images), on_progress):
+    with (
+        loaded.lock,
+        _count_passes(loaded.model, layers, settings.method, len(images), on_progress),
+        FirstPassFeatures(loaded.model) as first_pass,
+    ):
         if on_input:
             cam_squares, logits = input_attribution(settings.method, loaded.model, tensor, config.preprocessing,
                                                     target_index)  # fmt: skip
@@ -214,7 +218,7 @@ def explain_batch(
                 cam_squares, logits = _run_cam(CAM_METHODS[settings.method], loaded.model, layers, tensor, targets)
         familiarity, unusual = None, [()] * len(images)
         if loaded.reliability is not None:
-            features = familiarity_features(loaded.model, tensor)
+            features = first_pass.features(tensor)
             familiarity, unusual = loaded.reliability.familiarity(features), loaded.reliability.unusual(features)
     model_ms = _ms_since(step)
 
@@ -280,7 +284,7 @@ def _run_cam(cam_class, model: torch.nn.Module, layers: list[torch.nn.Module], t
 
 
 @contextmanager
-def _count_passes(loaded: LoadedModel, layers: list[torch.nn.Module], method: str, count: int, on_progress):
+def _count_passes(model: torch.nn.Module, layers: list[torch.nn.Module], method: str, count: int, on_progress):
     """Report (passes done, passes expected) after each forward pass of the model: the real
     progress of a slow method (Score-CAM: one pass per batch of SCORE_CAM_BATCH feature maps of
     every layer; the noise tunnel: one per noisy copy), known once the first pass has shown the
@@ -298,7 +302,7 @@ def _count_passes(loaded: LoadedModel, layers: list[torch.nn.Module], method: st
     def counted(module, inputs, output):
         nonlocal done
         done += 1
-        total = 1 + (loaded.reliability is not None)  # the prediction's pass and the familiarity features'
+        total = 1  # the prediction's pass, which also gives the familiarity features
         if method == "Score-CAM":
             total += count * sum(math.ceil(c / SCORE_CAM_BATCH) for c in channels.values())
         elif method == "Integrated Gradients":
@@ -308,7 +312,7 @@ def _count_passes(loaded: LoadedModel, layers: list[torch.nn.Module], method: st
         on_progress(min(done, total), total)
 
     handles = [layer.register_forward_hook(record_channels) for layer in layers]
-    handles.append(loaded.model.register_forward_hook(counted))
+    handles.append(model.register_forward_hook(counted))
     try:
         yield
     finally:

@@ -275,9 +275,44 @@ def scores_and_features(model: torch.nn.Module, tensor: torch.Tensor) -> tuple[t
         pooled = model.forward_head(model.forward_features(tensor), pre_logits=True)
     finally:
         handle.remove()
-    early = seen[0].float()
-    features = torch.cat([pooled.float(), early.mean((2, 3)), early.std((2, 3)), texture_statistics(tensor)], 1)
-    return model.get_classifier()(pooled), features
+    return model.get_classifier()(pooled), _features(pooled, seen[0], tensor)
+
+
+def _features(pooled: torch.Tensor, early: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    early = early.float()
+    return torch.cat([pooled.float(), early.mean((2, 3)), early.std((2, 3)), texture_statistics(tensor)], 1)
+
+
+class FirstPassFeatures:
+    """The familiarity features of the model's first forward pass while this is entered, so that
+    a heatmap method's own pass on the input (every CAM's and Captum's first) also gives them,
+    instead of a second pass: the classifier's input (the pre-logits, which timm's heads pass on
+    unchanged in eval mode) and early_layer()'s output, kept without their autograd graph."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.kept: dict[str, torch.Tensor] = {}
+
+    def __enter__(self) -> FirstPassFeatures:
+        def keep(name: str, tensor: torch.Tensor):
+            self.kept.setdefault(name, tensor.detach())
+
+        self.handles = [
+            early_layer(self.model).register_forward_hook(lambda module, inputs, output: keep("early", output)),
+            self.model.get_classifier().register_forward_hook(lambda module, inputs, output: keep("pooled", inputs[0])),
+        ]
+        return self
+
+    def __exit__(self, *exc_info):
+        for handle in self.handles:
+            handle.remove()
+
+    @torch.no_grad()
+    def features(self, tensor: torch.Tensor) -> np.ndarray:
+        """(N, C) for `tensor`, the input of that first pass; a fresh pass if none was seen."""
+        if self.model.training or len(self.kept) < 2 or len(self.kept["pooled"]) != len(tensor):
+            return familiarity_features(self.model, tensor)
+        return _features(self.kept["pooled"], self.kept["early"], tensor).numpy()
 
 
 def linear_pixels(grey: torch.Tensor) -> torch.Tensor:

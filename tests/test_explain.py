@@ -5,12 +5,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import core.explain as engine
 from core.checkpoint import load_checkpoint
 from core.explain import CAM_METHODS, METHODS, ExplainError, ExplainSettings, explain, explain_batch, layer_names
+from core.inference import judged_scores
+from core.reliability import FirstPassFeatures, early_layer, familiarity_features
 from tests.conftest import LABELS, head_phantom
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -217,3 +220,38 @@ def test_the_checkpoints_default_method_and_a_fused_layer(checkpoint_root, tmp_p
     finally:
         engine._backpropagate_only_above = original
     np.testing.assert_allclose(fused.heatmap, uncut.heatmap, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "convnext_atto"])
+def test_the_heatmaps_own_pass_gives_the_familiarity_a_second_pass_would(name):
+    """One forward pass per CAM (Grad-CAM, Eigen-CAM) gives the prediction, the heatmap and the
+    familiarity features; the verdict is what a prediction without a heatmap reports."""
+    loaded = load_checkpoint(name)
+    image = head_phantom(160, 5)
+    _, _, (alone,) = judged_scores(loaded, [image])
+    passes = []
+    stage = early_layer(loaded.model)  # every pass goes through it, whichever entry point it takes
+    handle = stage.register_forward_hook(lambda module, inputs, output: passes.append(len(inputs[0])))
+    try:
+        for method in ("Grad-CAM", "Eigen-CAM", "Integrated Gradients"):
+            passes.clear()
+            result = explain(loaded, image, ExplainSettings(method=method))
+            assert result.reliability == alone, method
+            if method in CAM_METHODS:
+                assert passes == [1], method
+    finally:
+        handle.remove()
+    assert hook_count(loaded.model) == 0
+
+
+def test_first_pass_features_equal_a_separate_pass(checkpoint_root):
+    loaded = load_checkpoint(checkpoint_root / "tiny_effnet")
+    tensor = torch.from_numpy(np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32))
+    with FirstPassFeatures(loaded.model) as first_pass:
+        loaded.model(tensor).sum().backward()
+        loaded.model(tensor * 0)  # a later pass (Score-CAM's masked copies) is not what is kept
+    np.testing.assert_allclose(first_pass.features(tensor), familiarity_features(loaded.model, tensor), atol=1e-5)
+    with FirstPassFeatures(loaded.model) as unseen:
+        pass
+    np.testing.assert_array_equal(unseen.features(tensor), familiarity_features(loaded.model, tensor))
+    loaded.model.zero_grad(set_to_none=True)
