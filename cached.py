@@ -15,9 +15,11 @@ from pathlib import Path
 import streamlit as st
 
 from core import evaluate
-from core.checkpoint import LoadedModel, checkpoint_stamp, list_checkpoints, load_checkpoint
+from core.checkpoint import LoadedModel, checkpoint_stamp, load_checkpoint
+from core.config import list_checkpoints
 from core.evaluation_store import Evaluation, at_threshold, cache_dir, read_evaluation
-from core.explain import ExplainSettings, Explanation, explain
+from core.explain import explain
+from core.explanation import ExplainSettings, Explanation
 from core.faithfulness import FaithfulnessCheck, RoadCheck, check_heatmap, road_check
 from core.image_input import LoadedImage, load_image
 from core.inference import slice_logits

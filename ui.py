@@ -15,9 +15,11 @@ from streamlit.errors import StreamlitAPIException
 import cached
 from core import render
 from core.annotations import outline_from_labelme
-from core.checkpoint import CheckpointError, LoadedModel
-from core.dataset import DatasetError
-from core.explain import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, heatmap_name, layer_names
+from core.checkpoint import LoadedModel
+from core.config import CheckpointError
+from core.errors import DatasetError
+from core.explain import layer_names
+from core.explanation import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, heatmap_name
 from core.faithfulness import FaithfulnessCheck, RoadCheck
 from core.image_input import (
     MAX_FILE_BYTES,

@@ -15,15 +15,10 @@ import numpy as np
 import torch
 from captum.attr import IntegratedGradients, NoiseTunnel
 
-from core.preprocess import Preprocessing
+from core.config import Preprocessing
+from core.explanation import NOISE_SAMPLES, STEPS
 
-STEPS = 16
-NOISE_SAMPLES = 4
 NOISE_STDEV = 0.1  # in normalised input units
-INPUT_ATTRIBUTIONS = {
-    "Integrated Gradients": f"{STEPS} forward+backward passes per slice",
-    "Integrated Gradients + noise tunnel": f"{STEPS * NOISE_SAMPLES} forward+backward passes per slice",
-}
 
 
 def input_attribution(

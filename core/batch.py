@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from core.checkpoint import LoadedModel, load_checkpoint, resolve_checkpoint
-from core.explain import ExplainError, ExplainSettings, explain
+from core.checkpoint import LoadedModel, load_checkpoint
+from core.config import resolve_checkpoint
+from core.explain import explain
+from core.explanation import ExplainError, ExplainSettings
 from core.image_input import SUPPORTED_SUFFIXES, ImageInputError, load_image, sniffed_kind
 from core.render import explanation_panels, png_bytes
 

@@ -17,8 +17,10 @@ import cv2
 import numpy as np
 import torch
 
-from core.checkpoint import list_checkpoints, load_checkpoint
-from core.explain import ExplainSettings, explain, explain_batch
+from core.checkpoint import load_checkpoint
+from core.config import list_checkpoints
+from core.explain import explain, explain_batch
+from core.explanation import ExplainSettings
 from core.faithfulness import check_heatmap
 from core.image_input import load_image
 from core.preprocess import to_tensor

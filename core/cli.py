@@ -16,11 +16,10 @@ import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from core.checkpoint import CheckpointError
-from core.dataset import DatasetError
-from core.distributed import EngineError
+from core.config import CheckpointError
+from core.errors import DatasetError, EngineError
 from core.evaluation_store import cache_dir
-from core.explain import METHODS, ExplainError, ExplainSettings
+from core.explanation import METHODS, ExplainError, ExplainSettings
 from core.image_input import ImageInputError
 from core.reliability import COMBINATIONS
 from core.training.options import TrainOptions
@@ -309,7 +308,7 @@ def _sweep(commands) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from core.explain import heatmap_name
+    from core.explanation import heatmap_name
     from core.sweep import HOLDOUT, apply_winner, print_report, sweep, write_report
 
     try:
@@ -553,7 +552,7 @@ def _reliability(commands) -> None:
 
 
 def _run_reliability(args: argparse.Namespace) -> int:
-    from core.checkpoint import resolve_checkpoint
+    from core.config import resolve_checkpoint
     from core.reliability import fit_checkpoint, save
 
     fitted = fit_checkpoint(

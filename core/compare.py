@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from core.explain import Explanation
+from core.explanation import Explanation
 from core.render import explanation_panels
 
 

@@ -15,12 +15,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 from tqdm import tqdm
 
 from core.annotations import annotation_path, load_outline
+from core.config import Preprocessing
+from core.errors import DatasetError
 from core.image_input import SUPPORTED_SUFFIXES, load_image
-from core.preprocess import Preprocessing, heatmap_to_square, prepare_for_model
-
-
-class DatasetError(ValueError):
-    """A dataset folder cannot be used; the message says what is wrong."""
+from core.preprocess import heatmap_to_square, prepare_for_model
 
 
 @dataclass(frozen=True)

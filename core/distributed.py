@@ -17,13 +17,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.checkpoint import LoadedModel, load_checkpoint
+from core.errors import EngineError
 
 FILES_PER_CALL = 4  # explain: files per actor call (small, so the pool stays balanced)
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-class EngineError(RuntimeError):
-    """Ray could not start, or a worker does not hold the same checkpoint."""
 
 
 @contextmanager

@@ -16,7 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from core.annotations import load_outline
-from core.checkpoint import LoadedModel, checkpoint_sha256, load_checkpoint, resolve_checkpoint
+from core.checkpoint import LoadedModel, checkpoint_sha256, load_checkpoint
+from core.config import resolve_checkpoint
 from core.dataset import Record, list_split
 from core.evaluation_store import (
     FAITHFULNESS_COLUMNS,
@@ -30,7 +31,8 @@ from core.evaluation_store import (
     outcome_of,
     write_evaluation,
 )
-from core.explain import ExplainSettings, Explanation, apply_brain_mask, explain_batch
+from core.explain import apply_brain_mask, explain_batch
+from core.explanation import ExplainSettings, Explanation
 from core.faithfulness import check_heatmap
 from core.image_input import ImageInputError, load_image
 from core.inference import judged_scores

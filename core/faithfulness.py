@@ -33,9 +33,10 @@ from pytorch_grad_cam.metrics.perturbation_confidence import (
 from pytorch_grad_cam.metrics.road import ROADCombined
 
 from core.checkpoint import LoadedModel
-from core.explain import ExplainSettings, Explanation
+from core.config import Preprocessing
+from core.explanation import ExplainSettings, Explanation
 from core.inference import prepare_slices
-from core.preprocess import Preprocessing, heatmap_to_square, to_tensor
+from core.preprocess import heatmap_to_square, to_tensor
 
 FRACTIONS = tuple(i / 8 for i in range(9))  # share of the head's pixels removed or revealed
 RANDOM_MAPS = 2

@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from core.checkpoint import LoadedModel
+from core.config import Preprocessing
+from core.features import scores_and_features
 from core.metrics import softmax
-from core.preprocess import PreparedSlice, Preprocessing, prepare_for_model, to_tensor
-from core.reliability import Verdict, scores_and_features, verdict
+from core.preprocess import PreparedSlice, prepare_for_model, to_tensor
+from core.reliability import Verdict, verdict
 
 
 def prepare_slices(images: list[np.ndarray], settings: Preprocessing, mask_input: bool) -> list[PreparedSlice]:

@@ -266,6 +266,7 @@ def bench_service(checkpoint: str, requests: int = 1000, out: Path | None = None
             before = tree_rss_mb(pid)
             status, _ = post(base, name, data, **fast)
             uploads[name] = {"bytes": len(data), "status": status, "peak_process_mb": round(tree_peak_mb(pid), 1),
+                             "server_process_peak_mb": round(_status_kb(pid, "VmHWM") / 1024, 1),
                              "server_mb_before": round(before, 1),
                              "server_mb_after": round(tree_rss_mb(pid), 1)}  # fmt: skip
         report["single_uploads"] = uploads
@@ -276,7 +277,8 @@ def bench_service(checkpoint: str, requests: int = 1000, out: Path | None = None
             list(clients.map(lambda _: post(base, "s.png", sample, **fast), range(requests - 100)))
             after_all = tree_rss_mb(pid)
         report["memory"] = {"rss_after_100_mb": round(after_100, 1), f"rss_after_{requests}_mb": round(after_all, 1),
-                            "growth_mb": round(after_all - after_100, 1)}  # fmt: skip
+                            "growth_mb": round(after_all - after_100, 1),
+                            "server_process_rss_mb": round(_status_kb(pid, "VmRSS") / 1024, 1)}  # fmt: skip
 
     report["throughput"] = bench_throughput(checkpoint, sample)
     report["targets"] = {

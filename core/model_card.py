@@ -5,19 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from core.checkpoint import (
-    CheckpointError,
+from core.checkpoint import create_model, migrate_checkpoint
+from core.config import (
     ModelConfig,
-    checkpoint_root,
-    create_model,
-    migrate_checkpoint,
     read_config,
     read_training_record,
     resolve_checkpoint,
     write_config,
 )
 from core.evaluation_store import LOCALISATION_COLUMNS
-from core.explain import heatmap_name
+from core.explanation import heatmap_name
 from core.reliability import TEXTURE_SIZE, Reliability
 from core.reliability import load as load_reliability
 from core.sweep import baseline_summary, method_table
@@ -60,23 +57,6 @@ def write_model_card(
 
 def _target(architecture: str) -> tuple[float, float] | None:
     return next((t for key, t in TARGETS.items() if key in architecture), None)
-
-
-def preferred_checkpoint(names: list[str], root: Path | None = None) -> int:
-    """Index of the checkpoint with the best recorded test accuracy (the first when none has one).
-
-    Pages and the API open on it, so a user sees the strongest installed model by default.
-    """
-    root = root or checkpoint_root()
-
-    def accuracy(name: str) -> float:
-        try:
-            return float(read_config(root / name).metrics.get("accuracy", -1.0))
-        except (CheckpointError, TypeError, ValueError):
-            return -1.0
-
-    scores = [accuracy(name) for name in names]
-    return scores.index(max(scores)) if names else 0
 
 
 def render_card(

@@ -8,34 +8,14 @@ and stretch intensities between robust percentiles inside the head.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
 from core.brain_mask import BrainMask, detect_brain_mask
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a slice becomes a tensor; stored in config.json under "preprocessing"."""
-
-    input_size: int = 192
-    mean: float = 0.5
-    std: float = 0.5
-    crop_to_head: bool = True
-    crop_margin: float = 0.04  # fraction of the image side added around the head box
-    intensity_percentiles: tuple[float, float] = (1.0, 99.0)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> Preprocessing:
-        values = dict(values)
-        values["intensity_percentiles"] = tuple(values.get("intensity_percentiles", (1.0, 99.0)))
-        return cls(**values)
+from core.config import Preprocessing
 
 
 @dataclass(frozen=True)

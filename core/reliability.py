@@ -17,19 +17,18 @@ less than a margin chosen on the same hold-out, the smallest margin at which the
 predictions reach the stated selective accuracy.
 
 Stored beside the weights as reliability.safetensors (tensors plus JSON metadata, no pickle);
-`python -m core reliability --checkpoint NAME --data ROOT` fits it.
+`python -m core reliability --checkpoint NAME --data ROOT` fits it. core.features computes the
+features (torch); this module needs numpy only, so the API's server process can report verdicts.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
@@ -38,7 +37,6 @@ UNFAMILIAR_SHARE = 0.05  # farther than 95 % of the hold-out
 SELECTIVE_ACCURACY = 0.95  # what confident predictions must reach on the hold-out (0.98 was out of reach)
 DEFAULT_MARGIN = 0.2  # for checkpoints without a fitted file
 TEXTURE_SIGMAS = (1, 2, 4, 8)  # Laplacian-pyramid bands, in pixels of the model's input
-TEXTURE_EROSION = 12  # pixels kept away from the head's edge, whose step would dominate every band
 # columns of texture_statistics(): mean and log-variance, two per band, then the flat share, the linear
 # share and the two slopes of intensity_tilt(), in that order (feature_blocks() leaves out a tail of them)
 TEXTURE_SIZE = 2 + 2 * len(TEXTURE_SIGMAS) + 4
@@ -172,159 +170,6 @@ def uncertain_text(probabilities: np.ndarray, label_names, top: int, runner_up: 
     )
 
 
-def early_layer(model: torch.nn.Module) -> torch.nn.Module:
-    """A stage at 1/8 of the input (EfficientNet `blocks.2`, ConvNeXt `stages.1`): its channel
-    statistics describe texture and contrast, where photos, CT and other sequences differ most."""
-    return model.blocks[2] if hasattr(model, "blocks") else model.stages[1]
-
-
-def _blurred(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    """torchvision's gaussian_blur (kernel 4 sigma + 1, reflected edges) as two 1-D passes."""
-    radius = 2 * sigma
-    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=image.dtype) / sigma) ** 2)
-    taps = taps / taps.sum()
-    rows = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="reflect"), taps.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(rows, (0, 0, radius, radius), mode="reflect"), taps.view(1, 1, -1, 1))
-
-
-def _eroded(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """A 0/1 mask eroded by a square of side 2 radius + 1 (pixels beyond the border count as
-    inside), as two 1-D box sums: far faster than max pooling on a CPU."""
-    box = torch.ones(2 * radius + 1, dtype=mask.dtype)
-    rows = F.conv2d(F.pad(mask, (radius, radius, 0, 0), value=1.0), box.view(1, 1, 1, -1))
-    sums = F.conv2d(F.pad(rows, (0, 0, radius, radius), value=float(len(box))), box.view(1, 1, -1, 1))
-    return (sums > len(box) ** 2 - 0.5).to(mask.dtype)
-
-
-def texture_statistics(tensor: torch.Tensor) -> torch.Tensor:
-    """(N, TEXTURE_SIZE) statistics of the model's input inside the head (away from its edge):
-    the intensity mean and log-variance, then for each band of a Laplacian pyramid its log
-    energy relative to the variance (blur and resolution loss lower the fine bands, noise raises
-    them) and its log kurtosis (edges against noise), then the shares of flat_pixels() and
-    linear_pixels(), then intensity_tilt()."""
-    grey = tensor[:, :1].float()
-    background = grey.amin((2, 3), keepdim=True)  # a brain-masked input is constant outside the head
-    inside = (grey > background + 1e-3).float()
-    inside = _eroded(inside, TEXTURE_EROSION)
-    count = inside.sum((2, 3)).clamp_min(1)
-
-    def average(values: torch.Tensor) -> torch.Tensor:
-        return (values * inside).sum((2, 3)) / count
-
-    mean = average(grey)
-    variance = average((grey - mean[..., None, None]) ** 2) + 1e-8
-    statistics = [mean, variance.log()]
-    levels = [grey] + [_blurred(grey, sigma) for sigma in TEXTURE_SIGMAS]
-    for fine, coarse in zip(levels, levels[1:]):
-        band = fine - coarse
-        energy = average(band**2) + 1e-10
-        statistics += [(energy / variance).log(), (average(band**4) / energy**2 + 1e-8).log()]
-    statistics.append((average(flat_pixels(grey)) + 1e-3).log())
-    statistics.append((average(linear_pixels(grey)) + 1e-3).log())
-    statistics.append(intensity_tilt(grey, background, inside))
-    return torch.cat(statistics, 1)
-
-
-def intensity_tilt(grey: torch.Tensor, background: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
-    """(N, 2) left-right and top-bottom slopes of log intensity inside the head (coordinates in
-    [-1, 1]), from a weighted least-squares fit on 1, x, y, xy, x², y², so that the head's own
-    curved centre-to-edge profile goes to the quadratic terms: a coil's bias field multiplies
-    the slice by a smooth field and tilts it, a real head is close to level. Intensities are
-    offset by 5 % of the input's range so that the darkest pixels do not dominate the logs."""
-    count = len(grey)
-    terms = _quadratic_terms(grey.shape[-1])
-    span = grey.amax((2, 3), keepdim=True) - background
-    logs = torch.log(grey - background + 0.05 * span + 1e-6).reshape(count, -1).double()
-    weighted = terms[None] * inside.reshape(count, 1, -1).double()  # (N, 6, pixels)
-    gram = weighted @ terms.T + 1e-6 * torch.eye(6, dtype=torch.float64)  # ridge: an empty head gives 0
-    coefficients = torch.linalg.solve(gram, (weighted * logs[:, None]).sum(-1))
-    return coefficients[:, 1:3].to(grey.dtype)
-
-
-@lru_cache(maxsize=4)
-def _quadratic_terms(side: int) -> torch.Tensor:
-    """(6, side * side) float64: 1, x, y, xy, x², y² over a square, coordinates in [-1, 1]. Made
-    once per input size (three quarters of intensity_tilt()'s time); read, never written."""
-    y, x = torch.meshgrid(torch.linspace(-1, 1, side), torch.linspace(-1, 1, side), indexing="ij")
-    return torch.stack([torch.ones_like(x), x, y, x * y, x * x, y * y]).reshape(6, -1).double()
-
-
-def _half_step(grey: torch.Tensor) -> torch.Tensor:
-    """Half an 8-bit step of each input's own range: below it, two values are the same 8-bit level."""
-    return (grey.amax((2, 3), keepdim=True) - grey.amin((2, 3), keepdim=True)) / 255 / 2
-
-
-def flat_pixels(grey: torch.Tensor) -> torch.Tensor:
-    """1 where a pixel's right and lower neighbours both differ from it by less than half an
-    8-bit step of the input's range: the flat patches of heavy JPEG, resolution loss or a
-    shrunken field of view, where a real scan has noise. A smooth 16-bit or float input is
-    never flatter than 8-bit training slices, so only flatter-than-training inputs stand out."""
-    half_step = _half_step(grey)
-    across = (grey[..., :, 1:] - grey[..., :, :-1]).abs() < half_step
-    down = (grey[..., 1:, :] - grey[..., :-1, :]).abs() < half_step
-    return F.pad((across[..., :-1, :] & down[..., :, :-1]).to(grey.dtype), (0, 1, 0, 1))
-
-
-def scores_and_features(model: torch.nn.Module, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, familiarity features) from one forward pass: the pooled features the classifier
-    reads (timm pre-logits), the mean and standard deviation of each channel of early_layer()
-    (Lee et al. 2018 also score intermediate layers), then texture_statistics() of the input."""
-    seen = []
-    handle = early_layer(model).register_forward_hook(lambda module, inputs, output: seen.append(output))
-    try:
-        pooled = model.forward_head(model.forward_features(tensor), pre_logits=True)
-    finally:
-        handle.remove()
-    return model.get_classifier()(pooled), _features(pooled, seen[0], tensor)
-
-
-def _features(pooled: torch.Tensor, early: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
-    early = early.float()
-    return torch.cat([pooled.float(), early.mean((2, 3)), early.std((2, 3)), texture_statistics(tensor)], 1)
-
-
-class FirstPassFeatures:
-    """The familiarity features of the model's first forward pass while this is entered, so that
-    a heatmap method's own pass on the input (every CAM's and Captum's first) also gives them,
-    instead of a second pass: the classifier's input (the pre-logits, which timm's heads pass on
-    unchanged in eval mode) and early_layer()'s output, kept without their autograd graph."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.model = model
-        self.kept: dict[str, torch.Tensor] = {}
-
-    def __enter__(self) -> FirstPassFeatures:
-        def keep(name: str, tensor: torch.Tensor):
-            self.kept.setdefault(name, tensor.detach())
-
-        self.handles = [
-            early_layer(self.model).register_forward_hook(lambda module, inputs, output: keep("early", output)),
-            self.model.get_classifier().register_forward_hook(lambda module, inputs, output: keep("pooled", inputs[0])),
-        ]
-        return self
-
-    def __exit__(self, *exc_info):
-        for handle in self.handles:
-            handle.remove()
-
-    @torch.no_grad()
-    def features(self, tensor: torch.Tensor) -> np.ndarray:
-        """(N, C) for `tensor`, the input of that first pass; a fresh pass if none was seen."""
-        if self.model.training or len(self.kept) < 2 or len(self.kept["pooled"]) != len(tensor):
-            return familiarity_features(self.model, tensor)
-        return _features(self.kept["pooled"], self.kept["early"], tensor).numpy()
-
-
-def linear_pixels(grey: torch.Tensor) -> torch.Tensor:
-    """1 where the second differences across and down both stay under half an 8-bit step of the
-    input's range: the ramps a slice enlarged by linear interpolation is made of (resolution
-    loss), where a real scan has noise."""
-    half_step = _half_step(grey)
-    across = (grey[..., 1:-1, 2:] - 2 * grey[..., 1:-1, 1:-1] + grey[..., 1:-1, :-2]).abs() < half_step
-    down = (grey[..., 2:, 1:-1] - 2 * grey[..., 1:-1, 1:-1] + grey[..., :-2, 1:-1]).abs() < half_step
-    return F.pad((across & down).to(grey.dtype), (1, 1, 1, 1))
-
-
 def feature_blocks(
     size: int, texture: bool = True, flatness: bool = True, linear: bool = True, tilt: bool = True
 ) -> list[tuple[int, int]]:
@@ -338,22 +183,6 @@ def feature_blocks(
         return [(0, model_size)]
     left_out = 4 if not flatness else 3 if not linear else 2 if not tilt else 0
     return [(0, model_size), (model_size, size - left_out)]
-
-
-@torch.no_grad()
-def familiarity_features(model: torch.nn.Module, tensor: torch.Tensor, batch: int = 64) -> np.ndarray:
-    """The familiarity features of scores_and_features(), (N, C), in eval mode."""
-    was_training = model.training
-    model.eval()
-    out = [
-        scores_and_features(model, tensor[start : start + batch])[1].numpy() for start in range(0, len(tensor), batch)
-    ]
-    model.train(was_training)
-    return np.concatenate(out)
-
-
-def feature_size(model: torch.nn.Module, input_size: int) -> int:
-    return int(familiarity_features(model, torch.zeros(1, 3, input_size, input_size)).shape[1])
 
 
 def choose_margin(probabilities: np.ndarray, labels: np.ndarray, target: float = SELECTIVE_ACCURACY) -> dict:

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 
-from core.explain import CLASS_AGNOSTIC_METHODS, Explanation  # noqa: E402
+from core.explanation import CLASS_AGNOSTIC_METHODS, Explanation
 from core.image_input import slice_position  # noqa: E402
 from core.reliability import UNFAMILIAR_MESSAGE  # noqa: E402
 from core.render import CLASS_COLOURS, colour_bar, explanation_panels  # noqa: E402

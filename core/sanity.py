@@ -25,7 +25,8 @@ from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity
 
 from core.checkpoint import LoadedModel
-from core.explain import GALLERY_METHODS, ExplainSettings, explain_batch
+from core.explain import explain_batch
+from core.explanation import GALLERY_METHODS, ExplainSettings
 from core.sweep import outlined_slices
 
 SIDE = 64  # heatmaps are compared at this side: the comparison is about where, not pixel detail

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import binomtest, wilcoxon
 
-from core.checkpoint import CheckpointError, load_checkpoint
+from core.checkpoint import load_checkpoint
+from core.config import CheckpointError, Preprocessing
 from core.dataset import decode_records, holdout_records
 from core.evaluate import cached_evaluation
 from core.evaluation_store import cache_dir, read_evaluation
 from core.inference import batched_logits
 from core.metrics import classification_summary, expected_calibration_error, softmax
-from core.preprocess import Preprocessing
 
 PLACEMENT_COLUMNS = ("iou", "mass_outside_brain")
 

@@ -27,11 +27,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.formparsers import MultiPartParser
 
-from core.checkpoint import CheckpointError, list_checkpoints, read_config
-from core.checkpoint import resolve_checkpoint as resolve
-from core.explain import METHODS, ExplainError, ExplainSettings
+from core.config import CheckpointError, list_checkpoints, preferred_checkpoint, read_config
+from core.config import resolve_checkpoint as resolve
+from core.explanation import METHODS, ExplainError, ExplainSettings
 from core.image_input import MAX_FILE_BYTES, MAX_VOLUME_FILE_BYTES, ImageInputError, oversize_message, upload_kind
-from core.model_card import preferred_checkpoint
 from core.render import explanation_panels, png_bytes
 from core.workers import (
     SLOW_NICE,

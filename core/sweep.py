@@ -18,12 +18,13 @@ import numpy as np
 from tqdm import tqdm
 
 from core.annotations import annotation_path, load_outline
-from core.attribution import INPUT_ATTRIBUTIONS
 from core.brain_mask import detect_brain_mask
-from core.checkpoint import LoadedModel, load_checkpoint, read_config, resolve_checkpoint, write_config
+from core.checkpoint import LoadedModel, load_checkpoint
+from core.config import read_config, resolve_checkpoint, write_config
 from core.dataset import holdout_records, list_split
 from core.evaluation_store import LOCALISATION_COLUMNS
-from core.explain import CAM_METHODS, SLOW_METHODS, ExplainSettings, apply_brain_mask, explain_batch, heatmap_name
+from core.explain import CAM_METHODS, apply_brain_mask, explain_batch
+from core.explanation import INPUT_ATTRIBUTIONS, SLOW_METHODS, ExplainSettings, heatmap_name
 from core.image_input import load_image
 from core.localisation import bootstrap_mean, localisation_metrics, mass_inside
 

@@ -6,8 +6,8 @@ import streamlit as st
 
 import ui
 from core import render
-from core.explain import METHODS, ExplainSettings
-from core.model_card import preferred_checkpoint
+from core.config import preferred_checkpoint
+from core.explanation import METHODS, ExplainSettings
 
 st.set_page_config(page_title="Explain a scan", layout="wide")
 ui.page_links()

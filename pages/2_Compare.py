@@ -5,7 +5,7 @@ import streamlit as st
 import ui
 from core import render
 from core.compare import heatmap_agreement, verdict
-from core.explain import METHODS, ExplainSettings
+from core.explanation import METHODS, ExplainSettings
 
 st.set_page_config(page_title="Compare models", layout="wide")
 ui.page_links()

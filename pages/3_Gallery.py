@@ -8,11 +8,11 @@ import streamlit as st
 
 import cached
 import ui
+from core.config import preferred_checkpoint
 from core.evaluate import DEFAULT_THRESHOLD, cached_evaluation
 from core.evaluation_store import cache_dir, cached_summaries
-from core.explain import GALLERY_METHODS, ExplainSettings
+from core.explanation import GALLERY_METHODS, ExplainSettings
 from core.gallery import OUTCOMES, SORTS, find_dataset, panels, select, splits_in
-from core.model_card import preferred_checkpoint
 from core.sweep import method_table
 
 PAGE_SIZE = 12

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.checkpoint import ModelConfig, create_model, load_checkpoint, save_checkpoint
-from core.preprocess import Preprocessing
+from core.checkpoint import create_model, load_checkpoint, save_checkpoint
+from core.config import ModelConfig, Preprocessing
 
 # One intra-op thread: the tests run many small models, some from 8 Python threads at once,
 # where torch's default thread pool oversubscribes the cores and runs 5-25x slower.
@@ -51,6 +51,16 @@ def tiny_model(checkpoint_root):
 def use_tiny_checkpoints(checkpoint_root, monkeypatch):
     monkeypatch.setenv("BRAIN_XAI_CHECKPOINTS", str(checkpoint_root))
     return checkpoint_root
+
+
+def add_cam_method(monkeypatch, name: str, cam_class) -> None:
+    """Offer a test's own pytorch-grad-cam class under `name` for this test: explain() draws it
+    and ExplainSettings accepts the name."""
+    import core.explain
+    import core.explanation
+
+    monkeypatch.setitem(core.explain.CAM_METHODS, name, cam_class)
+    monkeypatch.setattr(core.explanation, "METHODS", (*core.explanation.METHODS, name))
 
 
 def head_phantom(size: int = 128, seed: int = 0) -> np.ndarray:

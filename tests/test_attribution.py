@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.attribution import INPUT_ATTRIBUTIONS, input_attribution
-from core.explain import ExplainSettings, explain
-from core.preprocess import Preprocessing, to_tensor
+from core.attribution import input_attribution
+from core.config import Preprocessing
+from core.explain import explain
+from core.explanation import INPUT_ATTRIBUTIONS, ExplainSettings
+from core.preprocess import to_tensor
 from tests.test_faithfulness import SIZE, LeftHalfModel, loaded_left_half
 
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from core.batch import expand_inputs, explain_files
 from core.checkpoint import load_checkpoint
-from core.explain import ExplainSettings, explain
+from core.explain import explain
+from core.explanation import ExplainSettings
 from core.image_input import load_image
 from core.render import explanation_panels
 from tests.conftest import encode, head_phantom

@@ -6,15 +6,12 @@ import shutil
 import pytest
 import torch
 
-from core.checkpoint import (
+from core.checkpoint import checkpoint_sha256, checkpoint_stamp, load_checkpoint, migrate_checkpoint
+from core.config import (
     DEFAULT_CHECKPOINT_ROOT,
     NO_HOLDOUT_RECORD,
     CheckpointError,
-    checkpoint_sha256,
-    checkpoint_stamp,
     list_checkpoints,
-    load_checkpoint,
-    migrate_checkpoint,
     read_training_record,
 )
 

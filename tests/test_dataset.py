@@ -74,7 +74,7 @@ def test_shrunk_copy_scales_each_outline_with_its_image(tmp_path):
 def test_template_slices_stored_beside_a_shrunk_copy_match_nilearns(tmp_path, monkeypatch):
     import sys
 
-    from core.preprocess import Preprocessing
+    from core.config import Preprocessing
     from core.training.data import TEMPLATE_FILE, save_template_planes, template_slices
 
     settings = Preprocessing(input_size=64)

@@ -14,7 +14,7 @@ import torch
 
 from core.cli import main
 from core.evaluate import evaluate
-from core.explain import ExplainSettings
+from core.explanation import ExplainSettings
 from tests.conftest import encode, head_phantom, needs_data
 
 ray = pytest.importorskip("ray")

@@ -11,7 +11,7 @@ import pytest
 
 from core.cli import main
 from core.evaluation_store import outcome_of
-from core.explain import ExplainSettings
+from core.explanation import ExplainSettings
 from tests.conftest import CLASSES, SHARED_DATA, needs_data
 
 

@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 
 import core.explain as engine
 from core.checkpoint import load_checkpoint
-from core.explain import CAM_METHODS, METHODS, ExplainError, ExplainSettings, explain, explain_batch, layer_names
+from core.explain import CAM_METHODS, explain, explain_batch, layer_names
+from core.explanation import CAM_METHOD_NAMES, INPUT_ATTRIBUTIONS, METHODS, ExplainError, ExplainSettings
+from core.features import FirstPassFeatures, early_layer, familiarity_features
 from core.inference import judged_scores
-from core.reliability import FirstPassFeatures, early_layer, familiarity_features
-from tests.conftest import LABELS, head_phantom
+from tests.conftest import LABELS, add_cam_method, head_phantom
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -24,6 +25,10 @@ def hook_count(model) -> int:
         len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) + len(m._backward_pre_hooks)
         for m in model.modules()
     )
+
+
+def test_every_named_cam_has_its_class_and_no_other():
+    assert tuple(CAM_METHODS) == CAM_METHOD_NAMES and set(METHODS) == {*CAM_METHOD_NAMES, *INPUT_ATTRIBUTIONS}
 
 
 @pytest.mark.parametrize("method", list(METHODS))
@@ -112,7 +117,7 @@ def test_empty_cam_gives_a_warning_not_garbage(tiny_model, monkeypatch):
         def get_cam_weights(self, *args, **kwargs):
             return np.zeros(super().get_cam_weights(*args, **kwargs).shape, dtype=np.float32)
 
-    monkeypatch.setitem(engine.CAM_METHODS, "Zero", ZeroCAM)
+    add_cam_method(monkeypatch, "Zero", ZeroCAM)
     result = explain(tiny_model, head_phantom(64), ExplainSettings(method="Zero"))
     assert result.warning and "empty" in result.warning
     assert result.heatmap.max() == 0.0
@@ -177,7 +182,7 @@ def test_an_error_inside_the_cam_reaches_the_caller_and_the_hooks_go(tiny_model,
         def get_cam_weights(self, *args, **kwargs):
             raise IndexError("the real cause")
 
-    monkeypatch.setitem(engine.CAM_METHODS, "Broken", BrokenCAM)
+    add_cam_method(monkeypatch, "Broken", BrokenCAM)
     with pytest.raises(IndexError, match="the real cause"):
         explain(tiny_model, head_phantom(64), ExplainSettings(method="Broken"))
     assert hook_count(tiny_model.model) == 0
@@ -197,7 +202,7 @@ def test_the_checkpoints_default_method_and_a_fused_layer(checkpoint_root, tmp_p
     import shutil
     from dataclasses import replace
 
-    from core.checkpoint import read_config, write_config
+    from core.config import read_config, write_config
 
     copy = shutil.copytree(checkpoint_root / "tiny_convnext", tmp_path / "copy")
     write_config(copy, replace(read_config(copy), default_method="LayerCAM", default_target_layer="stages.2+stages.3"))

@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import LoadedModel, ModelConfig
-from core.explain import ExplainSettings, Explanation, explain
+from core.checkpoint import LoadedModel
+from core.config import ModelConfig, Preprocessing
+from core.explain import explain
+from core.explanation import ExplainSettings, Explanation
 from core.faithfulness import FRACTIONS, FaithfulnessCheck, area, check_heatmap, curves, road_check
-from core.preprocess import Preprocessing, to_tensor
+from core.preprocess import to_tensor
 
 SIZE = 16
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.explain import ExplainSettings, explain
+from core.explain import explain
+from core.explanation import ExplainSettings
 from core.inference import batched_logits, model_input, prepare_slices, slice_logits
 from core.metrics import softmax
 from core.preprocess import prepare_for_model

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from core.checkpoint import read_config, read_training_record, write_config
 from core.cli import main
-from core.model_card import _verdict, preferred_checkpoint
+from core.config import preferred_checkpoint, read_config, read_training_record, write_config
+from core.model_card import _verdict
 from tests.conftest import LABELS, encode, head_phantom
 
 
@@ -149,7 +149,7 @@ def test_pages_open_on_the_most_accurate_checkpoint(checkpoint_root, tmp_path):
 def test_card_reports_the_stress_test_and_when_not_to_trust_the_model(checkpoint_root, tmp_path):
     import numpy as np
 
-    from core import reliability
+    from core import features, reliability
 
     data = phantom_dataset(tmp_path / "data")
     checkpoint = tmp_path / "model"
@@ -157,7 +157,7 @@ def test_card_reports_the_stress_test_and_when_not_to_trust_the_model(checkpoint
     rng = np.random.default_rng(0)
     from core.checkpoint import load_checkpoint
 
-    features = rng.normal(size=(200, reliability.feature_size(load_checkpoint(checkpoint).model, 64)))
+    features = rng.normal(size=(200, features.feature_size(load_checkpoint(checkpoint).model, 64)))
     info = {"fitted_on": "training part", "holdout": "grouped hold-out", "unfamiliar_below": 0.05,
             "target_selective_accuracy": 0.98, "selective_accuracy": 0.981, "coverage": 0.84}  # fmt: skip
     reliability.save(reliability.fit(features, rng.integers(0, 4, 200), features[:50], 0.27, info), checkpoint)

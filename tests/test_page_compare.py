@@ -6,7 +6,7 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from core.explain import METHODS
+from core.explanation import METHODS
 from tests.conftest import LABELS, encode, head_phantom
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "2_Compare.py")

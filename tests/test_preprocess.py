@@ -4,7 +4,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.preprocess import Preprocessing, head_box, heatmap_to_slice, prepare_for_model, prepare_slice
+from core.config import Preprocessing
+from core.preprocess import head_box, heatmap_to_slice, prepare_for_model, prepare_slice
 from tests.conftest import head_phantom
 
 

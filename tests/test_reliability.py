@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from core import reliability
-from core.checkpoint import CheckpointError, load_checkpoint
+from core import features, reliability
+from core.checkpoint import load_checkpoint
+from core.config import CheckpointError
 from core.explain import explain
 from core.image_input import load_image
 from core.inference import slice_scores
@@ -94,7 +95,7 @@ def texture_of(image) -> np.ndarray:
     import torch
 
     grey = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None].repeat(1, 3, 1, 1)
-    return reliability.texture_statistics(grey)[0].numpy()
+    return features.texture_statistics(grey)[0].numpy()
 
 
 def texture_share(image, column: int) -> float:
@@ -140,7 +141,7 @@ def test_the_flat_share_rises_with_heavy_jpeg_and_not_with_noise_or_16_bit_smoot
     # By hand: a constant 4x4 patch in a ramp is flat where both neighbours are equal.
     ramp = torch.arange(36, dtype=torch.float32).reshape(1, 1, 6, 6) / 35
     ramp[..., 1:5, 1:5] = 0.5
-    assert reliability.flat_pixels(ramp)[0, 0, 1:4, 1:4].all() and reliability.flat_pixels(ramp).sum() == 9
+    assert features.flat_pixels(ramp)[0, 0, 1:4, 1:4].all() and features.flat_pixels(ramp).sum() == 9
 
 
 def test_the_linear_share_rises_when_a_slice_was_enlarged_and_not_with_noise():
@@ -159,7 +160,7 @@ def test_the_linear_share_rises_when_a_slice_was_enlarged_and_not_with_noise():
     assert linear_share(enlarged) > 0.1 > 0.02 > linear_share(scan) >= linear_share(noisier)
     # By hand: a ramp is linear everywhere inside; its border pixels (no two neighbours) are not.
     ramp = torch.arange(6, dtype=torch.float32).repeat(6, 1).reshape(1, 1, 6, 6) / 5
-    assert reliability.linear_pixels(ramp)[0, 0, 1:5, 1:5].all() and reliability.linear_pixels(ramp).sum() == 16
+    assert features.linear_pixels(ramp)[0, 0, 1:5, 1:5].all() and features.linear_pixels(ramp).sum() == 16
 
 
 def test_feature_blocks_leave_the_texture_or_a_tail_of_its_columns_out():
@@ -251,7 +252,7 @@ def test_a_checkpoint_carries_its_reliability_into_every_explanation(tmp_path):
     assert loaded.reliability is None and explain(loaded, head_phantom(96)).summary()["familiarity"] is None
 
     rng = np.random.default_rng(3)
-    size = reliability.feature_size(loaded.model, 64)  # pre-logits plus an early stage's channel statistics
+    size = features.feature_size(loaded.model, 64)  # pre-logits plus an early stage's channel statistics
     reliability.save(fitted(rng, size=size, margin=1.01), directory)  # every prediction a near-tie
     loaded = load_checkpoint(directory)
     result = explain(loaded, head_phantom(96))

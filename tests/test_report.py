@@ -11,7 +11,8 @@ import pypdfium2
 
 from core.batch import explain_files
 from core.checkpoint import load_checkpoint
-from core.explain import ExplainSettings, explain
+from core.explain import explain
+from core.explanation import ExplainSettings
 from core.image_input import load_image, patient_fields
 from core.model_card import card_summary
 from core.report import ReportScan, case_report

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core.explain import ExplainSettings, explain
+from core.explain import explain
+from core.explanation import ExplainSettings
 from core.image_input import MAX_VOLUME_FILE_BYTES, ImageInputError, load_image
 from tests.conftest import encode, head_phantom
 from tests.test_explain import hook_count

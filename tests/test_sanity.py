@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import core.explain as engine
-from core.explain import ExplainSettings
+from core.explanation import GALLERY_METHODS, ExplainSettings
 from core.sanity import PASS_BELOW, layer_groups, randomisation_check
-from tests.conftest import head_phantom
+from tests.conftest import add_cam_method, head_phantom
 from tests.test_explain import hook_count
 
 
@@ -31,7 +31,7 @@ def test_layers_are_randomised_from_the_output_back():
 
 
 def test_a_method_that_ignores_the_weights_fails(tiny_model, monkeypatch):
-    monkeypatch.setitem(engine.CAM_METHODS, "Brightness", BrightnessCAM)
+    add_cam_method(monkeypatch, "Brightness", BrightnessCAM)
     images = [head_phantom(96, seed) for seed in range(2)]
     weights = [p.detach().clone() for p in tiny_model.model.parameters()]
     check = randomisation_check(tiny_model, images, ExplainSettings("Brightness"))
@@ -68,7 +68,7 @@ class NoiseCAM(engine.GradCAM):
 def test_the_shared_blank_outside_the_head_is_not_agreement(tiny_model, monkeypatch):
     """With the heatmap masked to the head, two unrelated maps share their zeros outside it;
     compared whole, those ties alone gave a rank correlation of about 0.5."""
-    monkeypatch.setitem(engine.CAM_METHODS, "Noise", NoiseCAM)
+    add_cam_method(monkeypatch, "Noise", NoiseCAM)
     check = randomisation_check(tiny_model, [head_phantom(96, seed) for seed in range(2)], ExplainSettings("Noise"))
     assert abs(check.spearman[-1]) < 0.15 and check.passed
 
@@ -83,8 +83,8 @@ def test_the_table_adds_the_checkpoints_default_when_the_gallery_lacks_it(checkp
     data = phantom_dataset(tmp_path / "data")
     loaded = load_checkpoint(checkpoint_root / "tiny_effnet")
     methods = [row["method"] for row in sanity_table(loaded, data, "test", images=1)]
-    assert methods == list(engine.GALLERY_METHODS)
+    assert methods == list(GALLERY_METHODS)
     with_ig = replace(loaded, config=replace(loaded.config, default_method="Integrated Gradients"))
     rows = sanity_table(with_ig, data, "test", images=1)
-    assert [row["method"] for row in rows] == [*engine.GALLERY_METHODS, "Integrated Gradients"]
+    assert [row["method"] for row in rows] == [*GALLERY_METHODS, "Integrated Gradients"]
     assert isinstance(rows[-1]["passes"], bool)

@@ -302,3 +302,20 @@ def test_a_request_whose_client_has_gone_is_cancelled(use_tiny_checkpoints):
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the server's memory map from /proc")
+def test_the_server_process_never_loads_torch(use_tiny_checkpoints):
+    """Torch and the models live in the worker processes; the server's own process validates,
+    queues and answers with the light modules only (about 75 MB instead of 0.9 GB)."""
+    import httpx
+
+    from core.load_bench import running_server
+
+    with running_server(workers=1) as (base, pid):
+        files = {"file": ("head.png", encode(head_phantom(96), "PNG"), "image/png")}
+        answer = httpx.post(f"{base}/predict", files=files, params={"method": "Grad-CAM"}, timeout=120)
+        assert answer.status_code == 200 and answer.json()["familiarity"] is None
+        assert httpx.get(f"{base}/models", timeout=30).status_code == 200
+        loaded = Path(f"/proc/{pid}/maps").read_text()
+    assert "libtorch" not in loaded

@@ -8,9 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from core.checkpoint import load_checkpoint, read_config
+from core.checkpoint import load_checkpoint
 from core.cli import main
-from core.explain import ExplainSettings, explain
+from core.config import read_config
+from core.explain import explain
+from core.explanation import ExplainSettings
 from core.model_card import _default_heatmap
 from core.sweep import RULE, Candidate, apply_winner, baseline_maps, candidates, choose, sweep
 from tests.conftest import SHARED_DATA, needs_data

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from core.checkpoint import load_checkpoint, read_training_record
+from core.checkpoint import load_checkpoint
 from core.cli import main
+from core.config import read_training_record
 from tests.conftest import needs_data
 
 
@@ -48,7 +49,7 @@ def test_refit_without_a_holdout_takes_the_temperature_of_its_holdout_twin(small
 def test_the_shift_fitted_temperature_is_adopted_only_when_it_does_better_on_unseen_shifts(checkpoint_root, tmp_path):
     import shutil
 
-    from core.checkpoint import CheckpointError, read_config, read_training_record
+    from core.config import CheckpointError, read_config, read_training_record
     from core.training.calibrate import adopt_shift_temperature
 
     target = tmp_path / "model"

@@ -14,8 +14,8 @@ import torch
 
 from core.checkpoint import load_checkpoint
 from core.cli import main
+from core.config import Preprocessing
 from core.inference import batched_logits
-from core.preprocess import Preprocessing
 from core.training.data import load_training_data
 from core.training.loop import fit, train
 from core.training.options import TrainOptions

@@ -9,14 +9,9 @@ import shutil
 import pytest
 import torch
 
-from core.checkpoint import (
-    CheckpointError,
-    create_model,
-    load_checkpoint,
-    read_training_record,
-    write_training_record,
-)
+from core.checkpoint import create_model, load_checkpoint
 from core.cli import main
+from core.config import CheckpointError, read_training_record, write_training_record
 from core.training.soup import average_weights
 from tests.conftest import LABELS, make_tiny_checkpoint, needs_data
 

@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from core.explain import ExplainSettings, explain
+from core.explain import explain
+from core.explanation import ExplainSettings
 from core.image_input import ImageInputError
 from core.workers import (
     JobCancelled,

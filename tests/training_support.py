@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from core.checkpoint import create_model
-from core.preprocess import Preprocessing, to_tensor
+from core.config import Preprocessing
+from core.preprocess import to_tensor
 from core.training.distillation import AttentionTransfer
 from core.training.loop import fit
 from core.training.options import TrainOptions

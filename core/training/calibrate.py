@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from core.checkpoint import (
+from core.config import (
     CheckpointError,
     read_config,
     read_training_record,

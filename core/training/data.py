@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from core.checkpoint import LoadedModel, load_checkpoint
+from core.config import Preprocessing
 from core.counterfactual import dilate, random_region, remove_tumour
 from core.dataset import Record, decode_with_outlines, list_splits
 from core.inference import batched_logits
 from core.metrics import softmax
-from core.preprocess import Preprocessing, prepare_for_model
+from core.preprocess import prepare_for_model
 from core.training.distillation import DISTILL_TEMPERATURE
 from core.training.options import TrainOptions
 

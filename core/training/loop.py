@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 from tqdm import tqdm
 
-from core.checkpoint import ModelConfig, create_model, load_checkpoint, save_checkpoint
+from core.checkpoint import create_model, load_checkpoint, save_checkpoint
+from core.config import ModelConfig, Preprocessing
 from core.dataset import grouped_folds, grouped_holdout
 from core.inference import batched_logits
 from core.metrics import classification_summary, holdout_calibration, softmax
-from core.preprocess import Preprocessing, to_tensor
+from core.preprocess import to_tensor
 from core.pretrained import IMAGENET_WEIGHTS, imagenet_backbone_for
 from core.training.augmentation import Augment, Randomise, mixer
 from core.training.data import TrainingData, load_training_data, make_counterfactuals, template_slices

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 
 def option(default=None, help: str = "", *, flag: str | None = None, required: bool = False, **cli):
     """A dataclass field with what its command-line flag needs: help, and optionally another
@@ -98,7 +96,7 @@ class TrainOptions:
             object.__setattr__(self, "holdout_seed", self.seed)
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"--device is cpu or cuda, not {self.device}.")
-        if self.device == "cuda" and not torch.cuda.is_available():
+        if self.device == "cuda" and not _cuda_available():
             raise ValueError("--device cuda: torch sees no CUDA GPU on this machine; use --device cpu.")
         if self.consistent_teacher and not self.teacher:
             raise ValueError("--consistent-teacher needs --teacher CHECKPOINT.")
@@ -127,3 +125,9 @@ class TrainOptions:
             raise ValueError("--mixup and --cutmix are Beta-distribution alphas >= 0 (e.g. 0.8 and 1.0).")
         if (self.mixup_alpha or self.cutmix_alpha) and self.teacher and not self.consistent_teacher:
             raise ValueError("--mixup/--cutmix with --teacher need --consistent-teacher (fixed targets are unmixed).")
+
+
+def _cuda_available() -> bool:
+    import torch  # here, not at the top: the command line builds its flags from TrainOptions
+
+    return torch.cuda.is_available()

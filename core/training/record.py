@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import NO_HOLDOUT_RECORD, read_config, read_training_record, resolve_checkpoint
+from core.config import NO_HOLDOUT_RECORD, read_config, read_training_record, resolve_checkpoint
 from core.training.augmentation import AUGMENTATION_NOTE, Randomise, mixing_note
 from core.training.distillation import DISTILL_TEMPERATURE, attention_layers
 from core.training.guidance import GUIDANCE_DILATION

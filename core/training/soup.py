@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import CheckpointError, load_checkpoint, read_training_record, save_checkpoint
+from core.checkpoint import load_checkpoint, save_checkpoint
+from core.config import CheckpointError, read_training_record
 from core.metrics import holdout_calibration
 from core.selection import holdout_logits
 from core.training.record import git_commit, holdout_note
