@@ -1,4 +1,5 @@
-"""Checkpoints on disk: model.safetensors + config.json (+ README.md model card).
+"""A checkpoint's model: built from model.safetensors and config.json (read by core.config),
+with its familiarity file; saved the same way.
 
 Loading never unpickles: weights come from safetensors, settings from JSON.
 """

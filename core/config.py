@@ -216,7 +216,7 @@ def resolve_checkpoint(name_or_dir: str | Path, root: Path | None = None) -> Pat
 
 
 def read_config(directory: Path) -> ModelConfig:
-    """config.json, validated (core.checkpoint._ConfigSchema) before anything uses it.
+    """config.json, validated (_ConfigSchema) before anything uses it.
 
     Raises:
         CheckpointError: missing, not UTF-8 JSON, or a field out of range (the message names it).
