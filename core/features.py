@@ -111,6 +111,16 @@ def flat_pixels(grey: torch.Tensor) -> torch.Tensor:
     return F.pad((across[..., :-1, :] & down[..., :, :-1]).to(grey.dtype), (0, 1, 0, 1))
 
 
+def linear_pixels(grey: torch.Tensor) -> torch.Tensor:
+    """1 where the second differences across and down both stay under half an 8-bit step of the
+    input's range: the ramps a slice enlarged by linear interpolation is made of (resolution
+    loss), where a real scan has noise."""
+    half_step = _half_step(grey)
+    across = (grey[..., 1:-1, 2:] - 2 * grey[..., 1:-1, 1:-1] + grey[..., 1:-1, :-2]).abs() < half_step
+    down = (grey[..., 2:, 1:-1] - 2 * grey[..., 1:-1, 1:-1] + grey[..., :-2, 1:-1]).abs() < half_step
+    return F.pad((across & down).to(grey.dtype), (1, 1, 1, 1))
+
+
 def scores_and_features(model: torch.nn.Module, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, familiarity features) from one forward pass: the pooled features the classifier
     reads (timm pre-logits), the mean and standard deviation of each channel of early_layer()
@@ -159,16 +169,6 @@ class FirstPassFeatures:
         if self.model.training or len(self.kept) < 2 or len(self.kept["pooled"]) != len(tensor):
             return familiarity_features(self.model, tensor)
         return _features(self.kept["pooled"], self.kept["early"], tensor).numpy()
-
-
-def linear_pixels(grey: torch.Tensor) -> torch.Tensor:
-    """1 where the second differences across and down both stay under half an 8-bit step of the
-    input's range: the ramps a slice enlarged by linear interpolation is made of (resolution
-    loss), where a real scan has noise."""
-    half_step = _half_step(grey)
-    across = (grey[..., 1:-1, 2:] - 2 * grey[..., 1:-1, 1:-1] + grey[..., 1:-1, :-2]).abs() < half_step
-    down = (grey[..., 2:, 1:-1] - 2 * grey[..., 1:-1, 1:-1] + grey[..., :-2, 1:-1]).abs() < half_step
-    return F.pad((across & down).to(grey.dtype), (1, 1, 1, 1))
 
 
 @torch.no_grad()
