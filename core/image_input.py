@@ -264,6 +264,32 @@ def _raster_to_grey(image: Image.Image) -> np.ndarray:
 # --- DICOM ---------------------------------------------------------------
 
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")  # what pydicom decodes
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # the SOP class of a DICOMDIR, the index of a CD or DVD
+
+
+def _no_image_message(dataset) -> str:
+    """What a DICOM file without pixel data is (its SOP class), and what to upload instead."""
+    from pydicom.uid import UID
+
+    sop_class = str(dataset.get("SOPClassUID") or getattr(dataset, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
+    if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in dataset:
+        return (
+            "This is a DICOMDIR: the index of a CD or DVD's files, not an image. Upload one of the image "
+            "files in the folders beside it, or a ZIP of one series."
+        )
+    name = UID(sop_class).name.removesuffix(" Storage") if sop_class else ""
+    if not name or name == sop_class:  # no SOP class, or one pydicom does not know
+        return (
+            "This DICOM file holds no image (no pixel data): it may be a report or structured "
+            "document. Export the image series instead."
+        )
+    article = "an" if name[0] in "AEIOU" or name.startswith(("MR ", "RT ")) else "a"
+    if "Image" in name:  # an image whose pixels were left out
+        return (
+            f"This DICOM file is {article} {name} but holds no pixel data (a header-only export, or a "
+            "damaged file). Export it again from the PACS with its pixels."
+        )
+    return f"This DICOM file holds no image: it is {article} {name} object. Export the image series instead."
 
 
 def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
@@ -275,10 +301,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as error:
         raise ImageInputError("The DICOM file is truncated or corrupt. Export it again from the PACS.") from error
     if not any(keyword in dataset for keyword in PIXEL_DATA_KEYWORDS):
-        raise ImageInputError(
-            "This DICOM file holds no image (no pixel data): it may be a report or "
-            "structured document. Export the image series instead."
-        )
+        raise ImageInputError(_no_image_message(dataset))
     _infer_transfer_syntax(dataset)
     rows, columns = _dicom_int(dataset, "Rows"), _dicom_int(dataset, "Columns")
     if not rows or not columns:

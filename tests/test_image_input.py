@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import struct
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import cv2
 import nibabel as nib
@@ -394,8 +396,25 @@ def test_dicom_without_pixel_data():
     data = make_dicom(np.ones((40, 40)))
     dataset = pydicom.dcmread(io.BytesIO(data))
     del dataset.PixelData
-    with pytest.raises(ImageInputError, match="no pixel data"):
+    with pytest.raises(ImageInputError, match="is an MR Image but holds no pixel data"):
         load_image(resaved(dataset), "report.dcm")
+    del dataset.SOPClassUID, dataset.file_meta.MediaStorageSOPClassUID
+    with pytest.raises(ImageInputError, match="holds no image \\(no pixel data\\): it may be a report"):
+        load_image(resaved(dataset), "report.dcm")
+
+
+@pytest.mark.parametrize(
+    "name, says",
+    [
+        ("DICOMDIR", "DICOMDIR: the index of a CD or DVD's files, not an image. Upload one of the image files"),
+        ("rtstruct.dcm", "holds no image: it is an RT Structure Set"),
+        ("test-SR.dcm", "holds no image: it is a Comprehensive SR"),
+    ],
+)
+def test_a_dicom_file_without_an_image_is_named_by_what_it_is(name, says):
+    """A hospital CD's first file is its DICOMDIR; structure sets and reports come with series."""
+    with pytest.raises(ImageInputError, match=re.escape(says)):
+        load_image(Path(get_testdata_file(name)).read_bytes(), name)
 
 
 def test_compressed_dicom_without_decoder():
