@@ -21,6 +21,7 @@ MAX_PIXELS = 16_000_000  # per slice: a 4000x4000 image; MRI slices are rarely o
 MAX_DICOM_PIXELS = 40_000_000
 MAX_DECODED_BYTES = 512 * 1024 * 1024  # a decoded series, NIfTI volume or DICOM frame, checked from headers first
 MIN_SIDE = 2  # a single row or column is not a slice
+SQUARE_PIXEL_TOLERANCE = 0.01  # rows and columns spaced further apart than this are resampled to square
 SMALL_SIDE = 32  # below this a slice is a thumbnail, icon or dose grid: read, but with a warning
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -114,7 +115,7 @@ def load_image(
         raise ImageInputError(
             f"The {kind} file is truncated or corrupt and cannot be read. Export it again and re-upload."
         ) from error
-    return _size_checked(loaded)
+    return _size_checked(_square_pixels(loaded))
 
 
 def upload_kind(filename: str, data: bytes) -> str | None:
@@ -191,6 +192,32 @@ def _size_checked(loaded: LoadedImage) -> LoadedImage:
     if note is None or note in loaded.notes:
         return loaded
     return replace(loaded, notes=loaded.notes + (note,))
+
+
+def _square_pixels(loaded: LoadedImage) -> LoadedImage:
+    """`loaded` resampled to square pixels at its finer spacing when its rows and columns are
+    spaced differently (a coronal or sagittal slice of a volume with thick slices, a DICOM with
+    rectangular pixels), so the anatomy keeps its shape for the viewer and the model; coarser
+    square pixels where the finer ones would pass the megapixel limit."""
+    if loaded.pixel_spacing_mm is None:
+        return loaded
+    row_mm, column_mm = loaded.pixel_spacing_mm
+    if abs(row_mm / column_mm - 1) <= SQUARE_PIXEL_TOLERANCE:
+        return loaded
+    height, width = loaded.pixels.shape
+    side_mm = max(min(row_mm, column_mm), np.sqrt(height * row_mm * width * column_mm / MAX_PIXELS))
+    size = (max(1, round(width * column_mm / side_mm)), max(1, round(height * row_mm / side_mm)))
+    resampled = Image.fromarray(loaded.pixels, mode="F").resize(size, Image.Resampling.BILINEAR)
+    note = (
+        f"Its pixels are {row_mm:.3g} mm tall and {column_mm:.3g} mm wide: resampled to square "
+        f"{side_mm:.3g} mm pixels ({width}x{height} to {size[0]}x{size[1]}) so the anatomy keeps its shape."
+    )
+    return replace(
+        loaded,
+        pixels=np.clip(np.asarray(resampled, dtype=np.float32), 0.0, 1.0),
+        pixel_spacing_mm=(side_mm, side_mm),
+        notes=loaded.notes + (note,),
+    )
 
 
 def to_unit_range(values: np.ndarray) -> np.ndarray:
@@ -702,8 +729,9 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
         raise ImageInputError("The NIfTI file is truncated or corrupt. Export it again and re-upload.") from error
     zooms = header.get_zooms()
     if len(shape) == 2:
+        rows_mm, columns_mm = float(zooms[1]), float(zooms[0])  # rotated for display: rows run along y
         return LoadedImage(pixels=to_unit_range(np.rot90(_nifti_values(image, ()))), file_format="NIfTI",
-                           pixel_spacing_mm=(float(zooms[0]), float(zooms[1])))  # fmt: skip
+                           pixel_spacing_mm=(rows_mm, columns_mm))  # fmt: skip
     if axis not in (0, 1, 2):
         raise ImageInputError("The slicing axis must be 0 (sagittal), 1 (coronal) or 2 (axial).")
     world, direction, notes = _voxel_orientation(image.affine)

@@ -366,12 +366,13 @@ def test_enhanced_mr_spacing_rescale_and_window_come_from_its_functional_groups(
     data = make_dicom(np.stack([ramp, ramp]), SharedFunctionalGroupsSequence=pydicom.Sequence([shared]),
                       PerFrameFunctionalGroupsSequence=pydicom.Sequence(windows))  # fmt: skip
     first = load_image(data, "enhanced.dcm", slice_index=0)
-    assert first.pixel_spacing_mm == (0.5, 0.75)
+    assert first.pixel_spacing_mm == (0.5, 0.5) and first.pixels.shape == (100, 150)  # columns were 0.75 mm apart
+    assert any("0.5 mm tall and 0.75 mm wide" in note for note in first.notes)
     assert "Window centre 500, width 400 from the file." in first.notes
-    row = first.pixels[0]  # as the top-level rescale and window test: raw 200..400 kept
-    assert row[:20].max() == 0.0 and row[41:].min() == 1.0 and 0.4 < row[30] < 0.6
+    row = first.pixels[0]  # as the top-level rescale and window test: raw 200..400 kept (columns 20-40, now 30-60)
+    assert row[:29].max() == 0.0 and row[62:].min() == 1.0 and 0.4 < row[45] < 0.6
     second = load_image(data, "enhanced.dcm", slice_index=1)  # its own window: rescaled 700..1100, raw 400..600
-    assert second.pixels[0][:40].max() == 0.0 and second.pixels[0][61:].min() == 1.0
+    assert second.pixels[0][:59].max() == 0.0 and second.pixels[0][92:].min() == 1.0  # columns 40-60, now 60-90
 
 
 def test_monochrome1_is_inverted():
@@ -453,8 +454,8 @@ def test_nifti_defaults_to_middle_axial_slice(gz):
     volume[10:20, 10:20, :] = 50
     loaded = load_image(nifti_bytes(volume, gz), "brain.nii.gz" if gz else "brain.nii")
     assert loaded.num_slices == 9 and loaded.slice_index == 4
-    assert loaded.pixels.shape == (50, 40)  # rotated for display
-    assert loaded.pixel_spacing_mm == (1.5, 1.0)
+    assert loaded.pixels.shape == (75, 40)  # rotated for display; 50 rows 1.5 mm apart become 75 at 1 mm
+    assert loaded.pixel_spacing_mm == (1.0, 1.0)
 
 
 @pytest.mark.parametrize("codes", [("L", "P", "S"), ("R", "A", "I"), ("P", "S", "R"), ("S", "L", "A")])
@@ -481,7 +482,8 @@ def test_nifti_stored_in_any_axis_order_shows_the_same_slices(codes):
 def test_nifti_axis_and_slice_are_selectable():
     volume = np.random.default_rng(0).random((40, 50, 60)).astype(np.float32)
     loaded = load_image(nifti_bytes(volume), "v.nii", axis=0, slice_index=3)
-    assert loaded.num_slices == 40 and loaded.slice_index == 3 and loaded.pixels.shape == (60, 50)
+    # 60 slices 2 mm apart by 50 rows 1.5 mm apart, shown with square 1.5 mm pixels
+    assert loaded.num_slices == 40 and loaded.slice_index == 3 and loaded.pixels.shape == (80, 50)
 
 
 def test_nifti_with_nans_decodes():
@@ -704,3 +706,39 @@ def test_corrupt_rle_dicom_that_panics_the_rust_decoder_gets_a_message():
     junk = bytes.fromhex("d71484f8cf9bf4b76f47904730")
     with pytest.raises(ImageInputError, match="corrupt"):
         load_image(data[:6917] + junk + data[6917 + len(junk) :], "rle.dcm")
+
+
+def _ball(shape: tuple[int, ...], spacing: tuple[float, ...], radius_mm: float) -> np.ndarray:
+    """A ball of `radius_mm` at the centre of a grid of `shape` voxels `spacing` mm apart."""
+    axes = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)], indexing="ij")
+    return (np.sqrt(sum(a**2 for a in axes)) <= radius_mm).astype(np.float32)
+
+
+def _extent_ratio(pixels: np.ndarray) -> float:
+    """Height over width of the bright region: 1 for a disc shown with square pixels."""
+    rows, columns = np.nonzero(pixels > 0.5)
+    return (np.ptp(rows) + 1) / (np.ptp(columns) + 1)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_slice_of_thick_slices_keeps_its_shape(axis):
+    """Clinical volumes have thick slices (here 0.9 x 0.9 x 4.5 mm): their coronal and sagittal
+    slices have pixels 5 times taller than wide, and a ball must still look round."""
+    spacing = (0.9, 0.9, 4.5)
+    image = nib.Nifti1Image(_ball((100, 100, 20), spacing, 30.0), np.diag([*spacing, 1.0]))
+    loaded = load_image(image.to_bytes(), "thick.nii", axis=axis)
+    assert 0.9 < _extent_ratio(loaded.pixels) < 1.1
+    assert loaded.pixel_spacing_mm == pytest.approx((0.9, 0.9))
+    if axis != 2:
+        assert loaded.pixels.shape == (100, 100)
+        assert any("4.5 mm tall and 0.9 mm wide" in note for note in loaded.notes)
+    else:
+        assert not any("resampled" in note for note in loaded.notes)
+
+
+def test_a_dicom_with_rectangular_pixels_keeps_its_shape():
+    """PixelSpacing gives the rows' spacing first, then the columns': 1.0 and 0.5 mm here."""
+    disc = _ball((60, 120), (1.0, 0.5), 25.0) * 1000
+    loaded = load_image(make_dicom(disc, PixelSpacing=[1.0, 0.5]), "rect.dcm")
+    assert loaded.pixels.shape == (120, 120) and loaded.pixel_spacing_mm == (0.5, 0.5)
+    assert 0.9 < _extent_ratio(loaded.pixels) < 1.1
