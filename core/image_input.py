@@ -22,6 +22,7 @@ MAX_DICOM_PIXELS = 40_000_000
 MAX_DECODED_BYTES = 512 * 1024 * 1024  # a decoded series, NIfTI volume or DICOM frame, checked from headers first
 MIN_SIDE = 2  # a single row or column is not a slice
 SQUARE_PIXEL_TOLERANCE = 0.01  # rows and columns spaced further apart than this are resampled to square
+MAX_PIXEL_ASPECT = 50  # a header giving pixels more elongated than this is taken to be wrong
 SMALL_SIDE = 32  # below this a slice is a thumbnail, icon or dose grid: read, but with a warning
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -202,8 +203,13 @@ def _square_pixels(loaded: LoadedImage) -> LoadedImage:
     if loaded.pixel_spacing_mm is None:
         return loaded
     row_mm, column_mm = loaded.pixel_spacing_mm
+    if not all(np.isfinite(mm) and mm > 0 for mm in (row_mm, column_mm)):
+        return loaded  # a header without a usable spacing: shown as stored
     if abs(row_mm / column_mm - 1) <= SQUARE_PIXEL_TOLERANCE:
         return loaded
+    if not 1 / MAX_PIXEL_ASPECT <= row_mm / column_mm <= MAX_PIXEL_ASPECT:
+        note = f"Its pixel spacing ({row_mm:.3g} x {column_mm:.3g} mm) is implausible, so it is shown as stored."
+        return replace(loaded, notes=loaded.notes + (note,))
     height, width = loaded.pixels.shape
     side_mm = max(min(row_mm, column_mm), np.sqrt(height * row_mm * width * column_mm / MAX_PIXELS))
     size = (max(1, round(width * column_mm / side_mm)), max(1, round(height * row_mm / side_mm)))

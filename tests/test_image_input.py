@@ -742,3 +742,13 @@ def test_a_dicom_with_rectangular_pixels_keeps_its_shape():
     loaded = load_image(make_dicom(disc, PixelSpacing=[1.0, 0.5]), "rect.dcm")
     assert loaded.pixels.shape == (120, 120) and loaded.pixel_spacing_mm == (0.5, 0.5)
     assert 0.9 < _extent_ratio(loaded.pixels) < 1.1
+
+
+@pytest.mark.parametrize("zooms", [(1.0, 0.0), (1.0, float("nan")), (1.0, float("inf")), (1e-30, 1e30), (1.0, 200.0)])
+def test_an_unusable_or_implausible_spacing_leaves_the_slice_as_stored(zooms):
+    header = nib.Nifti1Header()
+    header.set_data_shape((40, 50))
+    header["pixdim"][1:3] = zooms
+    image = nib.Nifti1Image(np.random.default_rng(0).random((40, 50)).astype(np.float32), None, header)
+    loaded = load_image(image.to_bytes(), "flat.nii")
+    assert loaded.pixels.shape == (50, 40)
