@@ -48,6 +48,9 @@ TIME_LIMIT_S = 300.0  # per request; Score-CAM on a 2-core machine under load ta
 # The methods as an enum, so the OpenAPI schema lists them and FastAPI validates them.
 # "default" is the method the checkpoint's config.json names.
 MethodName = Enum("MethodName", {"default": "default", **{name: name for name in METHODS}}, type=str)
+# The planes a NIfTI volume can be sliced in, and load_image's axis for each.
+PLANE_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}
+Plane = Enum("Plane", {name: name for name in PLANE_AXES}, type=str)
 
 
 class ImageStore:
@@ -240,6 +243,14 @@ def create_app(
         method: MethodName = Query(MethodName["default"], description="default: the checkpoint's own"),
         target: str | None = Query(None, description="class to explain; default the predicted one"),
         brain_mask: bool = Query(True),
+        slice_index: int | None = Query(
+            None,
+            alias="slice",
+            ge=0,
+            description="slice of a NIfTI volume or ZIP series, frame of a DICOM or page of a TIFF, counted from 0; "
+            "default the middle one",
+        ),
+        plane: Plane = Query(Plane["axial"], description="the plane a NIfTI volume is sliced in"),
     ) -> dict:
         name = file.filename or "upload"
         data = await _upload_bytes(file)
@@ -260,7 +271,8 @@ def create_app(
             chosen = None if method.value == "default" else method.value
             settings = ExplainSettings(chosen, target, None, brain_mask, brain_mask)
             pool = app.state.slow_pool if settings.slow else app.state.pool
-            job = pool.submit(decode_and_explain_task, str(folder), data, name, settings)
+            job = pool.submit(decode_and_explain_task, str(folder), data, name, settings, slice_index,
+                              PLANE_AXES[plane.value])  # fmt: skip
         except ExplainError as error:
             raise HTTPException(422, str(error)) from error
         except CheckpointError as error:
@@ -285,6 +297,8 @@ def create_app(
             "unusual": summary["unusual"],
             "uncertain": summary["uncertain"],
             "image_notes": list(image.notes),
+            "slice": image.slice_index,
+            "num_slices": image.num_slices,
             "timings_ms": summary["timings_ms"],
             "heatmap_url": str(request.url_for("picture", key=key, kind="heatmap")),
             "overlay_url": str(request.url_for("picture", key=key, kind="overlay")),

@@ -385,11 +385,21 @@ def explain_task(directory: str, pixels, settings, report: Callable[[int, int], 
     return explain(worker_model(directory), pixels, settings, on_progress=report)
 
 
-def decode_and_explain_task(directory: str, data: bytes, filename: str, settings, report: Callable[[int, int], None]):
-    """(the decoded LoadedImage, its Explanation): decoding in the worker, so that a decoder that
-    aborts the process on a hostile file takes one worker with it, not the server."""
+def decode_and_explain_task(
+    directory: str,
+    data: bytes,
+    filename: str,
+    settings,
+    slice_index: int | None = None,
+    axis: int = 2,
+    *,
+    report: Callable[[int, int], None],
+):
+    """(the decoded LoadedImage, its Explanation) for slice `slice_index` along `axis` (as
+    load_image takes them): decoding in the worker, so that a decoder that aborts the process on
+    a hostile file takes one worker with it, not the server."""
     from core.explain import explain
     from core.image_input import load_image
 
-    image = load_image(data, filename)
+    image = load_image(data, filename, slice_index=slice_index, axis=axis)
     return image, explain(worker_model(directory), image.pixels, settings, on_progress=report)

@@ -211,6 +211,28 @@ def test_a_volume_over_the_single_image_limit_is_explained_as_in_the_app(client)
     assert response.json()["prediction"] in response.json()["class_probabilities"]
 
 
+def test_a_volume_is_explained_at_the_slice_and_plane_asked_for(client):
+    """Like the app's slider and orientation: `slice` counted from 0 (default the middle one),
+    `plane` for NIfTI; the answer says which slice of how many it explained."""
+    import nibabel
+
+    volume = np.zeros((64, 64, 12), dtype=np.float32)
+    for k in range(12):
+        volume[8:56, 8:56, k] = 100 + k  # each axial slice its own brightness
+    data = nibabel.Nifti1Image(volume, np.diag([1.0, 1.0, 4.0, 1.0])).to_bytes()
+    middle = post(client, "head.nii", data).json()
+    assert (middle["slice"], middle["num_slices"]) == (6, 12) and middle["image_notes"] == []
+    chosen = post(client, "head.nii", data, slice=3).json()
+    assert (chosen["slice"], chosen["num_slices"]) == (3, 12)
+    coronal = post(client, "head.nii", data, plane="coronal", slice=40).json()
+    assert (coronal["slice"], coronal["num_slices"]) == (40, 64)
+    assert any("4 mm tall and 1 mm wide" in note for note in coronal["image_notes"])
+    beyond = post(client, "head.nii", data, slice=12)
+    assert beyond.status_code == 422 and "slice" in beyond.json()["error"]
+    assert post(client, "head.nii", data, plane="oblique").status_code == 422
+    assert post(client, "head.nii", data, slice=-1).status_code == 422
+
+
 def test_a_volume_just_over_its_limit_is_refused_with_413_not_read_as_empty(client):
     """Within the body cap (the file plus 1 MB of form framing) but over the file limit."""
     response = post(client, "series.nii", b"\0" * (MAX_VOLUME_FILE_BYTES + 2**17))
