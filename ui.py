@@ -24,6 +24,7 @@ from core.faithfulness import FaithfulnessCheck, RoadCheck
 from core.image_input import (
     MAX_FILE_BYTES,
     MAX_VOLUME_FILE_BYTES,
+    PLANE_AXES,
     ImageInputError,
     LoadedImage,
     thumbnail_note,
@@ -329,7 +330,7 @@ def pick_scan(key: str) -> Scan | None:
             [2, 1, 0],
             horizontal=True,
             key=f"{key}_axis",
-            format_func={2: "axial", 1: "coronal", 0: "sagittal"}.get,
+            format_func={axis: plane for plane, axis in PLANE_AXES.items()}.get,
         )
     try:
         first = cached.image(data, filename, None, axis)

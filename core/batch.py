@@ -56,12 +56,15 @@ class ExplainedFile:
     report_page: ReportScan | None = None  # with report=True
 
 
-def explain_file(loaded: LoadedModel, path: Path, settings: ExplainSettings, report: bool = False) -> ExplainedFile:
-    """Read, explain and draw one file: the unit of work of every engine."""
+def explain_file(
+    loaded: LoadedModel, path: Path, settings: ExplainSettings, report: bool = False, axis: int = 2
+) -> ExplainedFile:
+    """Read, explain and draw one file (a volume's middle slice along `axis`, as load_image
+    takes it): the unit of work of every engine."""
     entry = {"image": str(path)}
     try:
         data = path.read_bytes()
-        loaded_image = load_image(data, path.name)
+        loaded_image = load_image(data, path.name, axis=axis)
         image = loaded_image.pixels
         result = explain(loaded, image, settings)
     except (ImageInputError, ExplainError, OSError) as error:
@@ -100,10 +103,12 @@ def explain_files(
     address: str | None = None,
     workers: int | None = None,
     report: bool = False,
+    axis: int = 2,
 ) -> list[dict]:
     """Explain every image; returns one dict per input (also in results.json / summary.csv).
 
     Args:
+        axis: the axis NIfTI volumes are sliced along (2 axial, 1 coronal, 0 sagittal).
         engine: "local" (this process) or "ray" (an actor pool, core.distributed; `address`
             and `workers` are its cluster and pool size). Both write the same files and rows.
         report: also write OUT/report.pdf, a case report page per explained image (local engine).
@@ -116,9 +121,10 @@ def explain_files(
         from core.distributed import explain_stream
 
         files = [path.resolve() for path, _ in inputs]  # workers may not share this process's directory
-        stream = explain_stream(loaded, resolve_checkpoint(checkpoint).resolve(), files, settings, address, workers)
+        stream = explain_stream(loaded, resolve_checkpoint(checkpoint).resolve(), files, settings, address, workers,
+                                axis)  # fmt: skip
     else:
-        stream = ((index, explain_file(loaded, path, settings, report)) for index, (path, _) in enumerate(inputs))
+        stream = ((index, explain_file(loaded, path, settings, report, axis)) for index, (path, _) in enumerate(inputs))
     results: list[dict | None] = [None] * len(inputs)
     pages: list[ReportScan | None] = [None] * len(inputs)
     for index, explained in tqdm(stream, total=len(inputs), desc="explain", unit="image", disable=not progress):
@@ -195,10 +201,12 @@ def explain_volumes(
     top: int = 3,
     progress: bool = True,
     report: bool = False,
+    axis: int = 2,
 ) -> list[dict]:
     """`explain --all-slices`: every slice of each volume scored (summary.csv: one row per
     slice), and heatmap + overlay PNGs for its `top` most suspicious slices. With `report`,
-    OUT/report.pdf: per volume, its most suspicious slice's page and the per-slice chart."""
+    OUT/report.pdf: per volume, its most suspicious slice's page and the per-slice chart.
+    NIfTI volumes are sliced along `axis` (2 axial, 1 coronal, 0 sagittal)."""
     from core.volume import score_volume, slice_reader
 
     loaded = load_checkpoint(checkpoint)
@@ -208,7 +216,7 @@ def explain_volumes(
     for path, stem in expand_inputs(paths):
         try:
             data = path.read_bytes()
-            count, read = slice_reader(data, path.name)
+            count, read = slice_reader(data, path.name, axis)
         except (ImageInputError, OSError) as error:
             tqdm.write(f"{path}: {_message(error)}", file=sys.stderr)
             volumes.append({"image": str(path), "error": _message(error)})

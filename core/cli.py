@@ -20,7 +20,7 @@ from core.config import CheckpointError
 from core.errors import DatasetError, EngineError
 from core.evaluation_store import cache_dir
 from core.explanation import METHODS, ExplainError, ExplainSettings
-from core.image_input import ImageInputError
+from core.image_input import PLANE_AXES, ImageInputError
 from core.reliability import COMBINATIONS
 from core.training.options import TrainOptions
 from core.workers import SLOW_QUEUE_LIMIT
@@ -166,6 +166,9 @@ def _explain(commands) -> None:
     parser.add_argument("--all-slices", action="store_true", help=every)
     parser.add_argument("--top", type=int, default=3, help="with --all-slices: slices per volume given PNGs")
     parser.add_argument("--report", action="store_true", help="also write report.pdf: a case report page per scan")
+    parser.add_argument(
+        "--plane", choices=list(PLANE_AXES), default="axial", help="the plane NIfTI volumes are sliced in"
+    )
     _add_engine_options(parser)
     parser.set_defaults(run=_run_explain)
 
@@ -178,14 +181,14 @@ def _run_explain(args: argparse.Namespace) -> int:
         return 2
     if args.all_slices:
         volumes = explain_volumes(args.images, args.checkpoint, args.out, _explain_settings(args), top=args.top,
-                                  report=args.report)  # fmt: skip
+                                  report=args.report, axis=PLANE_AXES[args.plane])  # fmt: skip
         failed = sum("error" in v for v in volumes)
         slices = sum(v.get("num_slices", 0) for v in volumes)
         print(f"{slices} slices of {len(volumes) - failed} of {len(volumes)} volumes scored; "
               f"results in {args.out / 'summary.csv'}")  # fmt: skip
         return 1 if failed else 0
     results = explain_files(args.images, args.checkpoint, args.out, _explain_settings(args), report=args.report,
-                            **_engine_options(args))  # fmt: skip
+                            axis=PLANE_AXES[args.plane], **_engine_options(args))  # fmt: skip
     failed = sum("error" in r for r in results)
     print(f"{len(results) - failed} of {len(results)} images explained; results in {args.out / 'results.json'}")
     return 1 if failed else 0

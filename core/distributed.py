@@ -67,14 +67,16 @@ class _Worker:
 
 
 class _ExplainWorker(_Worker):
-    def __init__(self, checkpoint: str, weights_sha256: str, settings):
+    def __init__(self, checkpoint: str, weights_sha256: str, settings, axis: int):
         super().__init__(checkpoint, weights_sha256)
-        self.settings = settings
+        self.settings, self.axis = settings, axis
 
     def __call__(self, batch: dict) -> dict:
         from core.batch import explain_file
 
-        results = [pickle.dumps(explain_file(self.loaded, Path(path), self.settings)) for path in batch["path"]]
+        results = [
+            pickle.dumps(explain_file(self.loaded, Path(path), self.settings, axis=self.axis)) for path in batch["path"]
+        ]
         return {"index": batch["index"], "result": results}
 
 
@@ -113,14 +115,21 @@ def _stream(ray, items: list[dict], worker: type, arguments: tuple, per_call: in
 
 
 def explain_stream(
-    loaded: LoadedModel, checkpoint: Path, files: list[Path], settings, address: str | None, workers: int | None
+    loaded: LoadedModel,
+    checkpoint: Path,
+    files: list[Path],
+    settings,
+    address: str | None,
+    workers: int | None,
+    axis: int = 2,
 ) -> Iterator:
-    """(index into `files`, core.batch.ExplainedFile) for every file, as actors finish them."""
+    """(index into `files`, core.batch.ExplainedFile) for every file, as actors finish them;
+    NIfTI volumes sliced along `axis`."""
     if not files:
         return
     items = [{"index": index, "path": str(path)} for index, path in enumerate(files)]
     with ray_runtime(address, workers) as ray:
-        arguments = (str(checkpoint), loaded.weights_sha256, settings)
+        arguments = (str(checkpoint), loaded.weights_sha256, settings, axis)
         yield from _stream(ray, items, _ExplainWorker, arguments, FILES_PER_CALL, workers)
 
 

@@ -21,6 +21,7 @@ MAX_PIXELS = 16_000_000  # per slice: a 4000x4000 image; MRI slices are rarely o
 MAX_DICOM_PIXELS = 40_000_000
 MAX_DECODED_BYTES = 512 * 1024 * 1024  # a decoded series, NIfTI volume or DICOM frame, checked from headers first
 MIN_SIDE = 2  # a single row or column is not a slice
+PLANE_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}  # the planes a NIfTI volume is sliced in: load_image's axis
 SQUARE_PIXEL_TOLERANCE = 0.01  # rows and columns spaced further apart than this are resampled to square
 MAX_PIXEL_ASPECT = 50  # a header giving pixels more elongated than this is taken to be wrong
 SMALL_SIDE = 32  # below this a slice is a thumbnail, icon or dose grid: read, but with a warning

@@ -30,7 +30,14 @@ from starlette.formparsers import MultiPartParser
 from core.config import CheckpointError, list_checkpoints, preferred_checkpoint, read_config
 from core.config import resolve_checkpoint as resolve
 from core.explanation import METHODS, ExplainError, ExplainSettings
-from core.image_input import MAX_FILE_BYTES, MAX_VOLUME_FILE_BYTES, ImageInputError, oversize_message, upload_kind
+from core.image_input import (
+    MAX_FILE_BYTES,
+    MAX_VOLUME_FILE_BYTES,
+    PLANE_AXES,
+    ImageInputError,
+    oversize_message,
+    upload_kind,
+)
 from core.render import explanation_panels, png_bytes
 from core.workers import (
     SLOW_NICE,
@@ -48,8 +55,6 @@ TIME_LIMIT_S = 300.0  # per request; Score-CAM on a 2-core machine under load ta
 # The methods as an enum, so the OpenAPI schema lists them and FastAPI validates them.
 # "default" is the method the checkpoint's config.json names.
 MethodName = Enum("MethodName", {"default": "default", **{name: name for name in METHODS}}, type=str)
-# The planes a NIfTI volume can be sliced in, and load_image's axis for each.
-PLANE_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}
 Plane = Enum("Plane", {name: name for name in PLANE_AXES}, type=str)
 
 

@@ -153,3 +153,20 @@ def test_cli_all_slices_writes_a_row_per_slice_and_the_top_slices_pictures(check
     assert sorted(r["slice"] for r in rows if r["overlay"]) == sorted(str(i) for i in top)
     pages = pdf_text((tmp_path / "o" / "report.pdf").read_bytes())  # the volume's two pages, none for the ZIP
     assert len(pages) == 2 and f"slice {top[0]} of 0-4" in pages[0] and "Every slice of head.nii" in pages[1]
+
+
+def test_cli_plane_cuts_volumes_in_the_plane_asked_for(checkpoint_root, tmp_path):
+    """`--plane coronal` scores one row per coronal slice; a single explanation of a volume is its
+    middle slice in that plane, pixels made square (this volume's voxels are 1 x 1.5 x 2 mm)."""
+    volume = np.stack([head_phantom(48, seed) for seed in range(6)], axis=2).astype(np.float32)
+    (tmp_path / "head.nii").write_bytes(nifti_bytes(volume))
+    checkpoint = str(checkpoint_root / "tiny_convnext")
+    scan = str(tmp_path / "head.nii")
+    assert main(["explain", scan, "--checkpoint", checkpoint, "--all-slices", "--plane", "coronal",
+                 "--out", str(tmp_path / "all")]) == 0  # fmt: skip
+    rows = list(csv.DictReader((tmp_path / "all" / "summary.csv").open()))
+    assert len(rows) == 48  # the coronal slices: one per row of the 48 x 48 axial slices
+    assert main(["explain", scan, "--checkpoint", checkpoint, "--plane", "sagittal",
+                 "--out", str(tmp_path / "one")]) == 0  # fmt: skip
+    entry = json.loads((tmp_path / "one" / "results.json").read_text())["images"][0]
+    assert any("2 mm tall and 1.5 mm wide" in note for note in entry["image_notes"])
