@@ -752,3 +752,9 @@ def test_an_unusable_or_implausible_spacing_leaves_the_slice_as_stored(zooms):
     image = nib.Nifti1Image(np.random.default_rng(0).random((40, 50)).astype(np.float32), None, header)
     loaded = load_image(image.to_bytes(), "flat.nii")
     assert loaded.pixels.shape == (50, 40)
+
+
+def test_nearly_square_pixels_are_left_as_stored():
+    """Under 5 % apart (0.94 and 0.9 mm) the slice is not interpolated: no visible difference."""
+    loaded = load_image(make_dicom(np.uint16(head_phantom(80) * 1000), PixelSpacing=[0.94, 0.9]), "near.dcm")
+    assert loaded.pixels.shape == (80, 80) and loaded.pixel_spacing_mm == (0.94, 0.9)
