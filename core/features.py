@@ -125,18 +125,9 @@ def scores_and_features(model: torch.nn.Module, tensor: torch.Tensor) -> tuple[t
     """(logits, familiarity features) from one forward pass: the pooled features the classifier
     reads (timm pre-logits), the mean and standard deviation of each channel of early_layer()
     (Lee et al. 2018 also score intermediate layers), then texture_statistics() of the input."""
-    seen = []
-    handle = early_layer(model).register_forward_hook(lambda module, inputs, output: seen.append(output))
-    try:
-        pooled = model.forward_head(model.forward_features(tensor), pre_logits=True)
-    finally:
-        handle.remove()
-    return model.get_classifier()(pooled), _features(pooled, seen[0], tensor)
-
-
-def _features(pooled: torch.Tensor, early: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
-    early = early.float()
-    return torch.cat([pooled.float(), early.mean((2, 3)), early.std((2, 3)), texture_statistics(tensor)], 1)
+    with FirstPassFeatures(model) as first_pass:
+        logits = model(tensor)
+    return logits, first_pass.kept_features(tensor)
 
 
 class FirstPassFeatures:
@@ -163,12 +154,18 @@ class FirstPassFeatures:
         for handle in self.handles:
             handle.remove()
 
+    def kept_features(self, tensor: torch.Tensor) -> torch.Tensor:
+        """(N, C) from what the first pass kept, `tensor` being its input."""
+        early = self.kept["early"].float()
+        statistics = [self.kept["pooled"].float(), early.mean((2, 3)), early.std((2, 3)), texture_statistics(tensor)]
+        return torch.cat(statistics, 1)
+
     @torch.no_grad()
     def features(self, tensor: torch.Tensor) -> np.ndarray:
         """(N, C) for `tensor`, the input of that first pass; a fresh pass if none was seen."""
         if self.model.training or len(self.kept) < 2 or len(self.kept["pooled"]) != len(tensor):
             return familiarity_features(self.model, tensor)
-        return _features(self.kept["pooled"], self.kept["early"], tensor).numpy()
+        return self.kept_features(tensor).numpy()
 
 
 @torch.no_grad()
