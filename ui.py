@@ -323,11 +323,11 @@ def pick_scan(key: str) -> Scan | None:
         filename = st.selectbox("Sample", samples, key=f"{key}_sample")
         data = (SAMPLE_DIR / filename).read_bytes()
 
-    axis = 2
+    axis = PLANE_AXES["axial"]
     if upload_kind(filename, data) == "NIfTI":
         axis = st.radio(
             "Slice orientation",
-            [2, 1, 0],
+            list(PLANE_AXES.values()),
             horizontal=True,
             key=f"{key}_axis",
             format_func={axis: plane for plane, axis in PLANE_AXES.items()}.get,

@@ -742,7 +742,7 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
         rows_mm, columns_mm = float(zooms[1]), float(zooms[0])  # rotated for display: rows run along y
         return LoadedImage(pixels=to_unit_range(np.rot90(_nifti_values(image, ()))), file_format="NIfTI",
                            pixel_spacing_mm=(rows_mm, columns_mm))  # fmt: skip
-    if axis not in (0, 1, 2):
+    if axis not in PLANE_AXES.values():
         raise ImageInputError("The slicing axis must be 0 (sagittal), 1 (coronal) or 2 (axial).")
     world, direction, notes = _voxel_orientation(image.affine)
     stored = world.index(axis)  # the stored axis that runs along the one asked for
