@@ -9,6 +9,8 @@
 # The seventh round's run: RANDOMISE=0.1 with the sixth's C9; the eighth adds CONTROLS=0.25 (control fills).
 # The ninth runs the eighth's recipe for EPOCHS=8 with SEED=0 and SEED=1 (HOLDOUT_SEED stays 0).
 # The eleventh gives the ConvNeXt the eighth's recipe: ARCH=convnext_atto BASELINE=<its hold-out-clean weights>.
+# The sixteenth adds ATTENTION=BETA: the teacher scores every augmented view and the student's attention maps
+# are pulled towards the teacher's (--consistent-teacher --attention-transfer BETA).
 # Judge OUT/select.log and OUT/stress/stress.json by the rule in docs/training.md before any test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,13 +22,15 @@ precision=()
 [[ $device == cuda ]] && precision=(--bf16)
 teacher=()
 [[ -n ${TEACHER:-} ]] && teacher=(--teacher "$TEACHER" --distill-weight "${DISTILL:-0.5}")
+attention=()
+[[ -n ${ATTENTION:-} ]] && attention=(--consistent-teacher --attention-transfer "$ATTENTION")
 template=(--healthy-template)
 [[ ${TEMPLATE:-1} == 0 ]] && template=()
 mkdir -p "$out"
 [[ ${SKIP_TRAIN:-0} == 1 ]] || $python -m core train --arch "${ARCH:-tf_efficientnet_lite0}" --image-size 256 --data "$data" --out "$out/model" \
   --init "${INIT:-imagenet-lite0}" --epochs "${EPOCHS:-12}" --lr "${LR:-1e-3}" \
   --counterfactuals "${COUNTERFACTUALS:-0.25}" --control-fills "${CONTROLS:-0}" --randomise "${RANDOMISE:-0.3}" "${template[@]}" \
-  --guidance "${GUIDANCE:-0.3}" "${teacher[@]}" --threads "${THREADS:-2}" \
+  --guidance "${GUIDANCE:-0.3}" "${teacher[@]}" "${attention[@]}" --threads "${THREADS:-2}" \
   --seed "${SEED:-0}" --holdout-seed "${HOLDOUT_SEED:-0}" ${MAX_STEPS:+--max-steps "$MAX_STEPS"} \
   --device "$device" "${precision[@]}" --no-progress \
   | tee "$out/train.log"
