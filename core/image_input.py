@@ -120,7 +120,7 @@ def load_image(
         raise ImageInputError(
             f"The {kind} file is truncated or corrupt and cannot be read. Export it again and re-upload."
         ) from error
-    return _size_checked(_square_pixels(loaded))
+    return _finished(loaded)
 
 
 def upload_kind(filename: str, data: bytes) -> str | None:
@@ -188,6 +188,12 @@ def thumbnail_note(shape: tuple[int, ...]) -> str | None:
         f"This image is only {width}x{height} pixels (a thumbnail, icon or dose grid, not a diagnostic slice). "
         "It was enlarged for the model, so the prediction and heatmap say little; upload the full-resolution slice."
     )
+
+
+def _finished(loaded: LoadedImage) -> LoadedImage:
+    """The last steps of every slice read, from one file or from a series: square pixels, then
+    the size check (both leave a slice that already went through them as it is)."""
+    return _size_checked(_square_pixels(loaded))
 
 
 def _size_checked(loaded: LoadedImage) -> LoadedImage:
@@ -579,7 +585,7 @@ def series_slice(series, index: int) -> LoadedImage:
         raise ImageInputError(f"Slice {index} ({member}) of the ZIP is damaged and cannot be read.") from error
     loaded = replace(loaded, file_format="DICOM series", num_slices=len(series.members), slice_index=index,
                      notes=series.notes + loaded.notes)  # fmt: skip
-    return _size_checked(loaded)
+    return _finished(loaded)
 
 
 def _decoder_available(syntax) -> bool:

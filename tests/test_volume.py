@@ -61,6 +61,19 @@ def test_series_is_sorted_along_the_slice_normal_not_by_name():
     assert "ImagePositionPatient" in loaded.notes[0] and "1 file(s)" in loaded.notes[0]
 
 
+def test_every_slice_of_a_series_with_rectangular_pixels_is_read_as_load_image_reads_it():
+    """Scoring every slice reads them one by one: each must be resampled to square pixels as
+    the slice shown on the page is, or the chart would score other pixels than the page shows."""
+    uid = generate_uid()
+    fields = {"SeriesInstanceUID": uid, "ImageOrientationPatient": AXIAL, "PixelSpacing": [1.0, 0.5]}
+    data = series_zip({f"{z}.dcm": {"value": 100 + z, "ImagePositionPatient": [0, 0, z], **fields} for z in range(3)})
+    count, read = slice_reader(data, "study.zip")
+    for index in range(count):
+        shown = load_image(data, "study.zip", slice_index=index)
+        assert shown.pixels.shape == (96, 48) and shown.pixel_spacing_mm == (0.5, 0.5)
+        np.testing.assert_array_equal(read(index).pixels, shown.pixels)
+
+
 def test_series_without_positions_uses_instance_numbers():
     uid = generate_uid()
     data = series_zip({f"{name}.dcm": {"value": 50 + number, "SeriesInstanceUID": uid, "InstanceNumber": number}
