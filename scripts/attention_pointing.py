@@ -15,7 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -27,7 +26,7 @@ from core.inference import model_input  # noqa: E402
 from core.localisation import mass_inside, pointing_game  # noqa: E402
 from core.preprocess import heatmap_to_slice, prepare_for_model  # noqa: E402
 from core.sweep import HOLDOUT, _load_cases  # noqa: E402
-from core.training.distillation import attention_layers, keep_outputs  # noqa: E402
+from core.training.distillation import attention_layers, attention_map, keep_outputs  # noqa: E402
 
 
 def attention_scores(loaded: LoadedModel, cases) -> dict[str, tuple[float, float]]:
@@ -42,8 +41,7 @@ def attention_scores(loaded: LoadedModel, cases) -> dict[str, tuple[float, float
             with torch.no_grad():
                 loaded.model(model_input(torch.from_numpy(prepared.square)[None], loaded.config.preprocessing))
             for layer in layers:
-                attention = outputs[layer].float().pow(2).mean(1)[0].numpy()
-                attention = cv2.resize(attention, (size, size), interpolation=cv2.INTER_LINEAR)
+                attention = attention_map(outputs[layer], (size, size)).reshape(size, size).numpy()
                 full = heatmap_to_slice(attention / max(float(attention.max()), 1e-12), prepared.box, case.image.shape)
                 full = apply_brain_mask(full, prepared.brain.mask if prepared.brain.found else None)
                 scores[layer][0].append(pointing_game(full, case.tumour))
