@@ -11,6 +11,7 @@
 # The eleventh gives the ConvNeXt the eighth's recipe: ARCH=convnext_atto BASELINE=<its hold-out-clean weights>.
 # The sixteenth adds ATTENTION=BETA: the teacher scores every augmented view and the student's attention maps
 # are pulled towards the teacher's (--consistent-teacher --attention-transfer BETA).
+# The eighteenth's refit trains on every train+val image, the hold-out included: HOLDOUT_FRACTION=0 MEASURE=0.
 # Judge OUT/select.log and OUT/stress/stress.json by the rule in docs/training.md before any test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,7 @@ mkdir -p "$out"
   --init "${INIT:-imagenet-lite0}" --epochs "${EPOCHS:-12}" --lr "${LR:-1e-3}" \
   --counterfactuals "${COUNTERFACTUALS:-0.25}" --control-fills "${CONTROLS:-0}" --randomise "${RANDOMISE:-0.3}" "${template[@]}" \
   --guidance "${GUIDANCE:-0.3}" "${teacher[@]}" "${attention[@]}" --threads "${THREADS:-2}" \
-  --seed "${SEED:-0}" --holdout-seed "${HOLDOUT_SEED:-0}" ${MAX_STEPS:+--max-steps "$MAX_STEPS"} \
+  --seed "${SEED:-0}" --holdout-seed "${HOLDOUT_SEED:-0}" ${HOLDOUT_FRACTION:+--holdout-fraction "$HOLDOUT_FRACTION"} ${MAX_STEPS:+--max-steps "$MAX_STEPS"} \
   --device "$device" "${precision[@]}" --no-progress \
   | tee "$out/train.log"
 # MEASURE=0: train only (on a GPU machine that holds the shrunk copy; measure here, on the originals,
