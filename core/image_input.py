@@ -718,9 +718,12 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
         # the data are decompressed or decoded.
         head = gunzip_at_most(data, 1024) if compressed else data[:1024]
         kind = nib.Nifti2Image if _is_nifti2(head) else nib.Nifti1Image
-        header = kind.header_class.from_fileobj(io.BytesIO(head))
+        # The fixed-size header alone: extensions (kilobytes of XML or JSON) may run past `head`.
+        size = kind.header_class.template_dtype.itemsize
+        header = kind.header_class(binaryblock=head[:size], check=True)
         shape = tuple(int(s) for s in header.get_data_shape())
         dtype = header.get_data_dtype()
+        offset = int(header.get_data_offset())
     except broken as error:
         raise ImageInputError("The NIfTI file is truncated or corrupt. Export it again and re-upload.") from error
     if len(shape) < 2 or len(shape) > 4 or (len(shape) == 4 and shape[3] != 1):
@@ -738,8 +741,13 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
             f"The NIfTI volume declares {'x'.join(map(str, shape))} voxels ({declared / 2**20:.0f} MB), over the "
             f"{MAX_DECODED_BYTES // 2**20} MB limit. Export a cropped or single volume."
         )
+    if offset + declared > MAX_DECODED_BYTES:
+        raise ImageInputError(
+            f"The NIfTI header says its voxels start {offset / 2**20:.0f} MB into the file, over the "
+            f"{MAX_DECODED_BYTES // 2**20} MB limit. Export the volume again without header extensions."
+        )
     try:
-        raw = gunzip_at_most(data, int(header.get_data_offset()) + declared) if compressed else data
+        raw = gunzip_at_most(data, offset + declared) if compressed else data
         image = kind.from_bytes(raw)
     except broken as error:
         raise ImageInputError("The NIfTI file is truncated or corrupt. Export it again and re-upload.") from error

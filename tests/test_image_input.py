@@ -659,6 +659,29 @@ def test_a_small_nifti_bomb_is_refused_from_its_header():
         load_image(data, "bomb.nii.gz")
 
 
+def test_a_nifti_with_a_long_header_extension_is_read():
+    """Converters and toolkits add header extensions (AFNI's XML, DICOM tags, CIFTI, JSON
+    sidecars) of several kilobytes between the header and the voxels; they must not make the
+    file look truncated."""
+    volume = np.random.default_rng(2).random((40, 40, 5)).astype(np.float32)
+    image = nib.Nifti1Image(volume, np.eye(4))
+    image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"converter notes " * 400))
+    for gz in (False, True):
+        data = gzip.compress(image.to_bytes()) if gz else image.to_bytes()
+        loaded = load_image(data, "extended.nii.gz" if gz else "extended.nii")
+        assert loaded.num_slices == 5 and loaded.pixels.max() == pytest.approx(1.0)
+
+
+def test_a_nifti_whose_voxels_are_said_to_start_gigabytes_in_is_refused_before_decompressing():
+    header = nib.Nifti1Header()
+    header.set_data_shape((40, 40, 5))
+    header.set_data_dtype(np.float32)
+    header.set_data_offset(3 * 2**30)  # a 3 GB "extension" of zeros, 3 MB once compressed
+    data = gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 6_000_000)
+    with pytest.raises(ImageInputError, match="over the 512 MB limit"):
+        load_image(data, "far.nii.gz")
+
+
 def test_nifti2_rgb_and_complex_volumes():
     volume = np.random.default_rng(1).random((40, 40, 5)).astype(np.float32)
     nifti2 = nib.Nifti2Image(volume, np.eye(4)).to_bytes()
