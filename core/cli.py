@@ -547,6 +547,8 @@ def _reliability(commands) -> None:
     parser.add_argument("--no-flatness", action="store_true", help="no flat or linear shares, nor tilt, in texture")
     parser.add_argument("--no-linear", action="store_true", help="no linear share, nor tilt, in the texture block")
     parser.add_argument("--no-tilt", action="store_true", help="no intensity tilt in the texture block")
+    twin = "(weights refit with --holdout-fraction 0) their twin, whose margin they take"
+    parser.add_argument("--margin-from", metavar="TWIN", help=twin)
     parser.add_argument(
         "--combine", choices=COMBINATIONS, default=COMBINATIONS[0],
         help="how the feature blocks' scaled distances make one: added in quadrature, or the largest",
@@ -561,11 +563,12 @@ def _run_reliability(args: argparse.Namespace) -> int:
     fitted = fit_checkpoint(
         args.checkpoint, args.data, args.seed, sys.stderr.isatty(),
         texture=not args.no_texture, combine=args.combine, flatness=not args.no_flatness, linear=not args.no_linear,
-        tilt=not args.no_tilt,
+        tilt=not args.no_tilt, margin_from=args.margin_from,
     )  # fmt: skip
     path = save(fitted, resolve_checkpoint(args.checkpoint))
     info = fitted.info
     print(f"wrote {path}: unfamiliar beyond distance {fitted.threshold:.1f} (95th percentile of the hold-out); "
           f"uncertain below a lead of {fitted.margin:.2f}, keeping {info['coverage']:.0%} of the hold-out "
-          f"at selective accuracy {info['selective_accuracy']}")  # fmt: skip
+          f"at selective accuracy {info['selective_accuracy']}"
+          + (f" (the margin of {args.margin_from}, on its hold-out)" if args.margin_from else ""))  # fmt: skip
     return 0

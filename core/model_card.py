@@ -225,13 +225,28 @@ def _reliability_section(reliability: Reliability | None) -> list[str]:
         f"Ledoit-Wolf covariance), fitted on the {info.get('fitted_on')}; the score is the share of the "
         f"{info.get('holdout')} lying at least as far. Below {info.get('unfamiliar_below')}: unfamiliar.",
         f"- Uncertain when the top calibrated probability leads the runner-up by less than {reliability.margin:.2f}: "
-        f"the smallest lead at which the hold-out's confident predictions are right at least "
+        f"the smallest lead at which {_whose_predictions(info)} confident predictions are right at least "
         f"{info.get('target_selective_accuracy'):.0%} of the time (they were "
         + (f"{kept:.1%}, keeping {info.get('coverage'):.0%} of the hold-out)." if kept is not None else "never; "
            "every prediction is marked uncertain).")
-        + (" The weights were refit on the hold-out, so these thresholds are optimistic."
-           if info.get("refit_without_holdout") else ""),
+        + _refit_words(info),
     ]  # fmt: skip
+
+
+def _whose_predictions(info: dict) -> str:
+    twin = info.get("margin_from")
+    if twin:
+        return f"the twin run's (`{twin['checkpoint']}`, the same recipe with the hold-out kept out)"
+    return "the hold-out's"
+
+
+def _refit_words(info: dict) -> str:
+    if not info.get("refit_without_holdout"):
+        return ""
+    refit = " The weights were refit on the hold-out, so"
+    if info.get("margin_from"):
+        return f"{refit} the familiarity threshold is fitted on slices they trained on."
+    return f"{refit} these thresholds are optimistic."
 
 
 def _stress_section(stress: dict) -> list[str]:

@@ -14,7 +14,8 @@ farther than 95 % of the hold-out, and that slice is called unfamiliar.
 
 Near-ties: a prediction is uncertain when its calibrated probability beats the runner-up by
 less than a margin chosen on the same hold-out, the smallest margin at which the confident
-predictions reach the stated selective accuracy.
+predictions reach the stated selective accuracy. Weights refit on every image, the hold-out
+included, take the margin their twin (the same recipe with the hold-out kept out) chose there.
 
 Stored beside the weights as reliability.safetensors (tensors plus JSON metadata, no pickle);
 `python -m core reliability --checkpoint NAME --data ROOT` fits it. core.features computes the
@@ -273,6 +274,46 @@ def load(directory: Path) -> Reliability | None:
     return reliability
 
 
+def twin_margin(checkpoint: str | Path, twin: str | Path) -> dict:
+    """The near-tie margin for `checkpoint`, refit on every image (its hold-out included), from
+    `twin`, the same recipe run with the grouped hold-out kept out: a margin fitted on slices the
+    weights trained on is optimistic. Returns the twin's margin, with the coverage and selective
+    accuracy it had on the hold-out and where it came from.
+
+    Raises:
+        CheckpointError: another architecture or classes, a checkpoint that kept its own hold-out,
+            a twin that held nothing out, another temperature, or a twin with no fitted file.
+    """
+    from core.config import CheckpointError, read_config, resolve_checkpoint
+
+    target_dir, twin_dir = resolve_checkpoint(checkpoint), resolve_checkpoint(twin)
+    target, source = read_config(target_dir), read_config(twin_dir)
+    if (source.architecture, list(source.label_names)) != (target.architecture, list(target.label_names)):
+        raise CheckpointError(
+            f"{twin} is a {source.architecture} for {list(source.label_names)}; "
+            f"{checkpoint} is a {target.architecture} for {list(target.label_names)}."
+        )
+    if not target.refit_without_holdout:
+        raise CheckpointError(f"{checkpoint} kept its own hold-out, so its margin is fitted there; leave out the twin.")
+    if source.refit_without_holdout:
+        raise CheckpointError(f"{twin} held nothing out, so it has no margin fitted on unseen slices.")
+    if not np.isclose(source.temperature, target.temperature, rtol=1e-6, atol=0):
+        raise CheckpointError(
+            f"{twin}'s temperature ({source.temperature:.3f}) is not {checkpoint}'s ({target.temperature:.3f}), "
+            f"and the margin is a lead in calibrated probabilities: first `python -m core calibrate --checkpoint "
+            f"{checkpoint} --temperature-from {twin}`."
+        )
+    fitted = load(twin_dir)
+    if fitted is None:
+        raise CheckpointError(f"{twin} has no {RELIABILITY_FILE}; fit it first with `python -m core reliability`.")
+    return {
+        "margin": fitted.margin,
+        "coverage": fitted.info.get("coverage"),
+        "selective_accuracy": fitted.info.get("selective_accuracy"),
+        "margin_from": {"checkpoint": str(twin), "holdout": fitted.info.get("holdout")},
+    }
+
+
 def fit_checkpoint(
     checkpoint: str | Path,
     data: Path,
@@ -283,19 +324,32 @@ def fit_checkpoint(
     flatness: bool = True,
     linear: bool = True,
     tilt: bool = True,
+    margin_from: str | Path | None = None,
 ) -> Reliability:
     """Fit familiarity on the training part of train+val and the margin on its grouped hold-out
     (the split `train` uses, seed 0), with the inputs the app gives the model (brain-masked).
     `texture`: add the texture-statistics block (docs/training.md says which checkpoint has it),
     `flatness`: with its flat share and what follows, `linear`: with the linear share and the
     tilt, `tilt`: with intensity_tilt()'s slopes;
-    `combine`: how the blocks' distances make one ("quadrature" or "max")."""
+    `combine`: how the blocks' distances make one ("quadrature" or "max");
+    `margin_from`: for weights refit on every image, the twin whose margin they take (required).
+
+    Raises:
+        CheckpointError: a refit without `margin_from`, or a twin twin_margin() refuses.
+    """
     from core.checkpoint import load_checkpoint
+    from core.config import CheckpointError
     from core.dataset import decode_records, grouped_holdout, list_split
     from core.inference import square_scores
     from core.metrics import softmax
 
     loaded = load_checkpoint(checkpoint, reliability=False)  # the old file may not fit these weights
+    if margin_from is None and loaded.config.refit_without_holdout:
+        raise CheckpointError(
+            f"{checkpoint} was refit on every image, its hold-out included, so a margin fitted there would be "
+            "optimistic; take its twin's with --margin-from TWIN."
+        )
+    from_twin = twin_margin(checkpoint, margin_from) if margin_from is not None else None
     names = list(loaded.config.label_names)
     settings = loaded.config.preprocessing
     records = [record for split in ("train", "val") for record in list_split(data, split, names)]
@@ -304,7 +358,7 @@ def fit_checkpoint(
     labels = np.array([names.index(record.label) for record in records])
     logits, features = square_scores(loaded.model, masked, settings)  # one forward pass gives both
     probabilities = softmax(logits, loaded.config.temperature)
-    chosen = choose_margin(probabilities[held], labels[held])
+    chosen = from_twin or choose_margin(probabilities[held], labels[held])
     info = {
         "fitted_on": f"training part of train+val ({int((~held).sum())} images), brain-masked inputs",
         "holdout": f"grouped 15 % of train+val, seed {seed} ({int(held.sum())} images)",

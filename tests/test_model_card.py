@@ -218,3 +218,23 @@ def test_card_names_the_familiarity_blocks_as_fitted():
     assert "flat pixels and linear ramps" in no_tilt and "tilt" not in no_tilt
     flat_only = _texture_words({"feature_blocks": feature_blocks(size, linear=False)})
     assert "share of flat pixels" in flat_only and "linear" not in flat_only
+
+
+def test_a_refit_card_says_whose_hold_out_its_margin_comes_from():
+    import numpy as np
+
+    from core import reliability
+    from core.model_card import _reliability_section
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(200, 8))
+    info = {"fitted_on": "training part", "holdout": "grouped hold-out", "unfamiliar_below": 0.05,
+            "target_selective_accuracy": 0.95, "selective_accuracy": 0.952, "coverage": 0.64,
+            "refit_without_holdout": True}  # fmt: skip
+    own = "\n".join(_reliability_section(reliability.fit(features, rng.integers(0, 4, 200), features[:50], 0.34, info)))
+    assert "the hold-out's confident predictions" in own and "these thresholds are optimistic" in own
+    twin = {**info, "margin_from": {"checkpoint": "runs/T4/model", "holdout": "grouped hold-out"}}
+    fitted = reliability.fit(features, rng.integers(0, 4, 200), features[:50], 0.79, twin)
+    taken = "\n".join(_reliability_section(fitted))
+    assert "less than 0.79" in taken and "the twin run's (`runs/T4/model`" in taken and "95.2%, keeping 64%" in taken
+    assert "optimistic" not in taken and "familiarity threshold is fitted on slices they trained on" in taken

@@ -265,6 +265,43 @@ def test_a_checkpoint_carries_its_reliability_into_every_explanation(tmp_path):
         load_checkpoint(directory)
 
 
+def test_weights_refit_on_the_holdout_take_their_twins_margin_and_nothing_else(tmp_path, capsys):
+    from dataclasses import replace
+
+    from core.cli import main
+    from core.config import read_config, write_config
+
+    twin = make_tiny_checkpoint(tmp_path / "twin", "convnext_atto", "stages.3")
+    refit = make_tiny_checkpoint(tmp_path / "refit", "convnext_atto", "stages.3", seed=1)
+    write_config(refit, replace(read_config(refit), refit_without_holdout=True))
+    rng = np.random.default_rng(4)
+    info = {"coverage": 0.64, "selective_accuracy": 0.952, "holdout": "grouped 15 % of train+val, seed 0"}
+    reliability.save(reliability.fit(*gaussian_features(rng, 400), gaussian_features(rng, 100)[0], 0.79, info), twin)
+
+    chosen = reliability.twin_margin(refit, twin)
+    assert chosen["margin"] == pytest.approx(0.79) and chosen["selective_accuracy"] == 0.952
+    assert chosen["margin_from"] == {"checkpoint": str(twin), "holdout": info["holdout"]}
+
+    with pytest.raises(CheckpointError, match="kept its own hold-out"):
+        reliability.twin_margin(twin, twin)
+    with pytest.raises(CheckpointError, match="held nothing out"):
+        reliability.twin_margin(refit, refit)
+    other = make_tiny_checkpoint(tmp_path / "other", "tf_efficientnet_lite0", "conv_head")
+    with pytest.raises(CheckpointError, match="is a tf_efficientnet_lite0"):
+        reliability.twin_margin(refit, other)
+    write_config(refit, replace(read_config(refit), temperature=0.9))
+    with pytest.raises(CheckpointError, match="calibrated probabilities"):
+        reliability.twin_margin(refit, twin)
+    write_config(refit, replace(read_config(refit), temperature=read_config(twin).temperature))
+    (twin / reliability.RELIABILITY_FILE).unlink()
+    with pytest.raises(CheckpointError, match="fit it first"):
+        reliability.twin_margin(refit, twin)
+
+    # Fitting a refit's own margin is refused before any data is read.
+    assert main(["reliability", "--checkpoint", str(refit), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "--margin-from TWIN" in capsys.readouterr().err
+
+
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
