@@ -90,7 +90,7 @@ def baseline_maps(image: np.ndarray, head: np.ndarray | None) -> dict[str, np.nd
 
 
 @dataclass(frozen=True)
-class _Case:
+class OutlinedCase:
     image: np.ndarray
     tumour: np.ndarray
 
@@ -104,7 +104,9 @@ def _records(root: Path, split: str, label_names: list[str]):
     return holdout_records(root, label_names) if split == HOLDOUT else list_split(root, split, label_names)
 
 
-def _load_cases(root: Path, split: str, label_names: list[str], limit: int | None, seed: int) -> list[_Case]:
+def load_outlined_cases(
+    root: Path, split: str, label_names: list[str], limit: int | None, seed: int
+) -> list[OutlinedCase]:
     """The split's images with a tumour outline, at most `limit` drawn at random (seeded)."""
     records = _records(root, split, label_names)
     order = np.random.default_rng(seed).permutation(len(records)) if limit else range(len(records))
@@ -117,7 +119,7 @@ def _load_cases(root: Path, split: str, label_names: list[str], limit: int | Non
         image = load_image(path.read_bytes(), path.name).pixels
         outline = load_outline(root, record.image, image.shape)
         if outline.mask is not None:
-            cases.append(_Case(image, outline.mask))
+            cases.append(OutlinedCase(image, outline.mask))
         if limit and len(cases) >= limit:
             break
     return cases
@@ -127,12 +129,12 @@ def baseline_summary(root: Path, split: str, label_names: list[str] | None = Non
     """The trivial baselines on every outlined tumour of ROOT/SPLIT: one row per baseline with
     its metrics' bootstrap means (what a method must beat to mean anything)."""
     label_names = label_names or sorted(p.name for p in (Path(root) / split).iterdir() if p.is_dir())
-    cases = _load_cases(root, split, label_names, None, 0)
+    cases = load_outlined_cases(root, split, label_names, None, 0)
     heads = [detect_brain_mask(case.image).mask for case in cases]
     return [asdict(baseline) for baseline in _baselines(cases, heads)]
 
 
-def _baselines(cases: list[_Case], heads: list[np.ndarray | None]) -> list[Candidate]:
+def _baselines(cases: list[OutlinedCase], heads: list[np.ndarray | None]) -> list[Candidate]:
     """Each trivial baseline scored on the cases, with the head masks the heatmaps were masked by."""
     per_case = [baseline_maps(case.image, head) for case, head in zip(cases, heads)]
     names = list(per_case[0]) if per_case else []
@@ -152,7 +154,7 @@ def lift(value: float | None, baselines: list[dict], metric: str) -> float | Non
 
 def outlined_slices(root: Path, split: str, label_names: list[str], limit: int) -> list[np.ndarray]:
     """`limit` slices of ROOT/SPLIT that have a tumour outline, drawn at random (seed 0)."""
-    return [case.image for case in _load_cases(root, split, label_names, limit, 0)]
+    return [case.image for case in load_outlined_cases(root, split, label_names, limit, 0)]
 
 
 def _score(heatmaps: list[np.ndarray], raws: list[np.ndarray | None], heads, cases) -> dict[str, list]:
@@ -184,7 +186,7 @@ def sweep(
     """Localisation of every candidate and baseline on ROOT/SPLIT's outlined tumours, and the
     winner by RULE. Returns a JSON-ready report."""
     loaded = load_checkpoint(checkpoint)
-    cases = _load_cases(root, split, list(loaded.config.label_names), limit, seed)
+    cases = load_outlined_cases(root, split, list(loaded.config.label_names), limit, seed)
     if not cases:
         where = f"The {split} of {root}" if split == HOLDOUT else str(Path(root) / split)
         raise ValueError(f"{where} has no image with a tumour outline in {Path(root) / 'annotations'}.")
@@ -209,7 +211,7 @@ def sweep(
     }
 
 
-def _sweep_one(loaded: LoadedModel, cases: list[_Case], method: str, layer: str | None, batch_size: int):
+def _sweep_one(loaded: LoadedModel, cases: list[OutlinedCase], method: str, layer: str | None, batch_size: int):
     settings = ExplainSettings(method, None, layer, mask_input=True, mask_heatmap=False)
     shown, raws, heads = [], [], []
     started = time.perf_counter()

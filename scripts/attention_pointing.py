@@ -25,7 +25,7 @@ from core.explain import apply_brain_mask  # noqa: E402
 from core.inference import model_input  # noqa: E402
 from core.localisation import mass_inside, pointing_game  # noqa: E402
 from core.preprocess import heatmap_to_slice, prepare_for_model  # noqa: E402
-from core.sweep import HOLDOUT, _load_cases  # noqa: E402
+from core.sweep import HOLDOUT, load_outlined_cases  # noqa: E402
 from core.training.distillation import attention_layers, attention_map, keep_outputs  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def main() -> None:
     for checkpoint in args.checkpoints:
         loaded = load_checkpoint(checkpoint, reliability=False)
         if cases is None:
-            cases = _load_cases(args.data, HOLDOUT, list(loaded.config.label_names), args.limit, 0)
+            cases = load_outlined_cases(args.data, HOLDOUT, list(loaded.config.label_names), args.limit, 0)
         scores = attention_scores(loaded, cases)
         shown = ", ".join(f"{layer}: pointing {p:.3f}, mass inside {m:.3f}" for layer, (p, m) in scores.items())
         print(f"{checkpoint} ({len(cases)} tumours): {shown}", flush=True)
