@@ -69,6 +69,15 @@ def test_thinking_clients_wait_a_random_time_before_each_request(monkeypatch):
     assert 0.17 < sum(waits) / len(waits) < 0.23  # seconds: the mean think time
 
 
+def test_the_latency_floor_is_clients_times_cpu_over_cores():
+    from core.load_bench import latency_floor
+
+    # 8 clients, 270 ms of CPU each, 2 cores, 310 ms alone: each waits for about 3.5 requests' worth
+    assert abs(latency_floor(8, 270.0, 2, 310.0) - 3.48) < 0.01
+    assert latency_floor(8, 270.0, 16, 310.0) < 0.5  # 16 cores: no floor above the target
+    assert latency_floor(16, 270.0, 2, 310.0) == 2 * latency_floor(8, 270.0, 2, 310.0)
+
+
 def test_importing_core_gives_numpy_blas_one_thread_in_a_fresh_process():
     """numpy's OpenBLAS threads spin after each call and take the cores from torch's next pass."""
     script = ("import core, threadpoolctl; print(sorted({i['num_threads'] for i in threadpoolctl.threadpool_info() "
