@@ -424,6 +424,9 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         else:  # every value on one side of the window: a window meant for other data
             notes.append(f"The file's window (centre {centre:g}, width {width:g}) leaves no contrast in this "
                          "image, so its full range is shown.")  # fmt: skip
+    elif not is_colour and dataset.get("VOILUTSequence"):
+        pixels, note = _voi_lut(pixels, dataset)
+        notes.append(note)
     if photometric == "MONOCHROME1":
         pixels = pixels.max() - pixels  # MONOCHROME1 shows low values as white
         notes.append("MONOCHROME1: intensities inverted for display.")
@@ -694,6 +697,28 @@ def _dicom_window(dataset) -> tuple[float, float] | None:
     except (TypeError, ValueError, IndexError):
         return None
     return (centre, width) if width > 0 else None
+
+
+def _voi_lut(pixels: np.ndarray, dataset) -> tuple[np.ndarray, str]:
+    """The file's VOI LUT (a display curve given as a table, where others give a window) applied
+    to the rescaled values; a damaged table leaves them as they are."""
+    import struct
+
+    from pydicom.pixels import apply_voi
+
+    damaged = pixels, "The file's VOI LUT (its display curve) is damaged, so its full range is shown."
+    if not np.isfinite(pixels).all():
+        return damaged
+    try:
+        curved = apply_voi(np.rint(pixels).astype(np.int64), dataset).astype(np.float64)
+    except (struct.error, ValueError, TypeError, AttributeError, KeyError, IndexError, NotImplementedError):
+        return damaged
+    if not _has_contrast(curved) and _has_contrast(pixels):
+        return (
+            pixels,
+            "The file's VOI LUT (its display curve) leaves no contrast in this image, so its full range is shown.",
+        )
+    return curved, "The file's VOI LUT (its display curve) applied."
 
 
 def _choose_index(index: int | None, count: int, what: str) -> int:

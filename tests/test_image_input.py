@@ -110,6 +110,30 @@ def make_dicom(pixels: np.ndarray, **fields) -> bytes:
     return buffer.getvalue()
 
 
+def voi_lut_item(lut: np.ndarray, first: int = 0) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [len(lut), first, 16]
+    item.add_new(0x00283006, "OW", lut.astype("<u2").tobytes())  # LUTData
+    return item
+
+
+def test_a_voi_lut_sequence_is_the_files_display_curve_when_it_has_no_window(phantom):
+    """CR, DX and some MR exports give their display curve as a VOI LUT instead of a window;
+    it is applied as a window would be (after rescale), and a damaged one is noted, not fatal."""
+    stored = make_dicom(phantom * 4000)
+    plain = load_image(stored, "plain.dcm")
+    dataset = pydicom.dcmread(io.BytesIO(stored))
+    dataset.VOILUTSequence = [voi_lut_item(np.sqrt(np.linspace(0, 1, 4096)) * 65535)]  # brightens the dark half
+    curved = load_image(resaved(dataset), "curved.dcm")
+    assert any("VOI LUT" in note for note in curved.notes)
+    assert curved.pixels.mean() > plain.pixels.mean() + 0.1
+    dataset.VOILUTSequence = [voi_lut_item(np.arange(10), first=0)]
+    dataset.VOILUTSequence[0].LUTDescriptor = [4096, 0, 16]  # says 4096 entries, holds 10
+    damaged = load_image(resaved(dataset), "damaged.dcm")
+    np.testing.assert_allclose(damaged.pixels, plain.pixels)
+    assert any("VOI LUT" in note and "full range" in note for note in damaged.notes)
+
+
 def test_dicom_with_float_or_double_pixel_data_is_read(phantom):
     """Parametric maps store FloatPixelData or DoubleFloatPixelData instead of PixelData; pydicom
     decodes both, so both give an image (the double one used to be called "no pixel data")."""
