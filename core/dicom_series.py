@@ -3,12 +3,13 @@
 Order: by ImagePositionPatient projected on the slice normal (from ImageOrientationPatient),
 as viewers stack a series; else by InstanceNumber; else by file name (said in a note). Files
 that are not DICOM images (a DICOMDIR, a text file, macOS's __MACOSX copies) are skipped and
-counted; two series in one ZIP are refused. Nothing is extracted to disk.
+counted; two series in one ZIP are refused, naming each and its folder. Nothing is extracted to disk.
 """
 
 from __future__ import annotations
 
 import io
+import posixpath
 import zipfile
 from dataclasses import dataclass
 
@@ -82,14 +83,29 @@ def open_series(data: bytes, max_bytes: int) -> DicomSeries:
         )
     series = {str(h.get("SeriesInstanceUID", "")) for h in headers.values()}
     if len(series) > 1:
-        descriptions = sorted({str(h.get("SeriesDescription", "") or "unnamed") for h in headers.values()})
         raise SeriesError(
-            f"The ZIP mixes {len(series)} series ({', '.join(descriptions[:4])}). Upload one series per ZIP."
+            f"The ZIP mixes {len(series)} series: {_describe_series(headers)}. Zip one series (for a PACS export, "
+            "the files of one folder) and upload that."
         )
     if any(int(h.get("NumberOfFrames", 1) or 1) > 1 for h in headers.values()):
         raise SeriesError("The ZIP holds a multi-frame DICOM: upload that file on its own, not in a ZIP.")
     names, order = _ordered(headers)
     return DicomSeries(archive, tuple(names), order, len(infos) - len(headers))
+
+
+def _describe_series(headers: dict, shown: int = 6) -> str:
+    """Each series' description, slice count and folder in the ZIP, largest first."""
+    members: dict[str, list[str]] = {}
+    for name, header in headers.items():
+        members.setdefault(str(header.get("SeriesInstanceUID", "")), []).append(name)
+    described = []
+    for names in sorted(members.values(), key=lambda names: (-len(names), names[0])):
+        title = str(headers[names[0]].get("SeriesDescription", "") or "unnamed")
+        folder = posixpath.commonpath([posixpath.dirname(name) for name in names])
+        where = f", in {folder}/" if folder else ""
+        described.append(f"{title} ({len(names)} slice{'s' * (len(names) > 1)}{where})")
+    rest = f" and {len(described) - shown} more" if len(described) > shown else ""
+    return ", ".join(described[:shown]) + rest
 
 
 def _ordered(headers: dict) -> tuple[list[str], str]:

@@ -93,13 +93,26 @@ def test_series_without_positions_uses_instance_numbers():
                     "b.dcm": {"value": 20, "SeriesInstanceUID": "1.2.4", "SeriesDescription": "FLAIR"},
                 }
             ),
-            "mixes 2 series \\(FLAIR, T1\\)",
+            "mixes 2 series: T1 \\(1 slice\\), FLAIR \\(1 slice\\)",
         ),  # fmt: skip
     ],
 )
 def test_bad_series_are_refused_with_a_reason(data, message):
     with pytest.raises(ImageInputError, match=message):
         load_image(data, "study.zip")
+
+
+def test_a_study_export_with_several_series_says_which_folder_holds_each():
+    """A PACS export zipped whole holds a folder per series; the message names each series, its
+    slice count and its folder, so the user can zip the one they want."""
+    t1, flair = {"SeriesInstanceUID": "1.2.3", "SeriesDescription": "T1 AX POST"}, {"SeriesInstanceUID": "1.2.4"}
+    data = series_zip({"DICOM/S1/a.dcm": {"value": 10, **t1}, "DICOM/S1/b.dcm": {"value": 20, **t1},
+                       "DICOM/S2/c": {"value": 30, **flair}}, {"DICOMDIR": b"not an image"})  # fmt: skip
+    with pytest.raises(ImageInputError) as error:
+        load_image(data, "study.zip")
+    message = str(error.value)
+    assert "T1 AX POST (2 slices, in DICOM/S1/)" in message and "unnamed (1 slice, in DICOM/S2/)" in message
+    assert "Zip one series" in message
 
 
 def test_multi_frame_dicom_decodes_only_the_frame_asked_for():
