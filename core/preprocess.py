@@ -124,8 +124,30 @@ class PreparedSlice:
     masked: bool  # background zeroed before the model
 
 
+LIGHT_FRAME_TOLERANCE = 0.08  # intensity around the frame's median still counted as frame
+
+
+def without_light_frame(image: np.ndarray) -> np.ndarray:
+    """The slice with a uniform light background (the white page of a screenshot or a scanned
+    film, a viewer's light theme) made black, as every training slice's background is; returned
+    as it is unless the outer 2 % of each side is light (median >= 0.5) and 95 % uniform, which
+    no image of the training data is."""
+    depth = max(2, round(0.02 * min(image.shape)))
+    band = np.concatenate([image[:depth].ravel(), image[-depth:].ravel(),
+                           image[depth:-depth, :depth].ravel(), image[depth:-depth, -depth:].ravel()])  # fmt: skip
+    level = float(np.median(band))
+    if level < 0.5 or np.mean(np.abs(band - level) < LIGHT_FRAME_TOLERANCE) < 0.95:
+        return image
+    near = (np.abs(image - level) < LIGHT_FRAME_TOLERANCE).astype(np.uint8)
+    _, labels = cv2.connectedComponents(near, connectivity=4)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return np.where(np.isin(labels, edge[edge > 0]), 0.0, image)
+
+
 def prepare_for_model(image: np.ndarray, settings: Preprocessing, mask_input: bool = True) -> PreparedSlice:
-    """Detect the head, optionally zero the background, then prepare_slice()."""
+    """Make a light background black, detect the head, optionally zero the background, then
+    prepare_slice()."""
+    image = without_light_frame(image)
     brain = detect_brain_mask(image)
     masked = brain.found and mask_input
     square, box = prepare_slice(image * brain.mask if masked else image, settings, brain.mask)

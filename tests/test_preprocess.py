@@ -39,3 +39,24 @@ def test_a_hot_spot_maps_back_to_where_it_was_in_the_slice():
     peak_row, peak_col = np.unravel_index(np.argmax(mapped), mapped.shape)
     assert 40 <= peak_row < 60 and 90 <= peak_col < 110
     assert mapped.shape == image.shape and mapped[:, : box.left].max() == 0.0
+
+
+def test_a_light_background_is_made_black_as_in_training_and_a_dark_one_left_alone():
+    """Screenshots and scanned films put the head on a white page; the model saw only black
+    backgrounds, and the head detector took the page for the head (coverage over 90 %)."""
+    from core.preprocess import without_light_frame
+
+    settings = Preprocessing(input_size=64)
+    head = head_phantom(128)
+    on_black, on_white = np.pad(head, 40), np.pad(head, 40, constant_values=1.0)
+    assert without_light_frame(on_black) is on_black  # the training data's case: untouched
+    cleaned = without_light_frame(on_white)
+    np.testing.assert_allclose(cleaned[:40], 0.0)
+    np.testing.assert_allclose(cleaned[40:-40, 40:-40], head)  # the head itself is kept
+    black, white = prepare_for_model(on_black, settings), prepare_for_model(on_white, settings)
+    assert white.brain.found and abs(white.brain.coverage - black.brain.coverage) < 0.01
+    assert np.abs(white.square - black.square).max() < 1e-6
+
+    # A head cropped tightly, its bright scalp at the edge, is not a frame.
+    tight = head[10:-10, 10:-10]
+    assert without_light_frame(tight) is tight
