@@ -125,13 +125,14 @@ class PreparedSlice:
 
 
 LIGHT_FRAME_TOLERANCE = 0.08  # intensity around the frame's median still counted as frame
+LIGHT_FRAME_MAX_SHARE = 0.8  # a "frame" over more of the image has nothing inside it: left alone
 
 
 def without_light_frame(image: np.ndarray) -> np.ndarray:
     """The slice with a uniform light background (the white page of a screenshot or a scanned
     film, a viewer's light theme) made black, as every training slice's background is; returned
     as it is unless the outer 2 % of each side is light (median >= 0.5) and 95 % uniform, which
-    no image of the training data is."""
+    no image of the training data is, and the frame leaves a fifth of the image inside it."""
     depth = max(2, round(0.02 * min(image.shape)))
     band = np.concatenate([image[:depth].ravel(), image[-depth:].ravel(),
                            image[depth:-depth, :depth].ravel(), image[depth:-depth, -depth:].ravel()])  # fmt: skip
@@ -141,7 +142,8 @@ def without_light_frame(image: np.ndarray) -> np.ndarray:
     near = (np.abs(image - level) < LIGHT_FRAME_TOLERANCE).astype(np.uint8)
     _, labels = cv2.connectedComponents(near, connectivity=4)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return np.where(np.isin(labels, edge[edge > 0]), 0.0, image)
+    frame = np.isin(labels, edge[edge > 0])
+    return image if frame.mean() > LIGHT_FRAME_MAX_SHARE else np.where(frame, 0.0, image)
 
 
 def prepare_for_model(image: np.ndarray, settings: Preprocessing, mask_input: bool = True) -> PreparedSlice:
