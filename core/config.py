@@ -234,6 +234,39 @@ def read_config(directory: Path) -> ModelConfig:
     return ModelConfig.from_dict(values)
 
 
+def refit_and_twin(
+    target: str | Path, twin: str | Path, what: str, root: Path | None = None
+) -> tuple[Path, ModelConfig, Path, ModelConfig]:
+    """The folders and configs of `target`, refit with --holdout-fraction 0, and of `twin`, the
+    same recipe run with the grouped hold-out kept out, whose `what` (a temperature, a near-tie
+    margin: fitted on that hold-out) the refit takes.
+
+    Raises:
+        CheckpointError: another architecture or classes, a target that kept its own hold-out, or
+            a twin that held nothing out.
+    """
+    target_dir, twin_dir = resolve_checkpoint(target, root), resolve_checkpoint(twin, root)
+    target_config, twin_config = read_config(target_dir), read_config(twin_dir)
+    if (twin_config.architecture, list(twin_config.label_names)) != (
+        target_config.architecture,
+        list(target_config.label_names),
+    ):
+        raise CheckpointError(
+            f"{twin} is a {twin_config.architecture} for {list(twin_config.label_names)}; "
+            f"{target} is a {target_config.architecture} for {list(target_config.label_names)}."
+        )
+    if not target_config.refit_without_holdout:
+        raise CheckpointError(
+            f"{target} was not refit with --holdout-fraction 0: it kept its own hold-out and fitted its own {what} "
+            "there, so it stays."
+        )
+    if twin_config.refit_without_holdout:
+        raise CheckpointError(
+            f"{twin} held nothing out, so it has no {what} fitted on unseen slices; pick a run that did."
+        )
+    return target_dir, target_config, twin_dir, twin_config
+
+
 def preferred_checkpoint(names: list[str], root: Path | None = None) -> int:
     """Index of the checkpoint with the best recorded test accuracy (the first when none has one).
 

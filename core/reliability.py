@@ -284,19 +284,9 @@ def twin_margin(checkpoint: str | Path, twin: str | Path) -> dict:
         CheckpointError: another architecture or classes, a checkpoint that kept its own hold-out,
             a twin that held nothing out, another temperature, or a twin with no fitted file.
     """
-    from core.config import CheckpointError, read_config, resolve_checkpoint
+    from core.config import CheckpointError, refit_and_twin
 
-    target_dir, twin_dir = resolve_checkpoint(checkpoint), resolve_checkpoint(twin)
-    target, source = read_config(target_dir), read_config(twin_dir)
-    if (source.architecture, list(source.label_names)) != (target.architecture, list(target.label_names)):
-        raise CheckpointError(
-            f"{twin} is a {source.architecture} for {list(source.label_names)}; "
-            f"{checkpoint} is a {target.architecture} for {list(target.label_names)}."
-        )
-    if not target.refit_without_holdout:
-        raise CheckpointError(f"{checkpoint} kept its own hold-out, so its margin is fitted there; leave out the twin.")
-    if source.refit_without_holdout:
-        raise CheckpointError(f"{twin} held nothing out, so it has no margin fitted on unseen slices.")
+    _, target, twin_dir, source = refit_and_twin(checkpoint, twin, "near-tie margin")
     if not np.isclose(source.temperature, target.temperature, rtol=1e-6, atol=0):
         raise CheckpointError(
             f"{twin}'s temperature ({source.temperature:.3f}) is not {checkpoint}'s ({target.temperature:.3f}), "
