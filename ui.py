@@ -31,7 +31,7 @@ from core.image_input import (
     upload_kind,
 )
 from core.localisation import localisation_metrics
-from core.reliability import DEFAULT_MARGIN, UNFAMILIAR_MESSAGE
+from core.reliability import UNFAMILIAR_MESSAGE
 from core.report import scan_report
 from core.sanity import SanityCheck
 from core.volume import VolumeScores
@@ -190,11 +190,6 @@ def reliability_flags(row) -> str:
     """'; uncertain; unfamiliar' for a Gallery card (a PredictionRow), empty when neither."""
     flags = [name for name in ("uncertain", "unfamiliar") if getattr(row, name)]
     return "".join(f"; {flag}" for flag in flags)
-
-
-def margin_text(loaded: LoadedModel) -> str:
-    margin = loaded.reliability.margin if loaded.reliability is not None else DEFAULT_MARGIN
-    return f"{margin:.0%} over the runner-up"
 
 
 def layer_choices(loaded: LoadedModel) -> list[str]:

@@ -121,6 +121,11 @@ class Explanation:
             )
         return self.predicted_label
 
+    def uncertain_reason(self) -> str:
+        """Why the prediction is shown as uncertain, as a sentence ('' when it is not)."""
+        reason = self.reliability.uncertain_reason(self.probabilities, self.label_names) if self.uncertain else ""
+        return reason[:1].upper() + reason[1:] + "." if reason else ""
+
     def summary(self) -> dict:
         """JSON-ready: prediction, probabilities, settings and timings (no arrays)."""
         return {

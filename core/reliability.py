@@ -129,12 +129,28 @@ class Verdict:
     uncertain: bool
     runner_up: int
     unusual: tuple[str, ...] = ()  # Reliability.unusual(): which aspects lie beyond the hold-out
+    margin: float | None = None  # the fitted near-tie margin; None: DEFAULT_MARGIN, nothing fitted
 
     def unusual_text(self) -> str:
         """'Unusual: its image texture (...).' for an unfamiliar slice, else empty."""
         if not self.unusual:  # verdict() keeps it empty for a familiar slice
             return ""
         return "Unusual: " + " and ".join(ASPECT_WORDS[aspect] for aspect in self.unusual) + "."
+
+    def uncertain_reason(self, probabilities: np.ndarray, label_names) -> str:
+        """Why an uncertain prediction is shown as one, true at any lead: a wide fitted margin makes
+        even 80 % against 8 % uncertain, which is no near-tie. Empty when not uncertain."""
+        if not self.uncertain:
+            return ""
+        top, runner_up = int(np.argmax(probabilities)), self.runner_up
+        lead = round(100 * float(probabilities[top] - probabilities[runner_up]))
+        reason = f"{label_names[top]} leads {label_names[runner_up]} by {lead} points, under the "
+        if self.margin is None:
+            reason += f"default {round(100 * DEFAULT_MARGIN)} points (this checkpoint has no fitted margin)"
+        else:
+            reason += (f"{round(100 * self.margin)} points from which this model's predictions were right "
+                       f"{round(100 * SELECTIVE_ACCURACY)} % of the time on held-out slices")  # fmt: skip
+        return reason + ("; too close to call" if lead < 100 * DEFAULT_MARGIN else "")
 
     def fields(self) -> dict:
         familiarity = None if self.familiarity is None else round(self.familiarity, 4)
@@ -160,7 +176,8 @@ def verdict(
     margin = reliability.margin if reliability is not None else DEFAULT_MARGIN
     unfamiliar = familiarity is not None and familiarity < UNFAMILIAR_SHARE
     runner_up = int(order[1]) if len(order) > 1 else int(order[0])
-    return Verdict(familiarity, unfamiliar, lead < margin, runner_up, unusual if unfamiliar else ())
+    fitted = reliability.margin if reliability is not None else None
+    return Verdict(familiarity, unfamiliar, lead < margin, runner_up, unusual if unfamiliar else (), fitted)
 
 
 def uncertain_text(probabilities: np.ndarray, label_names, top: int, runner_up: int) -> str:

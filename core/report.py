@@ -118,7 +118,7 @@ def _scan_page(scan: ReportScan, model_name: str, card: list[str], version: str,
     lines.append((f"Calibrated probabilities: {probabilities}", {}))
     warnings = ([UNFAMILIAR_MESSAGE] if result.unfamiliar else []) + list(scan.warnings)
     if result.uncertain:
-        warnings.append("The two leading classes are too close to call.")
+        warnings.append(result.uncertain_reason())
     if result.warning:
         warnings.append(result.warning)
     for warning in warnings:

@@ -78,8 +78,7 @@ prediction, chart = st.columns([1, 2])
 if result.uncertain:
     prediction.metric("Prediction", "uncertain", result.headline().removeprefix("uncertain: "),
                       delta_color="off", delta_arrow="off")  # fmt: skip
-    st.warning(f"{result.headline()}. The two classes are too close to call; the model's confident predictions "
-               f"are kept for a lead of at least {ui.margin_text(loaded)}.")  # fmt: skip
+    st.warning(f"{result.headline()}. {result.uncertain_reason()}")
 else:
     prediction.metric("Prediction", result.predicted_label, f"{result.confidence:.1%} confidence",
                       delta_color="off", delta_arrow="off")  # fmt: skip

@@ -162,6 +162,7 @@ def test_a_near_tie_is_shown_as_uncertain_with_both_classes(use_tiny_checkpoints
     assert at.metric[0].value == "uncertain"  # an untrained model: its classes are within a few points
     assert len(warnings) == 1 and " or " in warnings[0] and "%" in warnings[0]
     assert warnings[0].split(". ")[0].removeprefix("uncertain: ") == at.metric[0].delta
+    assert "points, under the default 20 points (this checkpoint has no fitted margin)" in warnings[0]
     assert any("no familiarity check" in caption.value for caption in at.caption)
 
 

@@ -16,7 +16,7 @@ from core.config import CheckpointError
 from core.explain import explain
 from core.image_input import load_image
 from core.inference import slice_scores
-from core.reliability import DEFAULT_MARGIN, choose_margin, uncertain_text, verdict
+from core.reliability import DEFAULT_MARGIN, Reliability, choose_margin, uncertain_text, verdict
 from tests.conftest import LABELS, SHARED_DATA, encode, head_phantom, make_tiny_checkpoint, needs_data
 
 
@@ -244,6 +244,24 @@ def test_a_near_tie_is_uncertain_and_says_both_classes():
     assert not clear.uncertain and clear.unfamiliar
     assert clear.fields() == {"familiarity": 0.01, "unfamiliar": True, "unusual": [], "uncertain": False}
     assert DEFAULT_MARGIN == 0.2
+
+
+def test_an_uncertain_prediction_says_why_in_words_true_at_any_lead():
+    """A wide fitted margin makes 80 % against 8 % uncertain: that is no near-tie, and the reason
+    given must be the lead against the margin, not 'too close to call'."""
+    wide = Reliability(np.zeros((4, 2)), np.eye(2), np.arange(20.0), margin=0.79)
+    probabilities = np.array([0.08, 0.02, 0.10, 0.80])
+    shown = verdict(probabilities, familiarity=0.4, reliability=wide)
+    assert shown.uncertain and shown.runner_up == 2
+    reason = shown.uncertain_reason(probabilities, LABELS)
+    assert "pituitary leads notumor by 70 points" in reason and "79" in reason and "95 %" in reason
+    assert "close" not in reason
+    tie = np.array([0.478, 0.412, 0.06, 0.05])
+    assert "too close to call" in verdict(tie, familiarity=0.4, reliability=wide).uncertain_reason(tie, LABELS)
+    unfitted = verdict(tie, familiarity=None, reliability=None).uncertain_reason(tie, LABELS)
+    assert "20 points" in unfitted and "no fitted margin" in unfitted
+    clear = np.array([0.97, 0.01, 0.01, 0.01])
+    assert verdict(clear, familiarity=0.4, reliability=wide).uncertain_reason(clear, LABELS) == ""
 
 
 def test_a_checkpoint_carries_its_reliability_into_every_explanation(tmp_path):
