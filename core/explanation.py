@@ -140,4 +140,5 @@ class Explanation:
             "timings_ms": dict(self.timings_ms),
             "warning": self.warning,
             **(self.reliability or NOT_ASSESSED).fields(),
+            "uncertain_reason": self.uncertain_reason(),
         }

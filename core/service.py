@@ -301,6 +301,7 @@ def create_app(
             "unfamiliar": summary["unfamiliar"],
             "unusual": summary["unusual"],
             "uncertain": summary["uncertain"],
+            "uncertain_reason": summary["uncertain_reason"],
             "image_notes": list(image.notes),
             "slice": image.slice_index,
             "num_slices": image.num_slices,

@@ -276,6 +276,7 @@ def test_a_checkpoint_carries_its_reliability_into_every_explanation(tmp_path):
     result = explain(loaded, head_phantom(96))
     summary = result.summary()
     assert 0 <= summary["familiarity"] <= 1 and summary["uncertain"] is True
+    assert "points, under the 101 points from which" in summary["uncertain_reason"]
     assert result.headline().startswith("uncertain: ")
 
     reliability.save(fitted(rng, size=16), directory)  # fitted for another feature size

@@ -39,6 +39,7 @@ def test_predict_returns_prediction_and_working_urls(client):
     assert body["confidence"] == max(body["class_probabilities"].values())
     assert body["method"] == "HiResCAM" and body["brain_masked"] is True
     assert body["familiarity"] is None and body["unusual"] == []  # the tiny checkpoint has no familiarity model
+    assert ("no fitted margin)" in body["uncertain_reason"]) == body["uncertain"]
     for key in ("heatmap_url", "overlay_url"):
         picture = client.get(body[key])
         assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
