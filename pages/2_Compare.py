@@ -56,6 +56,8 @@ for name, result in results.items():
     columns[3].caption("Prediction")  # a subheader wraps a long class name; st.metric would cut it
     columns[3].subheader("uncertain" if result.uncertain else result.predicted_label, anchor=False)
     columns[3].markdown(result.headline() if result.uncertain else f"{result.confidence:.1%} confidence")
+    if result.uncertain:
+        columns[3].caption(result.uncertain_reason())
     ui.reliability_note(result, columns[3])
     columns[3].caption(f"{ui.duration(result.timings_ms['total'])}. {result.brain_mask_note}")
     if result.warning:

@@ -26,6 +26,8 @@ def test_compare_sample_and_method_grid(use_tiny_checkpoints):
     # each model's prediction, whole, or 'uncertain' with both classes (the tiny models are near-ties)
     assert sum(header in (*LABELS, "uncertain") for header in shown) == 2
     assert any(text.value.endswith("% confidence") or text.value.startswith("uncertain: ") for text in at.markdown)
+    uncertain = sum(header == "uncertain" for header in shown)
+    assert sum(" points, under the " in caption.value for caption in at.caption) == uncertain  # and why
     assert any("Window centre" in caption.value for caption in at.caption)  # how the DICOM was read
     peak = next(m for m in at.metric if m.label == "Distance between peaks")
     assert peak.value.endswith("mm")  # the DICOM gives pixel spacing
