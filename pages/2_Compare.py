@@ -5,6 +5,7 @@ import streamlit as st
 import ui
 from core import render
 from core.compare import heatmap_agreement, verdict
+from core.config import preferred_checkpoint
 from core.explanation import METHODS, ExplainSettings
 
 st.set_page_config(page_title="Compare models", layout="wide")
@@ -15,8 +16,8 @@ names = ui.require_models()
 if len(names) < 2:
     st.warning(f"Comparison needs two installed models; only {names[0]} is installed.")
     st.stop()
-default_a = next((i for i, n in enumerate(names) if "convnext" in n), 0)
-default_b = next((i for i, n in enumerate(names) if "efficient" in n and i != default_a), 1 if default_a == 0 else 0)
+default_a = preferred_checkpoint(names)  # the better record first, so its numbers are not read as the other's
+default_b = next(i for i in range(len(names)) if i != default_a)
 with st.sidebar:
     model_a = st.selectbox("Model A", names, index=default_a)
     model_b = st.selectbox("Model B", names, index=default_b)

@@ -55,3 +55,18 @@ def test_one_model_is_not_enough(tmp_path, monkeypatch, checkpoint_root):
     monkeypatch.setenv("BRAIN_XAI_CHECKPOINTS", str(tmp_path))
     at = AppTest.from_file(PAGE).run()
     assert not at.exception and "needs two installed models" in at.warning[0].value
+
+
+def test_model_a_is_the_one_with_the_better_record(tmp_path, monkeypatch, checkpoint_root):
+    """The stronger model is listed first, so its numbers are not read as the weaker one's."""
+    import json
+    import shutil
+
+    for name, accuracy in (("a_convnext", 0.87), ("b_effnet", 0.92)):
+        shutil.copytree(checkpoint_root / ("tiny_convnext" if "convnext" in name else "tiny_effnet"), tmp_path / name)
+        config = tmp_path / name / "config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "metrics": {"accuracy": accuracy}}))
+    monkeypatch.setenv("BRAIN_XAI_CHECKPOINTS", str(tmp_path))
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    assert not at.exception
+    assert [at.sidebar.selectbox[0].value, at.sidebar.selectbox[1].value] == ["b_effnet", "a_convnext"]
