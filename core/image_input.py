@@ -307,6 +307,12 @@ def _raster_to_grey(image: Image.Image) -> np.ndarray:
 # --- DICOM ---------------------------------------------------------------
 
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")  # what pydicom decodes
+# PhotometricInterpretation values pydicom decodes, by samples per pixel; the first is assumed when a
+# file leaves the value out or gives one that does not fit its samples
+PHOTOMETRIC_BY_SAMPLES = {
+    1: ("MONOCHROME2", "MONOCHROME1", "PALETTE COLOR"),
+    3: ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "XYB"),
+}
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # the SOP class of a DICOMDIR, the index of a CD or DVD
 
 
@@ -365,6 +371,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         )
     num_frames = frames
     frame = _choose_index(frame, frames, "frame") if frames > 1 else 0
+    photometric_note = _repair_photometric(dataset, samples)
     _lift_functional_groups(dataset, frame)
     try:
         pixels = _decode_frame(dataset, frame if frames > 1 else None)
@@ -394,7 +401,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
             f"The DICOM's pixel data do not fit the image it declares ({columns}x{rows}, {samples} sample(s) per "
             f"pixel, {frames} frame(s)): the file is damaged. Export it again from the PACS."
         )
-    notes = []
+    notes = [photometric_note] if photometric_note else []
     step = _decimation(pixels.shape[:2])
     if step > 1:  # strided, not averaged: palette indices and padding values stay what they are
         height, width = pixels.shape[:2]
@@ -443,6 +450,33 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         pixel_spacing_mm=spacing_mm,
         notes=tuple(notes),
     )
+
+
+def _repair_photometric(dataset, samples: int) -> str | None:
+    """Old ACR-NEMA files and some converters leave PhotometricInterpretation (and SamplesPerPixel)
+    out, or write 'monochrome2', 'MONOCHROME 2' or 'MONO2'; pydicom then refuses the pixels. A
+    misspelt known value is corrected; a missing one, or one that does not fit the samples per
+    pixel, becomes the usual one for them (MONOCHROME2 for grey). Returns the note saying so."""
+    known = PHOTOMETRIC_BY_SAMPLES.get(samples)
+    written = str(dataset.get("PhotometricInterpretation", "") or "")
+    if known is None or written in known:
+        return None
+
+    def letters(value: str) -> str:
+        return "".join(character for character in value.upper() if character.isalnum())
+
+    spellings = {letters(value): value for values in PHOTOMETRIC_BY_SAMPLES.values() for value in values}
+    spellings |= {"MONO1": "MONOCHROME1", "MONO2": "MONOCHROME2"}
+    meant = spellings.get(letters(written))
+    dataset.SamplesPerPixel = samples
+    if meant in known:
+        dataset.PhotometricInterpretation = meant
+        return f"The file's PhotometricInterpretation '{written}' is read as {meant}."
+    dataset.PhotometricInterpretation = known[0]
+    said = f"'{written}' for {samples} sample(s) per pixel" if written.strip() else "missing"
+    return (f"The file does not say how its pixel values are shown (PhotometricInterpretation {said}), so it is "
+            f"read as {known[0]}" + (": low values dark. If it looks inverted, it was meant as MONOCHROME1."
+                                     if samples == 1 else "."))  # fmt: skip
 
 
 def _has_contrast(values: np.ndarray) -> bool:

@@ -20,7 +20,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from core.image_input import MAX_FILE_BYTES, ImageInputError, load_image, patient_fields, upload_kind
+from core.image_input import MAX_FILE_BYTES, ImageInputError, load_image, patient_fields, to_unit_range, upload_kind
 from tests.conftest import encode, head_phantom
 
 
@@ -609,6 +609,34 @@ def test_dicom_whose_pixel_data_do_not_fit_its_declared_size_is_called_damaged()
     dataset.Columns = 2
     with pytest.raises(ImageInputError, match="do not fit the image it declares .2x48"):
         load_image(resaved(dataset), "x.dcm")
+
+
+@pytest.mark.parametrize("written", ["monochrome2", "MONOCHROME 2", "MONO2", "", None, "YBR_FULL", "MONOCHROME3"])
+def test_a_missing_or_misspelt_photometric_interpretation_is_read_as_grey_with_a_note(phantom, written):
+    """Old ACR-NEMA files and some converters leave PhotometricInterpretation out or misspell it;
+    pydicom then refuses to decode, and the file was called "truncated or corrupt". One sample
+    per pixel is grey: the file is read as MONOCHROME2 and the page says so."""
+    stored = (phantom * 1000).astype(np.uint16)
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(stored)))
+    if written is None:
+        del dataset.PhotometricInterpretation, dataset.SamplesPerPixel
+    else:
+        dataset.PhotometricInterpretation = written
+    loaded = load_image(resaved(dataset), "acr-nema.ima")
+    np.testing.assert_allclose(loaded.pixels, to_unit_range(stored.astype(np.float64)), atol=1e-6)
+    assert any("read as MONOCHROME2" in note for note in loaded.notes), loaded.notes
+
+
+def test_a_colour_dicom_without_its_photometric_interpretation_is_read_as_rgb(phantom):
+    rgb = np.stack([phantom * 200, phantom * 100, phantom * 50], axis=-1).astype(np.uint8)
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(phantom)))
+    dataset.SamplesPerPixel, dataset.PlanarConfiguration = 3, 0
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
+    dataset.PixelData = rgb.tobytes()
+    del dataset.PhotometricInterpretation
+    loaded = load_image(resaved(dataset), "capture.dcm")
+    assert np.corrcoef(loaded.pixels.ravel(), phantom.ravel())[0, 1] > 0.999
+    assert any("read as RGB" in note for note in loaded.notes), loaded.notes
 
 
 def test_dicom_without_rows_says_what_is_missing():
