@@ -361,6 +361,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     _check_size((rows, columns), MAX_DICOM_PIXELS)
     frames = max(1, _dicom_int(dataset, "NumberOfFrames") or 1)
     samples = max(1, _dicom_int(dataset, "SamplesPerPixel") or 1)
+    header_notes = _fill_pixel_fields(dataset, rows * columns * samples * frames, samples)
     bits = max(8, _dicom_int(dataset, "BitsAllocated") or 16)
     declared = rows * columns * samples * bits // 8  # one frame: frames are decoded one at a time
     if declared > MAX_DECODED_BYTES:
@@ -401,7 +402,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
             f"The DICOM's pixel data do not fit the image it declares ({columns}x{rows}, {samples} sample(s) per "
             f"pixel, {frames} frame(s)): the file is damaged. Export it again from the PACS."
         )
-    notes = [photometric_note] if photometric_note else []
+    notes = header_notes + ([photometric_note] if photometric_note else [])
     step = _decimation(pixels.shape[:2])
     if step > 1:  # strided, not averaged: palette indices and padding values stay what they are
         height, width = pixels.shape[:2]
@@ -452,6 +453,43 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
     )
 
 
+def _fill_pixel_fields(dataset, values: int, samples: int) -> list[str]:
+    """Old ACR-NEMA and hand-made files leave out fields pydicom needs to read PixelData, though
+    each has one safe reading: BitsAllocated from the size of uncompressed pixel data (`values`
+    samples in all), BitsStored from HighBit or BitsAllocated, unsigned values, colour samples
+    interleaved, and the samples per pixel the caller read (one when nothing says). Fills them in and
+    returns a note for each."""
+    if "PixelData" not in dataset:  # float and double pixel data need none of these
+        return []
+    notes = []
+    if "BitsAllocated" not in dataset:
+        element = dataset["PixelData"]
+        size = None if element.is_undefined_length else len(element.value or b"")
+        fitting = [width for width in (1, 2, 4) if size in (values * width, values * width + 1)]  # +1: even padding
+        if not fitting:
+            raise ImageInputError(
+                "This DICOM file does not say how many bits each pixel takes (BitsAllocated missing), and the size "
+                "of its pixel data does not tell. Export it again from the PACS."
+            )
+        dataset.BitsAllocated = 8 * fitting[0]
+        notes.append(f"BitsAllocated missing: {8 * fitting[0]} bits per value, from the size of the pixel data.")
+    allocated = _dicom_int(dataset, "BitsAllocated")
+    if "BitsStored" not in dataset and allocated:
+        high = _dicom_int(dataset, "HighBit")
+        dataset.BitsStored = high + 1 if 0 < high < allocated else allocated
+        notes.append(f"BitsStored missing: {dataset.BitsStored} of each {allocated} bits used.")
+    if "SamplesPerPixel" not in dataset:
+        dataset.SamplesPerPixel = samples
+        notes.append(f"SamplesPerPixel missing: {samples} per pixel, as the file's other fields say.")
+    if "PixelRepresentation" not in dataset:
+        dataset.PixelRepresentation = 0
+        notes.append("PixelRepresentation missing: values read as unsigned.")
+    if samples > 1 and "PlanarConfiguration" not in dataset:
+        dataset.PlanarConfiguration = 0
+        notes.append("PlanarConfiguration missing: colour samples read as interleaved (RGBRGB...).")
+    return notes
+
+
 def _repair_photometric(dataset, samples: int) -> str | None:
     """Old ACR-NEMA files and some converters leave PhotometricInterpretation (and SamplesPerPixel)
     out, or write 'monochrome2', 'MONOCHROME 2' or 'MONO2'; pydicom then refuses the pixels. A
@@ -468,7 +506,6 @@ def _repair_photometric(dataset, samples: int) -> str | None:
     spellings = {letters(value): value for values in PHOTOMETRIC_BY_SAMPLES.values() for value in values}
     spellings |= {"MONO1": "MONOCHROME1", "MONO2": "MONOCHROME2"}
     meant = spellings.get(letters(written))
-    dataset.SamplesPerPixel = samples
     if meant in known:
         dataset.PhotometricInterpretation = meant
         return f"The file's PhotometricInterpretation '{written}' is read as {meant}."

@@ -639,6 +639,40 @@ def test_a_colour_dicom_without_its_photometric_interpretation_is_read_as_rgb(ph
     assert any("read as RGB" in note for note in loaded.notes), loaded.notes
 
 
+@pytest.mark.parametrize("missing", [("BitsStored",), ("BitsStored", "HighBit"), ("PixelRepresentation",),
+                                     ("BitsAllocated",), ("BitsAllocated", "BitsStored", "HighBit"),
+                                     ("SamplesPerPixel",)])  # fmt: skip
+def test_pixel_fields_an_old_file_leaves_out_are_filled_from_what_it_holds(phantom, missing):
+    """ACR-NEMA and hand-made files leave out fields pydicom needs; each has one safe reading:
+    bits stored = bits allocated, unsigned, bits allocated from the size of the pixel data."""
+    stored = (phantom * 1000).astype(np.uint16)
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(stored)))
+    for keyword in missing:
+        delattr(dataset, keyword)
+    loaded = load_image(resaved(dataset), "old.ima")
+    np.testing.assert_allclose(loaded.pixels, to_unit_range(stored.astype(np.float64)), atol=1e-6)
+    assert any(missing[0] in note for note in loaded.notes), loaded.notes
+
+
+def test_a_colour_dicom_without_planar_configuration_is_read_interleaved(phantom):
+    rgb = np.stack([phantom * 200, phantom * 100, phantom * 50], axis=-1).astype(np.uint8)
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom(phantom)))
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 3, "RGB"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
+    dataset.PixelData = rgb.tobytes()
+    loaded = load_image(resaved(dataset), "capture.dcm")
+    assert np.corrcoef(loaded.pixels.ravel(), phantom.ravel())[0, 1] > 0.999
+    assert any("PlanarConfiguration" in note for note in loaded.notes), loaded.notes
+
+
+def test_pixel_fields_that_cannot_be_guessed_are_named_in_the_message(phantom):
+    dataset = pydicom.dcmread(io.BytesIO(make_dicom((phantom * 1000).astype(np.uint16))))
+    del dataset.BitsAllocated
+    dataset.PixelData = dataset.PixelData + b"\0"  # one byte too many: no bit depth fits
+    with pytest.raises(ImageInputError, match="does not say how many bits each pixel takes"):
+        load_image(resaved(dataset), "odd.dcm")
+
+
 def test_dicom_without_rows_says_what_is_missing():
     data = make_dicom((head_phantom(64) * 1000).astype(np.uint16))
     dataset = pydicom.dcmread(io.BytesIO(data))
