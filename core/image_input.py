@@ -850,7 +850,7 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
     zooms = header.get_zooms()
     if len(shape) == 2:
         rows_mm, columns_mm = float(zooms[1]), float(zooms[0])  # rotated for display: rows run along y
-        return LoadedImage(pixels=to_unit_range(np.rot90(_nifti_values(image, ()))), file_format="NIfTI",
+        return LoadedImage(pixels=to_unit_range(_radiological(_nifti_values(image, ()))), file_format="NIfTI",
                            pixel_spacing_mm=(rows_mm, columns_mm))  # fmt: skip
     if axis not in PLANE_AXES.values():
         raise ImageInputError("The slicing axis must be 0 (sagittal), 1 (coronal) or 2 (axial).")
@@ -869,15 +869,22 @@ def _load_nifti(data: bytes, slice_index: int | None, axis: int) -> LoadedImage:
         if direction[i] < 0:
             plane = np.flip(plane, dimension)
     in_plane = [float(zooms[i]) for i in rest]
-    # Radiological display: rotate so anterior is up, as viewers show it.
     return LoadedImage(
-        pixels=to_unit_range(np.rot90(plane)),
+        pixels=to_unit_range(_radiological(plane)),
         file_format="NIfTI",
         num_slices=count,
         slice_index=index,
         pixel_spacing_mm=(in_plane[1], in_plane[0]),
         notes=notes,
     )
+
+
+def _radiological(plane: np.ndarray) -> np.ndarray:
+    """A plane indexed [towards right or anterior, towards anterior or superior] (world order),
+    as radiologists, PACS viewers and a standard DICOM slice shown as stored display it: superior
+    or anterior at the top, the patient's right on the image's left (axial, coronal), anterior
+    on the left (sagittal)."""
+    return np.ascontiguousarray(np.rot90(plane)[:, ::-1])
 
 
 def _voxel_orientation(affine) -> tuple[list[int], list[int], tuple[str, ...]]:

@@ -31,8 +31,9 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     template = load_mni152_template(resolution=1)
     volume = np.asarray(template.get_fdata())
-    axial = np.rot90(volume[:, :, volume.shape[2] // 2 + 10])
-    coronal = np.rot90(volume[:, volume.shape[1] // 2, :])
+    # radiological convention, as core.image_input shows a NIfTI slice: the patient's right on the left
+    axial = np.rot90(volume[:, :, volume.shape[2] // 2 + 10])[:, ::-1]
+    coronal = np.rot90(volume[:, volume.shape[1] // 2, :])[:, ::-1]
     # Upsample to a typical MRI matrix so overlays look as they would on a clinical slice.
     cv2.imwrite(
         str(OUT / "mni152_axial.png"), cv2.resize(to_uint8(axial), None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)

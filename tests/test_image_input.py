@@ -482,6 +482,26 @@ def test_nifti_defaults_to_middle_axial_slice(gz):
     assert loaded.pixel_spacing_mm == (1.0, 1.0)
 
 
+def test_nifti_slices_are_shown_as_radiologists_and_the_dicom_of_the_same_scan_show_them():
+    """Radiological convention, as PACS viewers and a standard DICOM slice shown as stored: the
+    patient's right on the image's left in axial and coronal slices, anterior on the left in
+    sagittal ones, superior or anterior at the top. A marker at the patient's right, anterior and
+    superior corner must therefore be top left in every plane."""
+    volume = np.zeros((40, 40, 40), dtype=np.float32)  # RAS: indices grow to the right, anterior, superior
+    volume[5:35, 5:35, 5:35] = 1.0
+    volume[28:35, 28:35, 28:35] = 5.0
+    for axis in (0, 1, 2):
+        pixels = load_image(nifti_bytes(volume), "v.nii", slice_index=31, axis=axis).pixels
+        rows, columns = np.nonzero(pixels > 0.9)
+        top_left = rows.mean() < pixels.shape[0] / 2 and columns.mean() < pixels.shape[1] / 2
+        assert top_left, (axis, rows.mean(), columns.mean())
+    axial = np.zeros((40, 40), dtype=np.uint16)  # a DICOM axial slice (rows to the patient's left, then posterior)
+    axial[5:35, 5:35], axial[5:12, 5:12] = 100, 500  # right and anterior: first columns, first rows
+    dicom = load_image(make_dicom(axial, ImageOrientationPatient=[1, 0, 0, 0, 1, 0]), "axial.dcm").pixels
+    rows, columns = np.nonzero(dicom > 0.9)
+    assert rows.mean() < 20 and columns.mean() < 20
+
+
 @pytest.mark.parametrize("codes", [("L", "P", "S"), ("R", "A", "I"), ("P", "S", "R"), ("S", "L", "A")])
 def test_nifti_stored_in_any_axis_order_shows_the_same_slices(codes):
     """Volumes are stored in the scanner's or the converter's voxel order (ITK's LPS, a sagittal
