@@ -13,6 +13,9 @@ import numpy as np
 
 MIN_COVERAGE = 0.20
 MAX_COVERAGE = 0.90
+# A second region at least half the largest one's area is another head (several slices side by
+# side), not a part of one: in the dataset's 3,550 slices the second region is at most a third.
+SEVERAL_HEADS_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class BrainMask:
     mask: np.ndarray | None
     coverage: float  # fraction of the image inside the candidate region
     reason: str
+    several: str = ""  # a warning when the image seems to hold several heads side by side
 
     @property
     def found(self) -> bool:
@@ -53,16 +57,21 @@ def detect_brain_mask(image: np.ndarray) -> BrainMask:
     count, labels, stats, _ = cv2.connectedComponentsWithStats(foreground, connectivity=8)
     if count < 2:
         return BrainMask(None, 0.0, "No head region stands out from the background.")
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    largest = 1 + int(np.argmax(areas))
     region = (labels == largest).astype(np.uint8)
     region = _fill_holes(region)
     coverage = float(region.mean())
+    heads = int(np.sum(areas >= SEVERAL_HEADS_SHARE * areas.max()))
+    found = MIN_COVERAGE <= coverage <= MAX_COVERAGE
+    several = _several_heads_warning(heads, stats[largest], grey.shape, found) if heads > 1 else ""
     if coverage < MIN_COVERAGE:
         return BrainMask(
             None,
             coverage,
             f"The detected head covers only {coverage:.0%} of the image "
             f"(expected {MIN_COVERAGE:.0%}-{MAX_COVERAGE:.0%}); showing the full image.",
+            several,
         )
     if coverage > MAX_COVERAGE:
         return BrainMask(
@@ -71,7 +80,25 @@ def detect_brain_mask(image: np.ndarray) -> BrainMask:
             f"The detected head covers {coverage:.0%} of the image, so no background "
             "could be separated; showing the full image.",
         )
-    return BrainMask(region.astype(bool), coverage, f"Head region found ({coverage:.0%} of the image).")
+    return BrainMask(region.astype(bool), coverage, f"Head region found ({coverage:.0%} of the image).", several)
+
+
+def _several_heads_warning(heads: int, box: np.ndarray, shape: tuple[int, int], used_largest: bool) -> str:
+    """'This image seems to hold 3 separate heads ...', saying where the one used lies."""
+    left, top, width, height = (int(box[key]) for key in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP,
+                                                          cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))  # fmt: skip
+    row = ("top", "middle", "bottom")[min(2, 3 * (top + height // 2) // shape[0])]
+    column = ("left", "centre", "right")[min(2, 3 * (left + width // 2) // shape[1])]
+    if row == "middle":
+        where = "in the centre" if column == "centre" else f"on the {column}"
+    else:
+        where = f"at the {row}" if column == "centre" else f"at the {row} {column}"
+    used = (f"Only the largest, {where}, was used for the prediction and the heatmap" if used_largest
+            else "The model saw them all at once, which it was not made for")  # fmt: skip
+    return (
+        f"This image seems to hold {heads} separate heads (several slices side by side?). {used}. "
+        "Upload one slice at a time."
+    )
 
 
 def _fill_holes(region: np.ndarray) -> np.ndarray:

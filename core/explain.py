@@ -115,6 +115,7 @@ def explain_batch(
         predicted = int(np.argmax(probabilities))
         explained = predicted if target_index is None else target_index
         cam_square, warning = _clean_cam(cam_square, config.label_names[explained])
+        warning = " ".join(part for part in (ready.brain.several, warning) if part) or None
         heatmap = heatmap_to_slice(cam_square, ready.box, image.shape)
         if settings.mask_heatmap:
             heatmap = apply_brain_mask(heatmap, ready.brain.mask)

@@ -260,3 +260,11 @@ def test_first_pass_features_equal_a_separate_pass(checkpoint_root):
         pass
     np.testing.assert_array_equal(unseen.features(tensor), familiarity_features(loaded.model, tensor))
     loaded.model.zero_grad(set_to_none=True)
+
+
+def test_an_image_of_several_slices_warns_that_one_was_used(tiny_model):
+    row = np.hstack([head_phantom(96, seed) for seed in range(3)])
+    result = explain(tiny_model, row)
+    assert "3 separate heads" in result.warning and "one slice at a time" in result.warning
+    assert result.summary()["warning"] == result.warning
+    assert "separate heads" not in (explain(tiny_model, head_phantom(96)).warning or "")
