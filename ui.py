@@ -22,6 +22,7 @@ from core.explain import layer_names
 from core.explanation import CLASS_AGNOSTIC_METHODS, ExplainError, ExplainSettings, Explanation, heatmap_name
 from core.faithfulness import FaithfulnessCheck, RoadCheck
 from core.image_input import (
+    COLOUR_NOTE,
     MAX_FILE_BYTES,
     MAX_VOLUME_FILE_BYTES,
     PLANE_AXES,
@@ -148,11 +149,16 @@ def prediction(scan: Scan, checkpoint: str, mask_input: bool) -> str:
     return _or_stop(cached.prediction, scan, checkpoint, mask_input)
 
 
+def image_warnings(image: LoadedImage) -> tuple[str, ...]:
+    """The notes on reading a file that bear on the prediction: a thumbnail, a colour image."""
+    return tuple(note for note in image.notes if note in (thumbnail_note(image.pixels.shape), COLOUR_NOTE))
+
+
 def image_notes(image: LoadedImage) -> None:
-    """What reading the file involved, as captions; a thumbnail's note as a warning."""
-    thumbnail = thumbnail_note(image.pixels.shape)
+    """What reading the file involved, as captions; those that bear on the prediction as warnings."""
+    warnings = image_warnings(image)
     for note in image.notes:
-        (st.warning if note == thumbnail else st.caption)(note)
+        (st.warning if note in warnings else st.caption)(note)
 
 
 def reliability_note(result: Explanation, place=st) -> None:

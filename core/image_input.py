@@ -65,6 +65,12 @@ class LoadedImage:
         return slice_position(self.slice_index, self.num_slices)
 
 
+COLOUR_NOTE = (
+    "This image is in colour (a heatmap overlay, a colour map or a screenshot?). MRI is grey: the colours were "
+    "turned into grey, which changes what the model sees. Upload the original grey scan."
+)
+
+
 def slice_position(index: int, count: int) -> str:
     """Where a slice is in its file, numbered from 0 as the slider, the API and the CLI number it
     ("slice 1 of 0-3"); empty for a single image."""
@@ -288,20 +294,34 @@ def _load_raster(data: bytes, frame: int | None = None, suffix: str = "") -> Loa
         ) from error
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageInputError("The image file is truncated or corrupt. Export it again and re-upload.") from error
-    return LoadedImage(pixels=_raster_to_grey(image), file_format=file_format, num_slices=num_frames,
-                       slice_index=index)  # fmt: skip
+    pixels, colour = _raster_to_grey(image)
+    return LoadedImage(pixels=pixels, file_format=file_format, num_slices=num_frames, slice_index=index,
+                       notes=(COLOUR_NOTE,) if colour else ())  # fmt: skip
 
 
-def _raster_to_grey(image: Image.Image) -> np.ndarray:
+def _raster_to_grey(image: Image.Image) -> tuple[np.ndarray, bool]:
+    """The image in grey, and whether it was in colour (not grey stored in three channels)."""
     if image.mode in ("P", "PA", "CMYK", "RGBA", "LA", "YCbCr", "HSV", "LAB", "1"):
         image = image.convert("RGBA" if "A" in image.mode or image.mode == "P" else "RGB")
     pixels = np.asarray(image)
+    colour = False
     if pixels.ndim == 3:
         if pixels.shape[2] == 4:  # composite transparency onto black, the MRI background
             alpha = pixels[..., 3:4].astype(np.float64) / 255.0
             pixels = pixels[..., :3] * alpha
+        colour = in_colour(pixels[..., :3])
         pixels = pixels[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    return to_unit_range(pixels)
+    return to_unit_range(pixels), colour
+
+
+def in_colour(rgb: np.ndarray) -> bool:
+    """Whether an RGB image carries colour: over 10 % of its pixels with channels more than a tenth
+    of the range apart. Grey saved as a JPEG keeps a few levels of chroma; a viewer's coloured
+    frame or lettering covers under 5 % (the dataset's slices: at most 4.8 %); a heatmap overlay
+    or a colour-mapped slice covers the head."""
+    rgb = np.asarray(rgb, dtype=np.float64)
+    spread = rgb.max(axis=-1) - rgb.min(axis=-1)
+    return bool(np.mean(spread > 0.1 * max(float(rgb.max()), 1e-9)) > 0.1)
 
 
 # --- DICOM ---------------------------------------------------------------
@@ -414,6 +434,7 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         pixels, is_colour = _palette_to_rgb(pixels, dataset), True
         notes.append("PALETTE COLOR: the file's colour table applied, then shown in grey.")
     if is_colour:
+        notes += [COLOUR_NOTE] if in_colour(pixels[..., :3]) else []
         pixels = np.asarray(pixels, dtype=np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114])
     else:
         padding = _padding_mask(pixels, dataset)

@@ -84,12 +84,12 @@ else:
                       delta_color="off", delta_arrow="off")  # fmt: skip
 prediction.caption(f"{ui.duration(result.timings_ms['total'])}; probabilities are temperature-calibrated.")
 other = ui.prediction(scan, checkpoint, not mask_input)
-report_warnings = ()
+report_warnings = ui.image_warnings(scan.image)
 if other != result.predicted_label:
     with_mask, without = (result.predicted_label, other) if mask_input else (other, result.predicted_label)
-    report_warnings = (f"Masking the background in the model's input changes the prediction: {with_mask} with "
-                       f"masking, {without} without. Treat this prediction as uncertain.",)  # fmt: skip
-    st.warning(report_warnings[0])
+    report_warnings += (f"Masking the background in the model's input changes the prediction: {with_mask} with "
+                        f"masking, {without} without. Treat this prediction as uncertain.",)  # fmt: skip
+    st.warning(report_warnings[-1])
 if result.predicted_label == "notumor":
     prediction.caption(ui.NOTUMOR_CAVEAT)
 chart.plotly_chart(render.probability_figure(labels, result.probabilities, result.predicted_index), width="stretch")

@@ -20,7 +20,15 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from core.image_input import MAX_FILE_BYTES, ImageInputError, load_image, patient_fields, to_unit_range, upload_kind
+from core.image_input import (
+    COLOUR_NOTE,
+    MAX_FILE_BYTES,
+    ImageInputError,
+    load_image,
+    patient_fields,
+    to_unit_range,
+    upload_kind,
+)
 from tests.conftest import encode, head_phantom
 
 
@@ -75,6 +83,20 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # rotate 90 degrees clockwise when shown
     data = encode(image, "JPEG", exif=exif.tobytes())
     assert load_image(data, "photo.jpg").pixels.shape == (80, 40)
+
+
+def test_a_colour_image_is_read_as_grey_with_a_warning_and_grey_in_rgb_without_one(phantom):
+    """A screenshot of a heatmap overlay or a colour-mapped slice turns into a grey that is not
+    an MRI intensity; the note says so. Grey stored in three channels, even as a JPEG with its
+    few levels of chroma, is an ordinary slice."""
+    grey = np.uint8(phantom * 255)
+    as_rgb = np.stack([grey] * 3, axis=-1)
+    for fmt in ("PNG", "JPEG"):
+        assert COLOUR_NOTE not in load_image(encode(Image.fromarray(as_rgb), fmt), f"grey.{fmt}").notes
+    overlay = as_rgb.copy()
+    overlay[20:80, 30:90] = (255, 40, 0)  # a hot spot painted over a tenth of the slice
+    loaded = load_image(encode(Image.fromarray(overlay), "PNG"), "overlay.png")
+    assert COLOUR_NOTE in loaded.notes and loaded.pixels.ndim == 2
 
 
 def test_content_wins_over_a_wrong_extension():

@@ -253,3 +253,16 @@ def test_road_check_on_request(use_tiny_checkpoints):
     assert not at.exception
     verdicts = [box.value for box in [*at.success, *at.warning] if "ROAD" in box.value and "random map" in box.value]
     assert len(verdicts) == 1 and verdicts[0].startswith(("ROAD agrees", "ROAD does not confirm"))
+
+
+def test_a_colour_image_is_explained_with_a_warning_that_it_is_not_grey(use_tiny_checkpoints):
+    """A screenshot of a heatmap overlay, uploaded again: the page says the colours changed what
+    the model sees."""
+    import numpy as np
+    from PIL import Image
+
+    grey = np.uint8(head_phantom(160) * 255)
+    overlay = np.stack([grey, grey // 2, 255 - grey], axis=-1)  # a colour map over the whole slice
+    at = upload(run_page(), "overlay.png", encode(Image.fromarray(overlay), "PNG"))
+    assert not at.exception and len(at.image) == 4
+    assert any(box.value.startswith("This image is in colour") for box in at.warning)
