@@ -423,7 +423,7 @@ def pick_outline(scan: Scan, key: str) -> np.ndarray | None:
         upload = st.file_uploader("LabelMe JSON drawn on this slice", type=["json"], key=f"{key}_outline")
         if upload is None:
             return None
-        outline = outline_from_labelme(upload.getvalue(), scan.image.pixels.shape)
+        outline = outline_from_labelme(upload.getvalue(), scan.image.pixels.shape, scan.image.trim)
         if outline.mask is None:
             st.error(f"The outline cannot be used: {outline.reason}.")
         return outline.mask

@@ -80,12 +80,23 @@ def outline_from_shapes(shapes: list[dict], shape: tuple[int, int]) -> TumourOut
 MAX_OUTLINE_BYTES = 20 * 1024 * 1024  # LabelMe files may embed the image itself (imageData)
 
 
-def outline_from_labelme(data: bytes, shape: tuple[int, int]) -> TumourOutline:
+def outline_from_labelme(
+    data: bytes, shape: tuple[int, int], trim: tuple[int, int, int, int] | None = None
+) -> TumourOutline:
     """An uploaded LabelMe JSON as a mask for a slice of `shape` (rows, columns), scaled as
-    `outline_from_document` does; a file that is not LabelMe gives the reason instead."""
+    `outline_from_document` does; a file that is not LabelMe gives the reason instead. `trim`
+    (top, left, height, width of the slice as read; core.image_input.LoadedImage.trim): the
+    outline is drawn on the slice as read, then cut as the slice was."""
     if len(data) > MAX_OUTLINE_BYTES:
         return TumourOutline(None, "none", f"the outline file is over {MAX_OUTLINE_BYTES // 2**20} MB")
     try:
-        return outline_from_document(json.loads(data.decode("utf-8")), shape)
+        outline = outline_from_document(json.loads(data.decode("utf-8")), trim[2:] if trim else shape)
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError) as error:
         return TumourOutline(None, "none", f"this is not a LabelMe outline file ({type(error).__name__})")
+    if trim is None or outline.mask is None:
+        return outline
+    top, left = trim[:2]
+    mask = outline.mask[top : top + shape[0], left : left + shape[1]]
+    if not mask.any():
+        return TumourOutline(None, "none", "annotation lies outside the part of the image that was kept")
+    return TumourOutline(mask, outline.kind)

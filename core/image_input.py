@@ -59,12 +59,17 @@ class LoadedImage:
     slice_index: int = 0
     pixel_spacing_mm: tuple[float, float] | None = None  # (row, column)
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # (top, left, height, width): where `pixels` lie in the slice as read, when an empty border was trimmed
+    trim: tuple[int, int, int, int] | None = None
 
     @property
     def position(self) -> str:
         return slice_position(self.slice_index, self.num_slices)
 
 
+CONTENT_LEVEL = 0.05  # what a slice shows: brighter than this share of its range (as core.preprocess.head_box)
+MOSTLY_EMPTY_SIDE = 0.4  # trimmed when what it shows spans less of its side (the dataset's slices: 0.5 or more)
+TRIMMED_SPAN = 0.9  # ... to a frame whose side it spans this share of
 COLOUR_NOTE = (
     "This image is in colour (a heatmap overlay, a colour map or a screenshot?). MRI is grey: the colours were "
     "turned into grey, which changes what the model sees. Upload the original grey scan."
@@ -197,9 +202,39 @@ def thumbnail_note(shape: tuple[int, ...]) -> str | None:
 
 
 def _finished(loaded: LoadedImage) -> LoadedImage:
-    """The last steps of every slice read, from one file or from a series: square pixels, then
-    the size check (both leave a slice that already went through them as it is)."""
-    return _size_checked(_square_pixels(loaded))
+    """The last steps of every slice read, from one file or from a series: square pixels, an
+    empty border trimmed, then the size check (each leaves a slice that already went through
+    them as it is)."""
+    return _size_checked(_trimmed(_square_pixels(loaded)))
+
+
+def _trimmed(loaded: LoadedImage) -> LoadedImage:
+    """`loaded` cut down to what it shows when that spans under MOSTLY_EMPTY_SIDE of its side (a
+    head small in a dark viewer's screenshot), so the head is framed as in a training slice
+    (where it spans at least half the side, 94 % at the median). A slice that knows its pixel
+    size (DICOM, NIfTI) is left as it is: a scan as acquired frames a whole head well, and its
+    small content is a small part of one (the top of the skull at a volume's edge), which
+    enlarging would pass off as a head."""
+    if loaded.trim is not None or loaded.pixel_spacing_mm is not None:
+        return loaded
+    pixels = loaded.pixels
+    content_rows = np.flatnonzero((pixels > CONTENT_LEVEL).any(axis=1))
+    content_columns = np.flatnonzero((pixels > CONTENT_LEVEL).any(axis=0))
+    if not content_rows.size:
+        return loaded
+    top, left = int(content_rows[0]), int(content_columns[0])
+    height, width = int(content_rows[-1]) + 1 - top, int(content_columns[-1]) + 1 - left
+    span = max(height, width) / max(pixels.shape)
+    if span >= MOSTLY_EMPTY_SIDE:
+        return loaded
+    border = round(max(height, width) * (1 / TRIMMED_SPAN - 1) / 2)
+    rows = slice(max(0, top - border), min(pixels.shape[0], top + height + border))
+    columns = slice(max(0, left - border), min(pixels.shape[1], left + width + border))
+    kept = np.ascontiguousarray(pixels[rows, columns])
+    note = (f"Most of this image is empty border (what it shows spans {span:.0%} of its side), so it was trimmed "
+            f"to the {kept.shape[1]}x{kept.shape[0]} pixels around it, framed as the training slices are.")  # fmt: skip
+    return replace(loaded, pixels=kept, notes=loaded.notes + (note,),
+                   trim=(rows.start, columns.start, *pixels.shape))  # fmt: skip
 
 
 def _size_checked(loaded: LoadedImage) -> LoadedImage:

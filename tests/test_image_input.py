@@ -29,7 +29,7 @@ from core.image_input import (
     to_unit_range,
     upload_kind,
 )
-from tests.conftest import encode, head_phantom
+from tests.conftest import SHARED_DATA, encode, head_phantom
 
 
 def assert_valid(loaded, shape=None):
@@ -97,6 +97,33 @@ def test_a_colour_image_is_read_as_grey_with_a_warning_and_grey_in_rgb_without_o
     overlay[20:80, 30:90] = (255, 40, 0)  # a hot spot painted over a tenth of the slice
     loaded = load_image(encode(Image.fromarray(overlay), "PNG"), "overlay.png")
     assert COLOUR_NOTE in loaded.notes and loaded.pixels.ndim == 2
+
+
+def test_a_small_head_in_a_wide_empty_frame_is_trimmed_to_it_and_a_framed_one_is_not(phantom):
+    """A dark viewer's screenshot or a wide field of view: the head spans a third of the side,
+    where every training slice's spans at least half. It is cut down to the head with a border,
+    as a training slice is framed, and the page says so; a usual slice is left alone."""
+    canvas = np.zeros((384, 480), dtype=np.float32)
+    canvas[150:278, 200:328] = phantom  # 128 px of 480
+    loaded = load_image(encode(canvas, "PNG"), "screenshot.png")
+    assert any("empty border" in note and "trimmed" in note for note in loaded.notes), loaded.notes
+    top, left, height, width = loaded.trim
+    assert (height, width) == (384, 480) and max(loaded.pixels.shape) < 160
+    content = loaded.pixels > 0.05
+    assert 0.85 < max(np.ptp(np.nonzero(content)[0]), np.ptp(np.nonzero(content)[1])) / max(loaded.pixels.shape)
+    head = loaded.pixels[150 - top : 278 - top, 200 - left : 328 - left]
+    np.testing.assert_allclose(head, phantom / phantom.max(), atol=0.01)  # the head itself untouched
+    framed = load_image(encode(np.pad(phantom, 30), "PNG"), "framed.png")
+    assert framed.trim is None and framed.pixels.shape == (188, 188)
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"dataset not found at {SHARED_DATA}")
+def test_no_dataset_slice_is_trimmed():
+    """The trim must not touch what the models were trained and measured on (its narrowest
+    slice spans 0.497 of its side; the trim starts under 0.4)."""
+    paths = sorted(SHARED_DATA.glob("*/*/*.jpg"))[::5]
+    trimmed = [path.name for path in paths if load_image(path.read_bytes(), path.name).trim is not None]
+    assert len(paths) > 600 and not trimmed, trimmed
 
 
 def test_content_wins_over_a_wrong_extension():
@@ -909,3 +936,12 @@ def test_nearly_square_pixels_are_left_as_stored():
     """Under 5 % apart (0.94 and 0.9 mm) the slice is not interpolated: no visible difference."""
     loaded = load_image(make_dicom(np.uint16(head_phantom(80) * 1000), PixelSpacing=[0.94, 0.9]), "near.dcm")
     assert loaded.pixels.shape == (80, 80) and loaded.pixel_spacing_mm == (0.94, 0.9)
+
+
+def test_a_scan_that_knows_its_pixel_size_is_never_trimmed(phantom):
+    """The top of the skull at a volume's edge is small in its frame; enlarging it would pass
+    it off as a whole head."""
+    canvas = np.zeros((384, 384), dtype=np.uint16)
+    canvas[150:214, 150:214] = (phantom[::2, ::2] * 1000).astype(np.uint16)
+    loaded = load_image(make_dicom(canvas, PixelSpacing=[0.5, 0.5]), "edge.dcm")
+    assert loaded.trim is None and loaded.pixels.shape == (384, 384)

@@ -158,3 +158,16 @@ def test_dataset_outline_is_read_like_an_upload_scaled_to_the_slice(tmp_path):
     assert "drawn on a 100x100 image" in load_outline(tmp_path, "train/glioma/a.jpg", (50, 80)).reason
     path.write_text("[1, 2]")
     assert "malformed annotation a.json" in load_outline(tmp_path, "train/glioma/a.jpg", (50, 50)).reason
+
+
+def test_an_outline_drawn_on_a_slice_as_read_follows_the_trim_of_its_empty_border():
+    import json
+
+    from core.annotations import outline_from_labelme
+
+    square = {"shape_type": "polygon", "points": [[110, 120], [130, 120], [130, 140], [110, 140]]}
+    drawn = json.dumps({"shapes": [square], "imageHeight": 300, "imageWidth": 300}).encode()
+    kept = outline_from_labelme(drawn, (60, 80), trim=(100, 90, 300, 300))  # rows 100-159, columns 90-169
+    assert kept.mask.shape == (60, 80) and kept.mask[30, 30] and kept.mask.sum() == 21 * 21
+    assert not kept.mask[5, 5]
+    assert "part of the image that was kept" in outline_from_labelme(drawn, (10, 10), trim=(0, 0, 300, 300)).reason
