@@ -344,7 +344,9 @@ def pick_scan(key: str) -> Scan | None:
         st.error(str(error))
         return None
     where = f", {position}" if (position := image.position) else ""
-    st.caption(f"**{filename}**: {image.file_format}, {image.pixels.shape[1]}x{image.pixels.shape[0]} pixels{where}")
+    height, width = image.pixels.shape if image.trim is None else image.trim[2:]
+    trimmed = "" if image.trim is None else f" (trimmed to {image.pixels.shape[1]}x{image.pixels.shape[0]})"
+    st.caption(f"**{filename}**: {image.file_format}, {width}x{height} pixels{trimmed}{where}")
     return Scan(data, filename, slice_index, axis, image)
 
 

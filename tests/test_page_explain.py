@@ -266,3 +266,14 @@ def test_a_colour_image_is_explained_with_a_warning_that_it_is_not_grey(use_tiny
     at = upload(run_page(), "overlay.png", encode(Image.fromarray(overlay), "PNG"))
     assert not at.exception and len(at.image) == 4
     assert any(box.value.startswith("This image is in colour") for box in at.warning)
+
+
+def test_a_trimmed_screenshot_gives_its_size_as_uploaded_and_as_trimmed(use_tiny_checkpoints):
+    import numpy as np
+
+    canvas = np.zeros((400, 500), dtype=np.float32)
+    canvas[150:250, 200:300] = head_phantom(100)
+    at = upload(run_page(), "screenshot.png", encode(canvas, "PNG"))
+    assert not at.exception and len(at.image) == 4
+    assert any("PNG, 500x400 pixels (trimmed to " in caption.value for caption in at.caption)
+    assert any("empty border" in caption.value for caption in at.caption)
