@@ -218,8 +218,8 @@ def _trimmed(loaded: LoadedImage) -> LoadedImage:
     if loaded.trim is not None or loaded.pixel_spacing_mm is not None:
         return loaded
     pixels = loaded.pixels
-    content_rows = np.flatnonzero((pixels > CONTENT_LEVEL).any(axis=1))
-    content_columns = np.flatnonzero((pixels > CONTENT_LEVEL).any(axis=0))
+    content = pixels > CONTENT_LEVEL
+    content_rows, content_columns = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
     if not content_rows.size:
         return loaded
     top, left = int(content_rows[0]), int(content_columns[0])
@@ -344,9 +344,15 @@ def _raster_to_grey(image: Image.Image) -> tuple[np.ndarray, bool]:
         if pixels.shape[2] == 4:  # composite transparency onto black, the MRI background
             alpha = pixels[..., 3:4].astype(np.float64) / 255.0
             pixels = pixels[..., :3] * alpha
-        colour = in_colour(pixels[..., :3])
-        pixels = pixels[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        pixels, colour = _rgb_to_grey(pixels)
     return to_unit_range(pixels), colour
+
+
+def _rgb_to_grey(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The luminance (ITU-R 601) of RGB values (a fourth channel ignored), and whether they carried
+    colour (in_colour)."""
+    rgb = np.asarray(rgb, dtype=np.float64)[..., :3]
+    return rgb @ np.array([0.299, 0.587, 0.114]), in_colour(rgb)
 
 
 def in_colour(rgb: np.ndarray) -> bool:
@@ -469,8 +475,8 @@ def _load_dicom(data: bytes, frame: int | None) -> LoadedImage:
         pixels, is_colour = _palette_to_rgb(pixels, dataset), True
         notes.append("PALETTE COLOR: the file's colour table applied, then shown in grey.")
     if is_colour:
-        notes += [COLOUR_NOTE] if in_colour(pixels[..., :3]) else []
-        pixels = np.asarray(pixels, dtype=np.float64)[..., :3] @ np.array([0.299, 0.587, 0.114])
+        pixels, colour = _rgb_to_grey(pixels)
+        notes += [COLOUR_NOTE] if colour else []
     else:
         padding = _padding_mask(pixels, dataset)
         pixels, note = _modality(pixels, dataset)

@@ -173,10 +173,10 @@ def verdict(
 ) -> Verdict:
     order = np.argsort(probabilities)[::-1]
     lead = float(probabilities[order[0]] - probabilities[order[1]]) if len(order) > 1 else 1.0
-    margin = reliability.margin if reliability is not None else DEFAULT_MARGIN
+    fitted = reliability.margin if reliability is not None else None
+    margin = DEFAULT_MARGIN if fitted is None else fitted
     unfamiliar = familiarity is not None and familiarity < UNFAMILIAR_SHARE
     runner_up = int(order[1]) if len(order) > 1 else int(order[0])
-    fitted = reliability.margin if reliability is not None else None
     return Verdict(familiarity, unfamiliar, lead < margin, runner_up, unusual if unfamiliar else (), fitted)
 
 
